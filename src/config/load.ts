@@ -1,0 +1,145 @@
+/**
+ * Configuration = schema defaults, overlaid by config/default.yaml, then the file named by
+ * CONFIG_FILE, then environment variables. Any error names the field and where it came from.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parse as parseYaml } from 'yaml'
+import { configSchema, type Config } from './schema.ts'
+
+type Kind = 'string' | 'int' | 'number' | 'boolean'
+
+/** Public environment names (README's config table) and the field each sets. */
+export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
+  ['PORT', 'proxy.port', 'int'],
+  ['HOST', 'proxy.host', 'string'],
+  ['UPSTREAM_URL', 'proxy.upstreamUrl', 'string'],
+  ['UPSTREAM_TIMEOUT_MS', 'proxy.upstreamTimeoutMs', 'number'],
+  ['UPSTREAM_TLS_VERIFY', 'proxy.upstreamTlsVerify', 'boolean'],
+  ['CONTROL_PORT', 'control.port', 'int'],
+  ['CONTROL_HOST', 'control.host', 'string'],
+  ['ADMIN_TOKEN', 'control.adminToken', 'string'],
+  ['USER_ID_HEADER', 'identity.header', 'string'],
+  ['RATE_LIMIT_CAPACITY', 'limits.capacity', 'number'],
+  ['RATE_LIMIT_REFILL_PER_SECOND', 'limits.refillPerSecond', 'number'],
+  ['RATE_LIMIT_COST', 'limits.cost', 'number'],
+  ['DATABASE_URL', 'postgres.url', 'string'],
+  ['DATABASE_POOL_SIZE', 'postgres.poolSize', 'int'],
+  ['DATABASE_BATCH_WINDOW_MS', 'postgres.batchWindowMs', 'number'],
+  ['REDIS_URL', 'redis.url', 'string'],
+  ['REDIS_ENABLED', 'redis.enabled', 'boolean'],
+  ['REDIS_KEY_PREFIX', 'redis.keyPrefix', 'string'],
+  ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
+  ['LOG_LEVEL', 'log.level', 'string']
+]
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+/** The package root: where config/ and migrations/ live, whether running from src/ or dist/. */
+export function packageRoot (): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, 'package.json'))) {
+    const parent = dirname(dir)
+    if (parent === dir) throw new Error('package.json not found above ' + fileURLToPath(import.meta.url))
+    dir = parent
+  }
+  return dir
+}
+
+type Tree = Record<string, unknown>
+
+function isTree (value: unknown): value is Tree {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function merge (base: Tree, over: Tree): Tree {
+  const out: Tree = { ...base }
+  for (const [key, value] of Object.entries(over)) {
+    const prev = out[key]
+    out[key] = isTree(prev) && isTree(value) ? merge(prev, value) : value
+  }
+  return out
+}
+
+function readFile (path: string): Tree {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`config file ${path}: ${(err as Error).message}`)
+  }
+  let doc: unknown
+  try {
+    doc = parseYaml(text)
+  } catch (err) {
+    throw new ConfigError(`config file ${path}: not valid YAML/JSON: ${(err as Error).message}`)
+  }
+  if (doc == null) return {}
+  if (!isTree(doc)) throw new ConfigError(`config file ${path}: must contain a mapping at the top level`)
+  return doc
+}
+
+function convert (name: string, raw: string, kind: Kind): unknown {
+  switch (kind) {
+    case 'string': return raw
+    case 'boolean':
+      if (/^(1|true|yes|on)$/i.test(raw)) return true
+      if (/^(0|false|no|off)$/i.test(raw)) return false
+      throw new ConfigError(`${name}=${raw}: must be true or false`)
+    case 'int':
+    case 'number': {
+      const n = Number(raw)
+      if (raw.trim() === '' || !Number.isFinite(n)) throw new ConfigError(`${name}=${raw}: must be a number`)
+      return n
+    }
+  }
+}
+
+function setPath (tree: Tree, path: string, value: unknown): void {
+  const parts = path.split('.')
+  let node = tree
+  for (const part of parts.slice(0, -1)) {
+    const child = node[part]
+    node = node[part] = isTree(child) ? { ...child } : {}
+  }
+  node[parts[parts.length - 1]!] = value
+}
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv
+  /** Overrides applied last (tests). */
+  overrides?: Tree
+  /** Skip config/default.yaml (tests that want schema defaults only). */
+  skipDefaultFile?: boolean
+}
+
+export function loadConfig (options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env
+  let tree: Tree = {}
+  const defaultFile = join(packageRoot(), 'config', 'default.yaml')
+  if (!options.skipDefaultFile && existsSync(defaultFile)) tree = merge(tree, readFile(defaultFile))
+  if (env.CONFIG_FILE) tree = merge(tree, readFile(resolve(env.CONFIG_FILE)))
+
+  const fromEnv = new Map<string, string>()
+  for (const [name, path, kind] of ENVIRONMENT) {
+    const raw = env[name]
+    if (raw === undefined || raw === '') continue
+    setPath(tree, path, convert(name, raw, kind))
+    fromEnv.set(path, name)
+  }
+  if (options.overrides) tree = merge(tree, options.overrides)
+
+  const result = configSchema.safeParse(tree)
+  if (result.success) return result.data
+  const lines = result.error.issues.map((issue) => {
+    const keys = 'keys' in issue && Array.isArray(issue.keys) ? issue.keys : []
+    const base = issue.path.join('.')
+    const field = keys.length > 0 ? keys.map((k) => (base ? base + '.' : '') + String(k)).join(', ') : base || '(top level)'
+    const source = fromEnv.get(base)
+    return `  ${field}: ${issue.message}${source ? ` (from ${source})` : ''}`
+  })
+  throw new ConfigError('invalid configuration:\n' + lines.join('\n'))
+}

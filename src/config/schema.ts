@@ -1,0 +1,85 @@
+/** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
+import { z } from 'zod'
+
+const port = z.number().int().min(0).max(65535)
+const positive = z.number().positive()
+const url = (protocols: string[]) =>
+  z.string().refine((value) => {
+    try {
+      return protocols.includes(new URL(value).protocol)
+    } catch {
+      return false
+    }
+  }, { message: `must be a URL starting with ${protocols.map((p) => p + '//').join(' or ')}` })
+
+const proxy = z.strictObject({
+  host: z.string().min(1).default('0.0.0.0'),
+  port: port.default(8080),
+  /** Where allowed requests go. Unset: a built-in echo upstream is started. */
+  upstreamUrl: url(['http:', 'https:']).optional(),
+  /** Header and body timeout towards the upstream; exceeded answers 504. */
+  upstreamTimeoutMs: positive.default(30_000),
+  upstreamConnections: z.number().int().positive().default(128),
+  /** Verify HTTPS upstream certificates. Turn off only for self-signed test upstreams. */
+  upstreamTlsVerify: z.boolean().default(true),
+  /** Longest request head accepted; longer answers 431. */
+  maxHeaderBytes: z.number().int().min(1024).default(16_384)
+})
+
+const control = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1'),
+  port: port.default(9090),
+  /** Most keys one POST /v1/check may ask about. */
+  maxChecksPerRequest: z.number().int().positive().default(100),
+  /** Bearer token for the admin routes; unset disables them. */
+  adminToken: z.string().min(16, 'must be at least 16 characters').optional()
+})
+
+const identity = z.strictObject({
+  header: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).default('x-user-id')
+})
+
+const limits = z.strictObject({
+  capacity: positive.default(10),
+  refillPerSecond: positive.default(1),
+  cost: positive.default(1)
+}).refine((l) => l.cost <= l.capacity, { message: 'cost must not exceed capacity (such a request could never pass)', path: ['cost'] })
+
+const postgres = z.strictObject({
+  url: url(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/postgres'),
+  poolSize: z.number().int().positive().default(10),
+  connectTimeoutSeconds: positive.default(2),
+  statementTimeoutMs: z.number().int().positive().default(2_000),
+  /** Decisions arriving within this window share one round trip (group commit). 0 sends each alone. */
+  batchWindowMs: z.number().min(0).max(50).default(0.2),
+  /** Most decisions in one round trip. */
+  batchMaxSize: z.number().int().positive().max(10_000).default(256),
+  /** Apply migrations at start-up. */
+  migrate: z.boolean().default(true)
+})
+
+const redis = z.strictObject({
+  enabled: z.boolean().default(true),
+  url: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  keyPrefix: z.string().default('rl:'),
+  /** A Redis read slower than this is treated as a miss. */
+  commandTimeoutMs: z.number().int().positive().default(50),
+  connectTimeoutMs: z.number().int().positive().default(1_000)
+})
+
+const log = z.strictObject({
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')
+})
+
+export const configSchema = z.strictObject({
+  proxy: proxy.prefault({}),
+  control: control.prefault({}),
+  identity: identity.prefault({}),
+  limits: limits.prefault({}),
+  postgres: postgres.prefault({}),
+  redis: redis.prefault({}),
+  log: log.prefault({})
+})
+
+export type Config = z.output<typeof configSchema>
+export type ConfigInput = z.input<typeof configSchema>

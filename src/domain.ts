@@ -1,0 +1,40 @@
+/** The vocabulary shared by every layer: what a bucket is, what a decision says. */
+
+/** A named limit: a bucket of `capacity` tokens refilled at `refillPerSecond`. */
+export interface Policy {
+  readonly name: string
+  readonly capacity: number
+  readonly refillPerSecond: number
+}
+
+/**
+ * A bucket's state at one instant. `atMs` is on the database's clock (epoch milliseconds,
+ * fractional), never the gateway's, so snapshots written by different gateways agree.
+ */
+export interface BucketSnapshot {
+  readonly tokens: number
+  readonly atMs: number
+}
+
+/** Where a decision came from; shown to callers as `X-Data-Source`. */
+export type DecisionSource =
+  | 'redis'
+  | 'postgres'
+  | 'new-user'
+  | 'local'
+  | 'redis-fallback'
+  | 'local-fallback'
+  | 'fail-open'
+
+export interface Decision {
+  readonly allowed: boolean
+  readonly policy: Policy
+  readonly cost: number
+  /** Tokens left after this decision (fractional). */
+  readonly tokens: number
+  /** Milliseconds until the bucket is full again. */
+  readonly resetAfterMs: number
+  /** Milliseconds until `cost` tokens are available (0 when allowed). */
+  readonly retryAfterMs: number
+  readonly source: DecisionSource
+}

@@ -1,0 +1,138 @@
+/**
+ * PostgreSQL, the source of truth. Every allowance is decided here, by the stored function
+ * rate_limit_decide (migrations/003), one round trip per batch of concurrent decisions.
+ */
+import postgres, { type Sql } from 'postgres'
+import type { Config } from '../config/schema.ts'
+import type { BucketSnapshot, Policy } from '../domain.ts'
+import type { Logger } from '../log.ts'
+import type { Metrics } from '../metrics.ts'
+import { Batcher } from './batcher.ts'
+import { StoreHealth } from './health.ts'
+import { migrate } from './migrate.ts'
+
+export interface DecideRequest {
+  readonly policy: Policy
+  readonly userId: string
+  readonly cost: number
+}
+
+export interface StoreDecision {
+  readonly allowed: boolean
+  /** The bucket after the decision, on the database clock. */
+  readonly snapshot: BucketSnapshot
+  /** The row was created by this request. */
+  readonly created: boolean
+}
+
+/** Type oids for sql.array: without them it guesses from the first element. */
+const TEXT = 25
+const FLOAT8 = 701
+
+interface DecideRow { o_idx: number, o_allowed: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
+
+export class PostgresStore {
+  readonly sql: Sql
+  readonly health: StoreHealth
+  readonly #metrics: Metrics
+  readonly #log: Logger
+  readonly #batcher: Batcher<DecideRequest, StoreDecision>
+
+  constructor (config: Config['postgres'], log: Logger, metrics: Metrics) {
+    this.#log = log
+    this.#metrics = metrics
+    this.health = new StoreHealth('postgres', log, metrics)
+    this.sql = postgres(config.url, {
+      max: config.poolSize,
+      connect_timeout: config.connectTimeoutSeconds,
+      idle_timeout: 60,
+      onnotice: () => {},
+      // postgres.js has no client-side query timeout: bound every statement server-side.
+      connection: { statement_timeout: config.statementTimeoutMs, application_name: 'ratelimit-gateway' }
+    })
+    this.#batcher = new Batcher((items) => this.#decideBatch(items), {
+      maxSize: config.batchMaxSize,
+      maxInFlight: Math.max(1, Math.min(config.poolSize, 4)),
+      windowMs: config.batchWindowMs
+    })
+  }
+
+  /** Checks the connection and applies migrations. Throws when PostgreSQL is unreachable. */
+  async start (runMigrations: boolean): Promise<void> {
+    await this.ping()
+    if (runMigrations) {
+      const applied = await migrate(this.sql)
+      if (applied.length > 0) this.#log.info({ applied }, 'migrations applied')
+    }
+  }
+
+  async ping (): Promise<void> {
+    try {
+      await this.sql`SELECT 1`
+      this.health.succeeded()
+    } catch (err) {
+      this.health.failed(err)
+      throw err
+    }
+  }
+
+  decide (request: DecideRequest): Promise<StoreDecision> {
+    return this.#batcher.submit(request)
+  }
+
+  async #decideBatch (items: DecideRequest[]): Promise<StoreDecision[]> {
+    const n = items.length
+    const policies = new Array<string>(n)
+    const users = new Array<string>(n)
+    const costs = new Array<number>(n)
+    const capacities = new Array<number>(n)
+    const rates = new Array<number>(n)
+    for (let i = 0; i < n; i++) {
+      const it = items[i]!
+      policies[i] = it.policy.name
+      users[i] = it.userId
+      costs[i] = it.cost
+      capacities[i] = it.policy.capacity
+      rates[i] = it.policy.refillPerSecond
+    }
+    this.#metrics.storeOperations.inc({ store: 'postgres', operation: 'decide' })
+    this.#metrics.postgresBatchSize.observe(n)
+    let rows: DecideRow[]
+    try {
+      rows = await this.sql<DecideRow[]>`
+        SELECT o_idx, o_allowed, o_tokens, o_at_ms, o_created
+        FROM rate_limit_decide(${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
+          ${this.sql.array(costs, FLOAT8)}::float8[], ${this.sql.array(capacities, FLOAT8)}::float8[], ${this.sql.array(rates, FLOAT8)}::float8[])`
+    } catch (err) {
+      this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'decide' })
+      this.health.failed(err)
+      throw err
+    }
+    this.health.succeeded()
+    const out = new Array<StoreDecision>(n)
+    for (const r of rows) {
+      out[r.o_idx - 1] = { allowed: r.o_allowed, snapshot: { tokens: r.o_tokens, atMs: r.o_at_ms }, created: r.o_created }
+    }
+    return out
+  }
+
+  /** The stored bucket and the database's clock, without spending (admin peek). */
+  async peek (policy: string, userId: string): Promise<{ snapshot: BucketSnapshot | null, nowMs: number }> {
+    const rows = await this.sql<Array<{ tokens: number | null, at_ms: number | null, now_ms: number }>>`
+      SELECT r.tokens, extract(epoch FROM r.last_refill_time) * 1000 AS at_ms, extract(epoch FROM clock_timestamp()) * 1000 AS now_ms
+      FROM (SELECT 1) AS one LEFT JOIN rate_limits r ON r.policy = ${policy} AND r.user_id = ${userId}`
+    const row = rows[0]!
+    const snapshot = row.tokens === null || row.at_ms === null ? null : { tokens: row.tokens, atMs: Number(row.at_ms) }
+    return { snapshot, nowMs: Number(row.now_ms) }
+  }
+
+  /** Forgets a bucket: the caller starts full on the next request. */
+  async reset (policy: string, userId: string): Promise<boolean> {
+    const result = await this.sql`DELETE FROM rate_limits WHERE policy = ${policy} AND user_id = ${userId}`
+    return result.count > 0
+  }
+
+  async close (): Promise<void> {
+    await this.sql.end({ timeout: 5 })
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * Redis, a read-first cache of bucket snapshots in front of PostgreSQL. Best effort by
+ * construction: no method throws, a slow or failing Redis reads as a miss, and a circuit
+ * breaker stops paying the timeout on every request while Redis is failing.
+ */
+import { Redis } from 'ioredis'
+import type { Config } from '../config/schema.ts'
+import type { BucketSnapshot } from '../domain.ts'
+import type { Logger } from '../log.ts'
+import type { Metrics } from '../metrics.ts'
+import { CircuitBreaker } from './breaker.ts'
+import { StoreHealth } from './health.ts'
+
+/** Why a read produced no snapshot. */
+export type CacheMiss = 'miss' | 'error' | 'skipped'
+
+export class RedisCache {
+  readonly client: Redis | null
+  readonly health: StoreHealth
+  readonly #prefix: string
+  readonly #metrics: Metrics
+  #closing = false
+  readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
+
+  constructor (config: Config['redis'], log: Logger, metrics: Metrics) {
+    this.#prefix = config.keyPrefix
+    this.#metrics = metrics
+    this.health = new StoreHealth('redis', log, metrics)
+    if (!config.enabled) {
+      this.client = null
+      return
+    }
+    this.client = new Redis(config.url, {
+      // Fail fast: a cache that queues or retries commands only adds latency.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: config.commandTimeoutMs,
+      connectTimeout: config.connectTimeoutMs,
+      enableAutoPipelining: true,
+      lazyConnect: true,
+      retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000)
+    })
+    // ioredis emits 'error' on every failed reconnect; StoreHealth logs only the transition.
+    this.client.on('error', (err) => this.health.failed(err))
+    this.client.on('ready', () => { this.#breaker.success(); this.health.succeeded() })
+    this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
+  }
+
+  /** Connects, waiting at most the connect timeout. Never throws: Redis is optional. */
+  async start (): Promise<void> {
+    if (this.client === null) return
+    try {
+      await this.client.connect()
+    } catch {
+      // 'error' already recorded the outage; ioredis keeps reconnecting in the background.
+    }
+  }
+
+  key (policy: string, userId: string): string {
+    // One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot.
+    return `${this.#prefix}{${policy}:${userId}}`
+  }
+
+  async read (key: string): Promise<BucketSnapshot | CacheMiss> {
+    const client = this.client
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) {
+      this.#metrics.cacheLookups.inc({ result: 'skipped' })
+      return 'skipped'
+    }
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'get' })
+    let value: string | null
+    try {
+      value = await client.get(key)
+    } catch (err) {
+      this.#failed('get', err)
+      this.#metrics.cacheLookups.inc({ result: 'error' })
+      return 'error'
+    }
+    this.#breaker.success()
+    this.health.succeeded()
+    const snapshot = value === null ? null : decode(value)
+    this.#metrics.cacheLookups.inc({ result: snapshot === null ? 'miss' : 'hit' })
+    return snapshot ?? 'miss'
+  }
+
+  /** Stores a snapshot for `ttlSeconds`; fire and forget, never on the response's path. */
+  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number): void {
+    const client = this.client
+    if (client === null || client.status !== 'ready' || this.#breaker.open) return
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
+    client.set(key, encode(snapshot), 'EX', ttlSeconds).catch((err: unknown) => this.#failed('set', err))
+  }
+
+  /** Removes a snapshot; used when a bucket is raised (reset), where a stale one would be wrong. */
+  async remove (key: string): Promise<void> {
+    if (this.client === null) return
+    await this.client.del(key)
+  }
+
+  async ping (): Promise<boolean> {
+    if (this.client === null || this.client.status !== 'ready') return false
+    try {
+      await this.client.ping()
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  #failed (operation: string, err: unknown): void {
+    this.#metrics.storeErrors.inc({ store: 'redis', operation })
+    this.#breaker.failure(Date.now())
+    this.health.failed(err)
+  }
+
+  async close (): Promise<void> {
+    if (this.client === null) return
+    this.#closing = true
+    try {
+      await this.client.quit()
+    } catch {
+      this.client.disconnect()
+    }
+  }
+}
+
+export function encode (s: BucketSnapshot): string {
+  return `${s.tokens}|${s.atMs}`
+}
+
+export function decode (value: string): BucketSnapshot | null {
+  const bar = value.indexOf('|')
+  if (bar < 0) return null
+  const tokens = Number(value.slice(0, bar))
+  const atMs = Number(value.slice(bar + 1))
+  return Number.isFinite(tokens) && Number.isFinite(atMs) ? { tokens, atMs } : null
+}
