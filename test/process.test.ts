@@ -1,0 +1,50 @@
+// The gateway as a process: several sharing the stores, signals, start-up failures.
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import t from 'tap'
+import { packageRoot } from '../src/config/load.ts'
+import { spawnGateway } from './helpers/gateway.ts'
+import { send, waitFor } from './helpers/http.ts'
+import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
+import { startUpstream } from './helpers/upstream.ts'
+
+const main = join(packageRoot(), 'dist', 'src', 'main.js')
+
+t.test('two gateway processes sharing the stores allow exactly the capacity in total', async (t) => {
+  const db = await createTestDatabase(t)
+  const prefix = createRedisPrefix(t)
+  const upstream = await startUpstream(t)
+  const env = { DATABASE_URL: db, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: prefix, UPSTREAM_URL: upstream.url }
+  // Started together: both run migrations at once, serialised by the advisory lock.
+  const [a, b] = await Promise.all([spawnGateway(t, env), spawnGateway(t, env)])
+  for (const key of ['shared-1', 'shared-2']) {
+    const replies = await Promise.all(Array.from({ length: 40 }, (_, i) => send((i % 2 === 0 ? a : b).proxyUrl + '/x', { user: key })))
+    t.equal(replies.filter((r) => r.status === 201).length, 10, `${key}: exactly 10 allowed across both`)
+    t.equal(replies.filter((r) => r.status === 429).length, 30, `${key}: the rest blocked`)
+  }
+})
+
+t.test('SIGTERM lets in-flight requests finish, then exits 0', async (t) => {
+  const db = await createTestDatabase(t)
+  const upstream = await startUpstream(t)
+  const gw = await spawnGateway(t, { DATABASE_URL: db, REDIS_KEY_PREFIX: createRedisPrefix(t), UPSTREAM_URL: upstream.url })
+  const inFlight = Promise.all([1, 2, 3].map((i) => send(`${gw.proxyUrl}/slow/800?i=${i}`, { user: `slow-${i}` })))
+  await waitFor(() => upstream.received.filter((r) => r.url.startsWith('/slow/')).length === 3, { what: 'requests to reach the upstream' })
+  const exited = gw.stop('SIGTERM')
+  const replies = await inFlight
+  t.same(replies.map((r) => r.status), [200, 200, 200], 'every accepted request completed')
+  t.equal(await exited, 0, 'exit code 0')
+  t.ok(gw.output.some((l) => l.includes('shutdown complete')), 'logs the shutdown')
+  await t.rejects(fetch(gw.proxyUrl + '/x', { headers: { 'x-user-id': 'late' } }), 'no longer accepting')
+})
+
+t.test('start-up failures exit non-zero with a message that says why', async (t) => {
+  const env = { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0' }
+  const bad = spawnSync(process.execPath, [main], { env: { ...env, RATE_LIMIT_CAPACITY: '-5' }, encoding: 'utf8', timeout: 20_000 })
+  t.equal(bad.status, 2, 'bad configuration: exit 2')
+  t.match(bad.stderr, /limits\.capacity.*RATE_LIMIT_CAPACITY/, 'names the field and the variable')
+
+  const noDb = spawnSync(process.execPath, [main], { env: { ...env, DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, encoding: 'utf8', timeout: 30_000 })
+  t.equal(noDb.status, 1, 'PostgreSQL unreachable: exit 1')
+  t.match(noDb.stdout, /could not start.*ECONNREFUSED/, 'says what failed')
+})
