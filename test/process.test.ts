@@ -38,6 +38,15 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async (t) => {
   await t.rejects(fetch(gw.proxyUrl + '/x', { headers: { 'x-user-id': 'late' } }), 'no longer accepting')
 })
 
+t.test('with no UPSTREAM_URL the built-in echo upstream answers, and says so', async (t) => {
+  const gw = await spawnGateway(t, { DATABASE_URL: await createTestDatabase(t), REDIS_KEY_PREFIX: createRedisPrefix(t) })
+  t.ok(gw.output.some((l) => l.includes('started the built-in echo upstream')), 'logged')
+  const res = await send(gw.proxyUrl + '/anything?x=1', { user: 'first-run', method: 'POST', body: 'hello' })
+  t.equal(res.status, 200)
+  t.match(res.json(), { method: 'POST', url: '/anything?x=1', bodyBytes: 5, servedBy: /echo/ })
+  t.equal(res.headers.get('x-data-source'), 'new-user')
+})
+
 t.test('start-up failures exit non-zero with a message that says why', async (t) => {
   const env = { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0' }
   const bad = spawnSync(process.execPath, [main], { env: { ...env, RATE_LIMIT_CAPACITY: '-5' }, encoding: 'utf8', timeout: 20_000 })
