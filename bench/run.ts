@@ -1,0 +1,332 @@
+/**
+ * `npm run bench`: the gateway against the floor of its own stack and against a peer, in one
+ * run on one machine (docs/performance.md explains the cases, the knobs and the figures).
+ *
+ * Every server is its own process (the upstream, the floor, the peers, the gateways), apart
+ * from the load generator; every case uses the same connections and duration. The run uses
+ * its own database (created and dropped) and its own Redis key prefix (deleted at the end).
+ *
+ *   BENCH_CONNECTIONS (64)  BENCH_DURATION seconds per case (8)  BENCH_WARMUP seconds (2)
+ *   BENCH_CALLERS distinct callers in cases 3, 6 and 7 (50000)
+ *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
+ *   BENCH_ONLY=1,2,3,4,5,6,L,7 (a subset of cases, for tuning; L = the local-cache rows)  BENCH_LOADGEN=autocannon (even when wrk is installed)
+ *   --profile  also run case 3 against a gateway under `node --cpu-prof` and summarise its top frames
+ * Gateway settings (DATABASE_POOL_SIZE, DATABASE_BATCH_WINDOW_MS, ...) pass through from the environment.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readdirSync } from 'node:fs'
+import { cpus, tmpdir, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Redis } from 'ioredis'
+import postgres from 'postgres'
+import { loadGenerator, paced, saturate, type LoadResult, type Workload } from './load.ts'
+import { rssBytes, startChild, type Child } from './procs.ts'
+import { summarise } from './profile.ts'
+
+const env = process.env
+const CONNECTIONS = Number(env.BENCH_CONNECTIONS ?? 64)
+const SECONDS = Number(env.BENCH_DURATION ?? 8)
+const WARMUP = Number(env.BENCH_WARMUP ?? 2)
+const CALLERS = Number(env.BENCH_CALLERS ?? 50_000)
+const BATCH = 100
+const ADMIN_URL = env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const REDIS_URL = env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
+const ONLY = env.BENCH_ONLY === undefined ? null : new Set(env.BENCH_ONLY.split(','))
+const PROFILE = process.argv.includes('--profile')
+const wants = (c: string): boolean => ONLY === null || ONLY.has(c)
+
+const here = fileURLToPath(new URL('.', import.meta.url))
+const GATEWAY_MAIN = join(here, '..', 'src', 'main.js')
+const run = `bench_${process.pid}_${randomBytes(3).toString('hex')}`
+const redisPrefix = `${run}:`
+const databaseUrl = (() => { const u = new URL(ADMIN_URL); u.pathname = '/' + run; return u.toString() })()
+
+interface Row {
+  id: string
+  label: string
+  result: LoadResult
+  /** Decisions per second when one request carries several (batched checks). */
+  perRequest?: number
+  notes: string[]
+  ratios?: boolean
+}
+
+const rows: Row[] = []
+const children: Child[] = []
+const facts: string[] = []
+
+function log (line: string): void { process.stderr.write(line + '\n') }
+
+async function startServer (name: string, limiter: 'none' | 'redis' | 'postgres', upstreamUrl: string): Promise<{ child: Child, url: string }> {
+  const child = await startChild(name, join(here, 'peer.js'), {
+    PATH: env.PATH, PEER_LIMITER: limiter, UPSTREAM_URL: upstreamUrl, REDIS_URL, DATABASE_URL: databaseUrl, REDIS_KEY_PREFIX: redisPrefix + 'rlflx'
+  }, (l) => l.ready === true)
+  children.push(child)
+  return { child, url: `http://127.0.0.1:${child.ready.port as number}` }
+}
+
+interface GatewayProc { child: Child, url: string, controlUrl: string }
+
+async function startGatewayProc (name: string, upstreamUrl: string, extra: Record<string, string>, nodeArgs: string[] = []): Promise<GatewayProc> {
+  const child = await startChild(name, GATEWAY_MAIN, {
+    ...env,
+    PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', CONTROL_HOST: '127.0.0.1',
+    UPSTREAM_URL: upstreamUrl, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: redisPrefix,
+    LOG_LEVEL: env.LOG_LEVEL ?? 'info',
+    ...extra
+  }, (l) => typeof l.msg === 'string' && l.msg.startsWith('Starting server on'), nodeArgs)
+  children.push(child)
+  return { child, url: `http://127.0.0.1:${child.ready.port as number}`, controlUrl: `http://127.0.0.1:${child.ready.control_port as number}` }
+}
+
+async function stop (child: Child): Promise<void> {
+  await child.stop()
+  children.splice(children.indexOf(child), 1)
+}
+
+/** Decisions by result and by source, from the gateway's own /metrics. */
+async function decisionCounts (controlUrl: string): Promise<Map<string, number>> {
+  const text = await (await fetch(controlUrl + '/metrics')).text()
+  const counts = new Map<string, number>()
+  for (const m of text.matchAll(/^gateway_decisions_total\{([^}]*)\} (\S+)$/gm)) {
+    const labels = Object.fromEntries([...m[1]!.matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]))
+    const n = Number(m[2])
+    for (const k of [`result:${labels.result}`, `source:${labels.source}`]) counts.set(k, (counts.get(k) ?? 0) + n)
+  }
+  const batches = /^gateway_postgres_batch_size_sum (\S+)$/m.exec(text)
+  const batchCount = /^gateway_postgres_batch_size_count (\S+)$/m.exec(text)
+  if (batches !== null && batchCount !== null) {
+    counts.set('batch:sum', Number(batches[1]))
+    counts.set('batch:count', Number(batchCount[1]))
+  }
+  return counts
+}
+
+/** RSS with the V8 heap and external memory behind it, from the gateway's /metrics. */
+async function memoryOf (gw: GatewayProc): Promise<{ rss: number, text: string }> {
+  const rss = rssBytes(gw.child.proc.pid)
+  const metrics = await (await fetch(gw.controlUrl + '/metrics')).text()
+  const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN)
+  const mb = (n: number): string => fmt(n / 2 ** 20, 1)
+  return { rss, text: `${mb(rss)} MB (V8 heap ${mb(value('nodejs_heap_size_used_bytes'))} used of ${mb(value('nodejs_heap_size_total_bytes'))}, external ${mb(value('nodejs_external_memory_bytes'))})` }
+}
+
+function describeDecisions (before: Map<string, number>, after: Map<string, number>): string[] {
+  const diff = (k: string): number => (after.get(k) ?? 0) - (before.get(k) ?? 0)
+  const allowed = diff('result:allowed')
+  const blocked = diff('result:blocked')
+  const total = allowed + blocked
+  if (total === 0) return []
+  const sources = [...after.keys()].filter((k) => k.startsWith('source:')).map((k) => [k.slice(7), diff(k)] as const).filter(([, n]) => n > 0)
+    .map(([s, n]) => `${s} ${Math.round((100 * n) / total)}%`).join(', ')
+  const out = [`blocked ${((100 * blocked) / total).toFixed(1)}%`, `sources: ${sources}`]
+  const batches = diff('batch:count')
+  if (batches > 0) out.push(`mean Postgres batch ${(diff('batch:sum') / batches).toFixed(1)}`)
+  return out
+}
+
+async function measure (id: string, label: string, url: string, workload: Workload, opts: { controlUrl?: string, perRequest?: number, notes?: string[], ratios?: boolean } = {}): Promise<Row> {
+  log(`case ${id}: ${label} ...`)
+  if (WARMUP > 0) await saturate(url, workload, CONNECTIONS, WARMUP)
+  const before = opts.controlUrl === undefined ? null : await decisionCounts(opts.controlUrl)
+  const result = await saturate(url, workload, CONNECTIONS, SECONDS)
+  const notes = [...(opts.notes ?? [])]
+  if (opts.controlUrl !== undefined && before !== null) notes.push(...describeDecisions(before, await decisionCounts(opts.controlUrl)))
+  else if (result.non2xx > 0) notes.push(`non-2xx ${((100 * result.non2xx) / result.requests).toFixed(1)}%`)
+  if (result.errors > 0) notes.push(`${result.errors} socket errors/timeouts`)
+  const row: Row = { id, label, result, notes, ratios: opts.ratios ?? true, ...(opts.perRequest === undefined ? {} : { perRequest: opts.perRequest }) }
+  rows.push(row)
+  log(`  ${Math.round(result.rps)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms  ${notes.join('; ')}`)
+  return row
+}
+
+async function measurePaced (id: string, label: string, url: string, workload: Workload, rate: number): Promise<Row> {
+  log(`case ${id}: ${label} at ${Math.round(rate)} req/s ...`)
+  if (WARMUP > 0) await paced(url, workload, CONNECTIONS, WARMUP, rate)
+  const result = await paced(url, workload, CONNECTIONS, SECONDS, rate)
+  const row: Row = { id, label, result, notes: [`paced at ${Math.round(rate)} req/s (autocannon)`], ratios: false }
+  rows.push(row)
+  log(`  ${Math.round(result.rps)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms`)
+  return row
+}
+
+async function prepareStores (): Promise<{ sql: postgres.Sql, cleanup: () => Promise<void> }> {
+  const admin = postgres(ADMIN_URL, { max: 1, onnotice: () => {} })
+  await admin.unsafe(`CREATE DATABASE ${run}`)
+  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} })
+  const cleanup = async (): Promise<void> => {
+    await sql.end({ timeout: 1 }).catch(() => {})
+    await admin.unsafe(`DROP DATABASE IF EXISTS ${run} WITH (FORCE)`).catch((err: Error) => log('could not drop ' + run + ': ' + err.message))
+    await admin.end()
+    const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 })
+    try {
+      await redis.connect()
+      let cursor = '0'
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', redisPrefix + '*', 'COUNT', 5000)
+        cursor = next
+        if (keys.length > 0) await redis.unlink(...keys)
+      } while (cursor !== '0')
+    } finally {
+      redis.disconnect()
+    }
+  }
+  return { sql, cleanup }
+}
+
+/** Existing, full buckets for the callers of cases 3 and 6: PostgreSQL decides each request by an update, as in steady state. */
+async function seedBuckets (sql: postgres.Sql, prefix: string, capacity: number): Promise<void> {
+  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time)
+    SELECT 'default', ${prefix} || g, ${capacity}, clock_timestamp() FROM generate_series(0, ${CALLERS - 1}) AS g
+    ON CONFLICT DO NOTHING`
+}
+
+function fmt (n: number, digits = 0): string { return Number.isFinite(n) ? n.toFixed(digits) : '-' }
+
+function printTable (): void {
+  const base = rows.find((r) => r.id === '2')
+  const peer = rows.find((r) => r.id === '7a')
+  const header = ['case', 'what', 'req/s', 'p50 ms', 'p99 ms', 'x case 2', 'x peer', 'notes']
+  const body = rows.map((r) => {
+    const rps = r.result.rps
+    const perSecond = r.perRequest === undefined ? fmt(rps) : `${fmt(rps)} (${fmt(rps * r.perRequest)} decisions/s)`
+    return [r.id, r.label, perSecond, fmt(r.result.p50Ms, 2), fmt(r.result.p99Ms, 2),
+      r.ratios === true && base !== undefined ? fmt(rps / base.result.rps, 2) : '',
+      r.ratios === true && peer !== undefined ? fmt(rps / peer.result.rps, 2) : '',
+      r.notes.join('; ')]
+  })
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
+  const line = (cells: string[]): string => cells.map((c, i) => (i >= 2 && i <= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ').trimEnd()
+  console.log(line(header))
+  console.log(widths.map((w) => '-'.repeat(w)).join('-|-'))
+  for (const b of body) console.log(line(b))
+}
+
+function printTargets (): void {
+  const get = (id: string): Row | undefined => rows.find((r) => r.id === id)
+  const c2 = get('2'); const c3 = get('3'); const c4 = get('4'); const c4l = get('4L'); const peer = get('7a')
+  const half2 = get('2h'); const half3 = get('3h'); const batched = get('6b')
+  const lines: string[] = []
+  const check = (what: string, value: number | undefined, target: number, unit: string, higher = true): void => {
+    if (value === undefined || !Number.isFinite(value)) return
+    const ok = higher ? value >= target : value <= target
+    lines.push(`${ok ? 'MET ' : 'MISS'}  ${what}: ${fmt(value, unit === 'x' ? 2 : unit === 'ms' ? 2 : 0)}${unit === 'x' ? 'x' : ' ' + unit} (target ${higher ? '>=' : '<='} ${target}${unit === 'x' ? 'x' : ' ' + unit})`)
+  }
+  if (c2 !== undefined) {
+    check('case 3 / case 2', c3 && c3.result.rps / c2.result.rps, 0.85, 'x')
+    check('case 4 / case 2 (refusals from Redis)', c4 && c4.result.rps / c2.result.rps, 1.5, 'x')
+    check('case 4 / case 2 (refusals from the local cache)', c4l && c4l.result.rps / c2.result.rps, 1.5, 'x')
+  }
+  if (half2 !== undefined && half3 !== undefined) check('p99 added by the gateway at half of case 2\'s saturation rate', half3.result.p99Ms - half2.result.p99Ms, 2, 'ms', false)
+  check('case 3 / rate-limiter-flexible Redis peer', c3 && peer && c3.result.rps / peer.result.rps, 1.0, 'x')
+  check('/v1/check batched', batched && batched.result.rps * BATCH, 20_000, 'decisions/s')
+  const mem = memory.get('5')
+  check('gateway RSS after case 5', mem === undefined ? undefined : mem / 2 ** 20, 150, 'MB', false)
+  console.log('\nTargets (issue 4):')
+  for (const l of lines) console.log('  ' + l)
+}
+
+const memory = new Map<string, number>()
+
+async function main (): Promise<void> {
+  const cpu = cpus()
+  facts.push(`machine: ${cpu.length} cores, ${cpu[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(1)} GB; Node ${process.version}; load generator: ${loadGenerator}`)
+  facts.push(`${CONNECTIONS} connections, ${SECONDS} s per case after ${WARMUP} s warm-up; every server a separate process; the load generator shares the cores with them, PostgreSQL and Redis`)
+  log(facts.join('\n'))
+  const { sql, cleanup } = await prepareStores()
+  const started = Date.now()
+  try {
+    const upstream = await startChild('upstream', join(here, 'upstream.js'), { PATH: env.PATH }, (l) => l.ready === true)
+    children.push(upstream)
+    const upstreamUrl = `http://127.0.0.1:${upstream.ready.port as number}`
+    const callers: Workload = { kind: 'proxy', prefix: 'c', callers: CALLERS }
+
+    if (wants('1')) await measure('1', 'upstream directly', upstreamUrl, { kind: 'proxy', prefix: 'd', callers: 1 }, { ratios: true })
+
+    let saturation2 = NaN
+    if (wants('2')) {
+      const floor = await startServer('floor', 'none', upstreamUrl)
+      saturation2 = (await measure('2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, callers)).result.rps
+      await measurePaced('2h', 'case 2 at half its saturation rate', floor.url, callers, saturation2 / 2)
+      await stop(floor.child)
+    }
+
+    // Gateway 1: the defaults (capacity 10, 1 token/s), so the seed's behaviour is what is measured.
+    const gw = await startGatewayProc('gateway', upstreamUrl, {})
+    await seedBuckets(sql, 'c', 10)
+    await seedBuckets(sql, 'k', 10)
+    if (wants('3')) {
+      await measure('3', `gateway, all allowed, ${CALLERS} callers`, gw.url, callers, { controlUrl: gw.controlUrl })
+      if (Number.isFinite(saturation2)) await measurePaced('3h', 'case 3 at half of case 2\'s saturation rate', gw.url, { kind: 'proxy', prefix: 'c', callers: CALLERS }, saturation2 / 2)
+    }
+    if (wants('4')) await measure('4', 'gateway, one caller flooding (refused via Redis)', gw.url, { kind: 'proxy', prefix: 'flood', callers: 1 }, { controlUrl: gw.controlUrl })
+    if (wants('6')) {
+      await measure('6s', 'control /v1/check, one key per request', gw.controlUrl, { kind: 'check', prefix: 'k', callers: CALLERS }, { controlUrl: gw.controlUrl, ratios: false })
+      await measure('6b', `control /v1/check, ${BATCH} keys per request`, gw.controlUrl, { kind: 'check-batch', prefix: 'k', callers: CALLERS, batch: BATCH }, { controlUrl: gw.controlUrl, perRequest: BATCH, ratios: false })
+    }
+    facts.push(`gateway RSS after cases 3, 4 and 6: ${(await memoryOf(gw)).text}`)
+    await stop(gw.child)
+
+    // Case 5: 1,000 callers, about half of the requests refused, whatever the throughput:
+    // every other request comes from one of 10 heavy callers (far above 20/s each, so nearly
+    // always refused), the rest from 990 light callers (far below 20/s each, never refused).
+    const mix = (prefix: string): Workload => ({ kind: 'mix', prefix, heavy: 10, light: 990 })
+    const settings = { RATE_LIMIT_CAPACITY: '20', RATE_LIMIT_REFILL_PER_SECOND: '20' }
+    if (wants('5')) {
+      const gw5 = await startGatewayProc('gateway-5', upstreamUrl, settings)
+      await measure('5', 'gateway, 1,000 callers, about half refused', gw5.url, mix('m'), { controlUrl: gw5.controlUrl })
+      const mem5 = await memoryOf(gw5)
+      memory.set('5', mem5.rss)
+      facts.push(`gateway RSS after case 5: ${mem5.text}`)
+      await stop(gw5.child)
+    }
+    if (wants('L')) {
+      const local = await startGatewayProc('gateway-local', upstreamUrl, { ...settings, LOCAL_DENY_CACHE: 'true' })
+      await measure('4L', 'case 4 with the local over-limit cache', local.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 }, { controlUrl: local.controlUrl })
+      await measure('5L', 'case 5 with the local over-limit cache', local.url, mix('m-l'), { controlUrl: local.controlUrl })
+      await stop(local.child)
+    }
+
+    if (wants('7')) {
+      const peerRedis = await startServer('peer-redis', 'redis', upstreamUrl)
+      await measure('7a', 'peer: rate-limiter-flexible RateLimiterRedis, case 3 load', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS })
+      await measure('7c', 'peer: RateLimiterRedis, case 4 load (one caller flooding)', peerRedis.url, { kind: 'proxy', prefix: 'prf', callers: 1 })
+      await stop(peerRedis.child)
+      const peerPg = await startServer('peer-postgres', 'postgres', upstreamUrl)
+      await measure('7b', 'peer: rate-limiter-flexible RateLimiterPostgres, case 3 load', peerPg.url, { kind: 'proxy', prefix: 'pp', callers: CALLERS })
+      await stop(peerPg.child)
+    }
+
+    let profileSummary: ReturnType<typeof summarise> | null = null
+    if (PROFILE) {
+      const dir = mkdtempSync(join(tmpdir(), 'gw-prof-'))
+      const prof = await startGatewayProc('gateway-profiled', upstreamUrl, {}, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
+      await measure('3P', 'case 3 under --cpu-prof (not a figure)', prof.url, callers, { controlUrl: prof.controlUrl, ratios: false })
+      await stop(prof.child)
+      const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
+      if (file !== undefined) profileSummary = summarise(join(dir, file))
+      facts.push(`profile: ${file === undefined ? 'not written' : join(dir, file)}`)
+    }
+
+    console.log(`\nRate-limiting gateway benchmark (${new Date().toISOString()}, ${((Date.now() - started) / 1000).toFixed(0)} s)`)
+    for (const f of facts) console.log(f)
+    console.log('')
+    printTable()
+    printTargets()
+    if (profileSummary !== null) {
+      console.log(`\nCPU profile of the gateway under case 3 (busy ${profileSummary.busyPct.toFixed(0)}% of the time); self time by area:`)
+      for (const a of profileSummary.areas.filter((a) => a.selfPct >= 1)) console.log(`  ${a.selfPct.toFixed(1).padStart(5)}%  ${a.area}`)
+      console.log('top functions by self time:')
+      for (const f of profileSummary.frames) console.log(`  ${f.selfPct.toFixed(1).padStart(5)}%  ${f.name}  ${f.where}`)
+    }
+  } finally {
+    for (const c of [...children].reverse()) await c.stop().catch(() => {})
+    await cleanup()
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exitCode = 1
+})
