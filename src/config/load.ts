@@ -24,6 +24,8 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['RATE_LIMIT_CAPACITY', 'limits.capacity', 'number'],
   ['RATE_LIMIT_REFILL_PER_SECOND', 'limits.refillPerSecond', 'number'],
   ['RATE_LIMIT_COST', 'limits.cost', 'number'],
+  ['LOCAL_DENY_CACHE', 'limits.localDenyCache', 'boolean'],
+  ['LOCAL_DENY_CACHE_SIZE', 'limits.localDenyCacheSize', 'int'],
   ['DATABASE_URL', 'postgres.url', 'string'],
   ['DATABASE_POOL_SIZE', 'postgres.poolSize', 'int'],
   ['DATABASE_BATCH_WINDOW_MS', 'postgres.batchWindowMs', 'number'],

@@ -42,7 +42,14 @@ const identity = z.strictObject({
 const limits = z.strictObject({
   capacity: positive.default(10),
   refillPerSecond: positive.default(1),
-  cost: positive.default(1)
+  cost: positive.default(1),
+  /**
+   * Refuse callers known to be over their limit from an in-process cache, with no network
+   * round trip (X-Data-Source: local). Off by default, so the seed's "redis" refusals show.
+   */
+  localDenyCache: z.boolean().default(false),
+  /** Most callers the over-limit cache remembers (least recently used evicted). */
+  localDenyCacheSize: z.number().int().positive().default(10_000)
 }).refine((l) => l.cost <= l.capacity, { message: 'cost must not exceed capacity (such a request could never pass)', path: ['cost'] })
 
 const postgres = z.strictObject({

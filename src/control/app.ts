@@ -198,6 +198,7 @@ function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
     await deps.redis.remove(deps.redis.key(policy.name, key)).catch(() => {})
     const existed = await deps.postgres.reset(policy.name, key)
     await deps.redis.remove(deps.redis.key(policy.name, key)).catch(() => {})
+    deps.limiter.forget(policy.name, key)
     request.log.info({ admin_action: 'reset', key, policy: policy.name, existed }, 'bucket reset')
     return { key, policy: policy.name, reset: true, existed }
   })

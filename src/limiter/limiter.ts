@@ -15,6 +15,7 @@ import type { Metrics } from '../metrics.ts'
 import type { PostgresStore } from '../stores/postgres.ts'
 import type { RedisCache } from '../stores/redis.ts'
 import { DbClock } from './db-clock.ts'
+import { DenyCache } from './deny-cache.ts'
 
 /**
  * Redis denies only if the bucket could not pay even this much later than our estimate of
@@ -45,27 +46,50 @@ export interface LimiterStores {
   readonly redis: RedisCache
 }
 
+export interface LimiterOptions {
+  /** Keep up to this many refusing snapshots in process (the over-limit cache); 0 turns it off. */
+  readonly localDenyCacheSize?: number
+}
+
 export class Limiter {
   readonly clock = new DbClock()
   readonly #stores: LimiterStores
   readonly #metrics: Metrics
   readonly #log: Logger
+  readonly #local: DenyCache | null
 
-  constructor (stores: LimiterStores, metrics: Metrics, log: Logger) {
+  constructor (stores: LimiterStores, metrics: Metrics, log: Logger, options: LimiterOptions = {}) {
     this.#stores = stores
     this.#metrics = metrics
     this.#log = log
+    const size = options.localDenyCacheSize ?? 0
+    this.#local = size > 0 ? new DenyCache(size, REDIS_DENY_MARGIN_MS) : null
+  }
+
+  /** A bucket was raised (admin reset): forget what this process remembers of it. */
+  forget (policy: string, userId: string): void {
+    this.#local?.forget(this.#stores.redis.key(policy, userId))
   }
 
   async check (policy: Policy, userId: string, cost: number): Promise<Decision> {
     const started = process.hrtime.bigint()
     const { redis, postgres } = this.#stores
     const key = redis.key(policy.name, userId)
+    const local = this.#local
+    if (local !== null) {
+      const tokens = local.refuse(key, policy, cost, this.clock.nowMs())
+      if (tokens !== undefined) {
+        const refused = makeDecision(policy, cost, false, tokens, 'local')
+        this.#record(refused, userId, started)
+        return refused
+      }
+    }
     const cached = await redis.read(key)
     let decision: Decision
     if (typeof cached === 'object' &&
         tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS) < cost) {
       decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
+      local?.remember(key, cached, policy, cost, this.clock.nowMs())
     } else {
       let result
       try {
@@ -75,6 +99,7 @@ export class Limiter {
       }
       this.clock.observe(result.snapshot.atMs)
       redis.write(key, result.snapshot, fullRefillSeconds(policy))
+      local?.remember(key, result.snapshot, policy, cost, this.clock.nowMs())
       const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
       decision = makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
     }
