@@ -55,12 +55,16 @@ t.test('property: never refuses a caller who could pay, whatever snapshot it kep
   const margin = 2
   let refusals = 0
   fc.assert(fc.property(
-    fc.array(fc.record({ gapMs: fc.integer({ min: 0, max: 3_000 }), cost: fc.constantFrom(0.5, 1, 2, 3), offer: fc.boolean() }), { minLength: 1, maxLength: 40 }),
-    fc.oneof(fc.integer({ min: 0, max: 5_000 }).map((ms) => ({ afterLast: ms })), fc.double({ min: -5, max: 5, noNaN: true }).map((ms) => ({ aroundPaying: ms }))),
+    fc.array(fc.record({ gapMs: fc.integer({ min: 0, max: 300 }), cost: fc.constantFrom(0.5, 1, 2, 3), offer: fc.boolean() }), { minLength: 1, maxLength: 40 }),
+    fc.oneof(
+      fc.integer({ min: 0, max: 5_000 }).map((ms) => ({ afterLast: ms })),
+      fc.double({ min: -5, max: 5, noNaN: true }).map((ms) => ({ aroundPaying: ms })),
+      fc.double({ min: -500, max: 0, noNaN: true }).map((ms) => ({ aroundPaying: ms }))),
     fc.double({ min: 0, max: margin, noNaN: true }),
     fc.constantFrom(0.5, 1, 2),
     fc.constantFrom(0.5, 1, 3),
-    (steps, when, lagMs, askCost, rate) => {
+    fc.boolean(),
+    (steps, when, lagMs, askCost, rate, offerLast) => {
       const p: Policy = { name: 'p', capacity: 5, refillPerSecond: rate }
       const cache = new DenyCache(100, margin)
       let truth: BucketSnapshot | null = null
@@ -70,6 +74,7 @@ t.test('property: never refuses a caller who could pay, whatever snapshot it kep
         truth = consume(truth, p, step.cost, now).snapshot
         if (step.offer) cache.remember('k', truth, p, step.cost, now)
       }
+      if (offerLast) cache.remember('k', truth!, p, askCost, now)
       if ('afterLast' in when) now += when.afterLast
       else now = Math.max(now, truth!.atMs + (Math.max(0, askCost - truth!.tokens) * 1000) / rate + when.aroundPaying)
       const refused = cache.refuse('k', p, askCost, now - lagMs)
@@ -78,5 +83,5 @@ t.test('property: never refuses a caller who could pay, whatever snapshot it kep
       return refused === undefined || !truthPays
     }
   ), { numRuns: 3_000 })
-  t.ok(refusals > 300, `the cache did refuse in many runs (${refusals})`)
+  t.ok(refusals > 100, `the cache did refuse in many runs (${refusals})`)
 })
