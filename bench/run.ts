@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
 import { loadGenerator, paced, saturate, type LoadResult, type Workload } from './load.ts'
-import { rssBytes, startChild, type Child } from './procs.ts'
+import { cpuSeconds, machineSeconds, rssBytes, startChild, type Child } from './procs.ts'
 import { summarise } from './profile.ts'
 
 const env = process.env
@@ -126,12 +126,50 @@ function describeDecisions (before: Map<string, number>, after: Map<string, numb
   return out
 }
 
-async function measure (id: string, label: string, url: string, workload: Workload, opts: { controlUrl?: string, perRequest?: number, notes?: string[], ratios?: boolean } = {}): Promise<Row> {
+/** Processes whose CPU is charged to a case: the server under test, the upstream, the stores. */
+interface CpuGroups { server: number, upstream: number, database: string | null }
+
+let redisPid = NaN
+let upstreamPid = NaN
+
+async function cpuSnapshot (server: number, database: string | null, sql: postgres.Sql): Promise<Map<string, number>> {
+  const out = new Map<string, number>()
+  out.set('server', cpuSeconds(server))
+  out.set('upstream', cpuSeconds(upstreamPid))
+  if (database !== null) {
+    const pids = await sql<Array<{ pid: number }>>`SELECT pid FROM pg_stat_activity WHERE datname = ${database} AND pid <> pg_backend_pid()`
+    out.set('postgres', pids.reduce((sum, p) => sum + cpuSeconds(p.pid), 0))
+  }
+  out.set('redis', cpuSeconds(redisPid))
+  const m = machineSeconds()
+  out.set('machine busy', m.busy)
+  out.set('machine total', m.total)
+  return out
+}
+
+function describeCpu (before: Map<string, number>, after: Map<string, number>, requests: number): string {
+  const d = (k: string): number => (after.get(k) ?? 0) - (before.get(k) ?? 0)
+  const us = (k: string): string => fmt((d(k) * 1e6) / requests)
+  const ours = ['server', 'upstream', 'postgres', 'redis'].filter((k) => after.has(k))
+  const others = d('machine busy') - ours.reduce((sum, k) => sum + d(k), 0)
+  return `CPU µs/req: ${ours.map((k) => `${k === 'server' ? 'server' : k} ${us(k)}`).join(', ')}; machine ${fmt((100 * d('machine busy')) / d('machine total'))}% busy, others ${fmt((100 * Math.max(0, others)) / d('machine total'))}%`
+}
+
+let benchSql: postgres.Sql
+
+function cpuOf (child: Child, usesPostgres = true): CpuGroups {
+  return { server: child.proc.pid!, upstream: upstreamPid, database: usesPostgres ? run : null }
+}
+
+async function measure (id: string, label: string, url: string, workload: Workload, opts: { controlUrl?: string, perRequest?: number, notes?: string[], ratios?: boolean, cpu?: CpuGroups } = {}): Promise<Row> {
   log(`case ${id}: ${label} ...`)
   if (WARMUP > 0) await saturate(url, workload, CONNECTIONS, WARMUP)
   const before = opts.controlUrl === undefined ? null : await decisionCounts(opts.controlUrl)
+  const cpuBefore = opts.cpu === undefined ? null : await cpuSnapshot(opts.cpu.server, opts.cpu.database, benchSql)
   const result = await saturate(url, workload, CONNECTIONS, SECONDS)
+  const cpuAfter = opts.cpu === undefined ? null : await cpuSnapshot(opts.cpu.server, opts.cpu.database, benchSql)
   const notes = [...(opts.notes ?? [])]
+  if (cpuBefore !== null && cpuAfter !== null) notes.push(describeCpu(cpuBefore, cpuAfter, result.requests))
   if (opts.controlUrl !== undefined && before !== null) notes.push(...describeDecisions(before, await decisionCounts(opts.controlUrl)))
   else if (result.non2xx > 0) notes.push(`non-2xx ${((100 * result.non2xx) / result.requests).toFixed(1)}%`)
   if (result.errors > 0) notes.push(`${result.errors} socket errors/timeouts`)
@@ -182,25 +220,38 @@ async function seedBuckets (sql: postgres.Sql, prefix: string, capacity: number)
     ON CONFLICT DO NOTHING`
 }
 
+/** The Redis server's pid, when it runs on this machine, to charge its CPU to the cases. */
+async function redisProcessId (): Promise<number> {
+  const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 })
+  try {
+    await redis.connect()
+    const info = await redis.info('server')
+    return Number(/process_id:(\d+)/.exec(info)?.[1] ?? NaN)
+  } finally {
+    redis.disconnect()
+  }
+}
+
 function fmt (n: number, digits = 0): string { return Number.isFinite(n) ? n.toFixed(digits) : '-' }
 
 function printTable (): void {
   const base = rows.find((r) => r.id === '2')
   const peer = rows.find((r) => r.id === '7a')
-  const header = ['case', 'what', 'req/s', 'p50 ms', 'p99 ms', 'x case 2', 'x peer', 'notes']
+  const header = ['case', 'what', 'req/s', 'p50 ms', 'p99 ms', 'x case 2', 'x peer']
   const body = rows.map((r) => {
     const rps = r.result.rps
     const perSecond = r.perRequest === undefined ? fmt(rps) : `${fmt(rps)} (${fmt(rps * r.perRequest)} decisions/s)`
     return [r.id, r.label, perSecond, fmt(r.result.p50Ms, 2), fmt(r.result.p99Ms, 2),
       r.ratios === true && base !== undefined ? fmt(rps / base.result.rps, 2) : '',
-      r.ratios === true && peer !== undefined ? fmt(rps / peer.result.rps, 2) : '',
-      r.notes.join('; ')]
+      r.ratios === true && peer !== undefined ? fmt(rps / peer.result.rps, 2) : '']
   })
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
   const line = (cells: string[]): string => cells.map((c, i) => (i >= 2 && i <= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ').trimEnd()
   console.log(line(header))
   console.log(widths.map((w) => '-'.repeat(w)).join('-|-'))
   for (const b of body) console.log(line(b))
+  console.log('\nNotes per case:')
+  for (const r of rows) if (r.notes.length > 0) console.log(`  ${r.id.padEnd(3)} ${r.notes.join('; ')}`)
 }
 
 function printTargets (): void {
@@ -235,10 +286,13 @@ async function main (): Promise<void> {
   facts.push(`${CONNECTIONS} connections, ${SECONDS} s per case after ${WARMUP} s warm-up; every server a separate process; the load generator shares the cores with them, PostgreSQL and Redis`)
   log(facts.join('\n'))
   const { sql, cleanup } = await prepareStores()
+  benchSql = sql
+  redisPid = await redisProcessId()
   const started = Date.now()
   try {
     const upstream = await startChild('upstream', join(here, 'upstream.js'), { PATH: env.PATH }, (l) => l.ready === true)
     children.push(upstream)
+    upstreamPid = upstream.proc.pid!
     const upstreamUrl = `http://127.0.0.1:${upstream.ready.port as number}`
     const callers: Workload = { kind: 'proxy', prefix: 'c', callers: CALLERS }
 
@@ -247,7 +301,7 @@ async function main (): Promise<void> {
     let saturation2 = NaN
     if (wants('2')) {
       const floor = await startServer('floor', 'none', upstreamUrl)
-      saturation2 = (await measure('2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, callers)).result.rps
+      saturation2 = (await measure('2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, callers, { cpu: cpuOf(floor.child, false) })).result.rps
       await measurePaced('2h', 'case 2 at half its saturation rate', floor.url, callers, saturation2 / 2)
       await stop(floor.child)
     }
@@ -257,13 +311,13 @@ async function main (): Promise<void> {
     await seedBuckets(sql, 'c', 10)
     await seedBuckets(sql, 'k', 10)
     if (wants('3')) {
-      await measure('3', `gateway, all allowed, ${CALLERS} callers`, gw.url, callers, { controlUrl: gw.controlUrl })
+      await measure('3', `gateway, all allowed, ${CALLERS} callers`, gw.url, callers, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
       if (Number.isFinite(saturation2)) await measurePaced('3h', 'case 3 at half of case 2\'s saturation rate', gw.url, { kind: 'proxy', prefix: 'c', callers: CALLERS }, saturation2 / 2)
     }
-    if (wants('4')) await measure('4', 'gateway, one caller flooding (refused via Redis)', gw.url, { kind: 'proxy', prefix: 'flood', callers: 1 }, { controlUrl: gw.controlUrl })
+    if (wants('4')) await measure('4', 'gateway, one caller flooding (refused via Redis)', gw.url, { kind: 'proxy', prefix: 'flood', callers: 1 }, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
     if (wants('6')) {
-      await measure('6s', 'control /v1/check, one key per request', gw.controlUrl, { kind: 'check', prefix: 'k', callers: CALLERS }, { controlUrl: gw.controlUrl, ratios: false })
-      await measure('6b', `control /v1/check, ${BATCH} keys per request`, gw.controlUrl, { kind: 'check-batch', prefix: 'k', callers: CALLERS, batch: BATCH }, { controlUrl: gw.controlUrl, perRequest: BATCH, ratios: false })
+      await measure('6s', 'control /v1/check, one key per request', gw.controlUrl, { kind: 'check', prefix: 'k', callers: CALLERS }, { controlUrl: gw.controlUrl, ratios: false, cpu: cpuOf(gw.child) })
+      await measure('6b', `control /v1/check, ${BATCH} keys per request`, gw.controlUrl, { kind: 'check-batch', prefix: 'k', callers: CALLERS, batch: BATCH }, { controlUrl: gw.controlUrl, perRequest: BATCH, ratios: false, cpu: cpuOf(gw.child) })
     }
     facts.push(`gateway RSS after cases 3, 4 and 6: ${(await memoryOf(gw)).text}`)
     await stop(gw.child)
@@ -275,7 +329,7 @@ async function main (): Promise<void> {
     const settings = { RATE_LIMIT_CAPACITY: '20', RATE_LIMIT_REFILL_PER_SECOND: '20' }
     if (wants('5')) {
       const gw5 = await startGatewayProc('gateway-5', upstreamUrl, settings)
-      await measure('5', 'gateway, 1,000 callers, about half refused', gw5.url, mix('m'), { controlUrl: gw5.controlUrl })
+      await measure('5', 'gateway, 1,000 callers, about half refused', gw5.url, mix('m'), { controlUrl: gw5.controlUrl, cpu: cpuOf(gw5.child) })
       const mem5 = await memoryOf(gw5)
       memory.set('5', mem5.rss)
       facts.push(`gateway RSS after case 5: ${mem5.text}`)
@@ -283,18 +337,18 @@ async function main (): Promise<void> {
     }
     if (wants('L')) {
       const local = await startGatewayProc('gateway-local', upstreamUrl, { ...settings, LOCAL_DENY_CACHE: 'true' })
-      await measure('4L', 'case 4 with the local over-limit cache', local.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 }, { controlUrl: local.controlUrl })
-      await measure('5L', 'case 5 with the local over-limit cache', local.url, mix('m-l'), { controlUrl: local.controlUrl })
+      await measure('4L', 'case 4 with the local over-limit cache', local.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 }, { controlUrl: local.controlUrl, cpu: cpuOf(local.child) })
+      await measure('5L', 'case 5 with the local over-limit cache', local.url, mix('m-l'), { controlUrl: local.controlUrl, cpu: cpuOf(local.child) })
       await stop(local.child)
     }
 
     if (wants('7')) {
       const peerRedis = await startServer('peer-redis', 'redis', upstreamUrl)
-      await measure('7a', 'peer: rate-limiter-flexible RateLimiterRedis, case 3 load', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS })
-      await measure('7c', 'peer: RateLimiterRedis, case 4 load (one caller flooding)', peerRedis.url, { kind: 'proxy', prefix: 'prf', callers: 1 })
+      await measure('7a', 'peer: rate-limiter-flexible RateLimiterRedis, case 3 load', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS }, { cpu: cpuOf(peerRedis.child, false) })
+      await measure('7c', 'peer: RateLimiterRedis, case 4 load (one caller flooding)', peerRedis.url, { kind: 'proxy', prefix: 'prf', callers: 1 }, { cpu: cpuOf(peerRedis.child, false) })
       await stop(peerRedis.child)
       const peerPg = await startServer('peer-postgres', 'postgres', upstreamUrl)
-      await measure('7b', 'peer: rate-limiter-flexible RateLimiterPostgres, case 3 load', peerPg.url, { kind: 'proxy', prefix: 'pp', callers: CALLERS })
+      await measure('7b', 'peer: rate-limiter-flexible RateLimiterPostgres, case 3 load', peerPg.url, { kind: 'proxy', prefix: 'pp', callers: CALLERS }, { cpu: cpuOf(peerPg.child) })
       await stop(peerPg.child)
     }
 
@@ -302,7 +356,7 @@ async function main (): Promise<void> {
     if (PROFILE) {
       const dir = mkdtempSync(join(tmpdir(), 'gw-prof-'))
       const prof = await startGatewayProc('gateway-profiled', upstreamUrl, {}, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
-      await measure('3P', 'case 3 under --cpu-prof (not a figure)', prof.url, callers, { controlUrl: prof.controlUrl, ratios: false })
+      await measure('3P', 'case 3 under --cpu-prof (not a figure)', prof.url, callers, { controlUrl: prof.controlUrl, ratios: false, cpu: cpuOf(prof.child) })
       await stop(prof.child)
       const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
       if (file !== undefined) profileSummary = summarise(join(dir, file))
