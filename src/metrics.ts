@@ -91,6 +91,26 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly shadowDecisions = new Counter({
+    name: 'gateway_shadow_decisions_total',
+    help: 'Decisions of shadow-mode policies (always forwarded), by policy and result (allowed, would_block, unavailable).',
+    labelNames: ['policy', 'result'] as const,
+    registers: [this.registry]
+  })
+
+  readonly allowListed = new Counter({
+    name: 'gateway_allow_listed_requests_total',
+    help: 'Requests from callers on the allow list, forwarded without touching a bucket.',
+    registers: [this.registry]
+  })
+
+  readonly configReloads = new Counter({
+    name: 'gateway_config_reloads_total',
+    help: 'Configuration reloads by result (applied, rejected).',
+    labelNames: ['result'] as const,
+    registers: [this.registry]
+  })
+
   readonly failModeEvents = new Counter({
     name: 'gateway_fail_mode_events_total',
     help: 'Requests decided by a fail mode because both stores were unreachable, by mode (local, open, closed).',

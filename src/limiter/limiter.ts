@@ -60,7 +60,7 @@ export class Limiter {
   async check (policy: Policy, userId: string, cost: number): Promise<Decision> {
     const started = process.hrtime.bigint()
     const { redis, postgres } = this.#stores
-    const key = redis.key(policy.name, userId)
+    const key = redis.key(policy.cacheName ?? policy.name, userId)
     const cached = await redis.read(key)
     let decision: Decision
     if (typeof cached === 'object' &&
