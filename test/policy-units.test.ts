@@ -164,3 +164,17 @@ t.test('policy config errors name the field', async (t) => {
   t.doesNotThrow(() => config({ identity: { source: 'jwt', jwt: { publicKey: publicKey.export({ type: 'spki', format: 'pem' }) } } }))
   t.equal(loadConfig({ env: { JWT_SECRET: 'y'.repeat(32), IDENTITY_SOURCE: 'jwt' }, skipDefaultFile: true }).identity.jwt?.secret, 'y'.repeat(32), 'JWT_SECRET and IDENTITY_SOURCE from the environment')
 })
+
+t.test('the documented example configuration loads and resolves as described', async (t) => {
+  const s = new PolicySet(loadConfig({ env: { CONFIG_FILE: 'config/examples/policies.yaml' } }), { defaultUpstream: 'http://127.0.0.1:1', generation: 1 })
+  t.match(s.resolve('POST', '/v1/files/a', null), { policy: { name: 'uploads' }, cost: 5 })
+  t.match(s.resolve('POST', '/v1/files/bulk', null), { policy: { name: 'uploads' }, cost: 10 })
+  t.match(s.resolve('GET', '/v1/users/42/avatar', null), { policy: { name: 'reads' }, cost: 2 })
+  t.match(s.resolve('GET', '/v1/search', null), { policy: { name: 'search', shadow: true } })
+  t.match(s.resolve('GET', '/v1/items', null), { policy: { name: 'reads' }, cost: 1 })
+  t.match(s.resolve('GET', '/v1/items', s.tierOf('acme-batch', undefined, undefined)), { policy: { name: 'gold-reads' } })
+  t.match(s.resolve('GET', '/elsewhere', 'gold'), { policy: { name: 'gold-default' } })
+  t.match(s.resolve('DELETE', '/v1/items/3', null), { policy: { name: 'writes' } })
+  t.match(s.upstreamFor('/v1/files/a'), { origin: 'http://127.0.0.1:9101', basePath: '/storage', stripPrefix: true })
+  t.ok(s.isAllowed('uptime-monitor') && s.isDenied('banned-client-17'))
+})
