@@ -44,7 +44,7 @@ t.test('a changed config file is applied; an invalid one is refused and the old 
 
   file.write({ ...policies(9), routes: [{ path: '/api', policy: 'missing' }] })
   const rejected = await waitFor(() => gw.logs.find((l) => l.msg === 'configuration reload rejected; the current configuration stays'), { what: 'the rejection log line' })
-  t.match(rejected.error, /routes\.0\.policy: unknown policy "missing"/, 'the log line names the field')
+  t.match(rejected!.error, /routes\.0\.policy: unknown policy "missing"/, 'the log line names the field')
   t.equal(await limitOf('c'), '7', 'the running configuration stays')
   t.equal(gw.runtime.current.policies.generation, 2)
 
