@@ -46,6 +46,7 @@ export async function startGateway (config: Config, log: Logger): Promise<Gatewa
 
     const defaultPolicy: Policy = { name: 'default', capacity: config.limits.capacity, refillPerSecond: config.limits.refillPerSecond }
     const policies = new Map([[defaultPolicy.name, defaultPolicy]])
+    for (const name of policies.keys()) metrics.initPolicy(name)
     const limiter = new Limiter({ postgres, redis }, metrics, log)
     const cost = config.limits.cost
     const proxy = await buildProxy({ config, upstreamUrl, limiter, metrics, log, policyFor: () => ({ policy: defaultPolicy, cost }) })
