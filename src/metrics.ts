@@ -146,6 +146,9 @@ export class Metrics {
 
   constructor () {
     collectDefaultMetrics({ register: this.registry })
+    // Gauges named *_total break the naming rule (promtool check metrics flags them); each is
+    // the sum of the per-type gauge of the same name without _total, which stays.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(name)
     for (const store of ['postgres', 'redis'] as const) this.storeUp.set({ store }, 0)
     this.buildInfo.set({ version: packageVersion() }, 1)
     for (const result of CACHE_RESULTS) this.cacheLookups.labels(result)
