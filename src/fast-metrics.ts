@@ -3,10 +3,10 @@
  *
  * prom-client hashes and validates the label object on every `inc`/`observe`, even through
  * `counter.labels(...)` (measured here: ~0.3-0.4 µs per counter increment, ~0.6 µs per histogram
- * observation, several per request). These keep one child per label set in a Map: the label
- * set is checked once, when its child is created, and a bound child (`labels(...)`) is a plain
- * number or a small array. The exposition is produced by prom-client's Registry from `get()`,
- * so the text format, escaping and content type are prom-client's own.
+ * observation, several per request). These keep one child per label set in a Map, and a bound
+ * child (`labels(...)`) is a plain number or a small array. Label names are checked when a
+ * label set is first seen, not on every call. The exposition is produced by prom-client's
+ * Registry from `get()`, so the text format, escaping and content type are prom-client's own.
  *
  * The call signatures match prom-client's (`inc(labels?, n?)`, `observe(labels?, v)`,
  * `labels(...)`, `remove`, `reset`), so code written against prom-client keeps working.
@@ -192,7 +192,7 @@ export class FastHistogram<T extends string = string> extends Family<T, Histogra
       let cumulative = 0
       for (let i = 0; i <= this.buckets.length; i++) {
         cumulative += child.counts[i]!
-        values.push({ metricName: bucket, labels: { ...labels, le: i < this.buckets.length ? this.buckets[i]! : '+Inf' }, value: cumulative })
+        values.push({ metricName: bucket, labels: { le: i < this.buckets.length ? this.buckets[i]! : '+Inf', ...labels }, value: cumulative })
       }
       values.push({ metricName: this.name + '_sum', labels, value: child.sum })
       values.push({ metricName: this.name + '_count', labels, value: child.count })
