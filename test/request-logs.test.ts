@@ -44,6 +44,9 @@ t.test('without a usable request id one is generated, forwarded and logged', asy
     t.equal(gw.upstream!.received[before]!.headers['x-request-id'], id, `${what}: forwarded`)
     await waitFor(() => gw.logs.some((l) => l.request_id === id && l.msg === 'request completed'), { what: 'the request\'s log lines' })
   }
+  const rejected = await send(gw.proxyUrl + '/gen', { headers: { 'x-request-id': 'no-caller-id' } })
+  t.equal(rejected.status, 400)
+  t.equal(rejected.headers.get('x-request-id'), 'no-caller-id', 'echoed on a 400 too')
   // The control port honours it too.
   const check = await fetch(gw.controlUrl + '/v1/check', { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'check-77' }, body: '{"key":"k"}' })
   t.equal(check.status, 200)
