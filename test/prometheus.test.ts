@@ -32,11 +32,13 @@ t.test('Prometheus scrapes the control port and counts the blocked requests', as
   t.equal(await value(`up{job="ratelimit-gateway"}`), 1, 'the target is healthy')
 
   // The alert rules loaded and evaluate cleanly against real series; none fires on a healthy gateway.
-  const rules = await waitFor(async () => {
+  const loadedRules = async (): Promise<Array<{ name: string, health: string, lastEvaluation: string }>> => {
     const body = await (await fetch(prom.url + '/api/v1/rules')).json() as { data: { groups: Array<{ rules: Array<{ name: string, health: string, lastEvaluation: string }> }> } }
-    const all = body.data.groups.flatMap((g) => g.rules)
-    return all.length > 0 && all.every((r) => !r.lastEvaluation.startsWith('0001')) ? all : null
-  }, { timeoutMs: 15_000, what: 'every rule evaluated once' })
+    return body.data.groups.flatMap((g) => g.rules)
+  }
+  const evaluated = (r: { lastEvaluation: string }): boolean => !r.lastEvaluation.startsWith('0001')
+  await waitFor(async () => { const all = await loadedRules(); return all.length > 0 && all.every(evaluated) }, { timeoutMs: 15_000, what: 'every rule evaluated once' })
+  const rules = await loadedRules()
   t.ok(rules.length >= 6, `${rules.length} rules loaded`)
   for (const r of rules) t.equal(r.health, 'ok', `rule ${r.name} evaluates`)
   const alerts = await (await fetch(prom.url + '/api/v1/alerts')).json() as { data: { alerts: Array<{ labels: { alertname: string } }> } }
