@@ -69,6 +69,8 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
 
     const defaultUpstream = upstreamUrl
     const runtime = new Holder(buildRuntime(config, defaultUpstream, 1))
+    const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
+    initPolicies(runtime.current)
     const limiter = new Limiter({ postgres, redis }, metrics, log)
     const proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
     const control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
@@ -87,6 +89,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       }
       const fixed = RESTART_ONLY.filter((section) => JSON.stringify(next.config[section]) !== JSON.stringify(config[section]))
       if (fixed.length > 0) log.warn({ sections: fixed }, 'changed settings in these sections take effect only after a restart')
+      initPolicies(next)
       runtime.swap(next)
       metrics.configReloads.inc({ result: 'applied' })
       log.info({ reason, generation: next.policies.generation, policies: [...next.policies.policies.keys()] }, 'configuration reloaded')

@@ -14,6 +14,7 @@ import type { PostgresStore } from '../stores/postgres.ts'
 import type { RedisCache } from '../stores/redis.ts'
 import { parseKey } from '../gateway/identity.ts'
 import { PROBLEM_TYPE, problem } from '../gateway/problem.ts'
+import { requestIdFor } from '../gateway/request-id.ts'
 import { checkSchemas, problemSchema } from './schemas.ts'
 import type { Holder } from '../policy/holder.ts'
 import type { LimitPolicy } from '../policy/policy-set.ts'
@@ -56,6 +57,8 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   const app = Fastify({
     loggerInstance: deps.log.child({ listener: 'control' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
+    requestIdHeader: false,
+    genReqId: requestIdFor,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } }
   })
 
@@ -86,10 +89,10 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     return { policy, key: key.id, cost }
   }
 
-  async function decide (inputs: CheckInput[]): Promise<Decision[]> {
+  async function decide (inputs: CheckInput[], log: Logger): Promise<Decision[]> {
     const resolved = inputs.map(resolve) // all validated before any bucket is touched
     try {
-      return await Promise.all(resolved.map((r) => limiter.check(r.policy, r.key, r.cost)))
+      return await Promise.all(resolved.map((r) => limiter.check(r.policy, r.key, r.cost, log)))
     } catch (err) {
       if (err instanceof StoreUnavailableError) throw Object.assign(new Error('The rate limiter cannot reach its store; retry shortly.'), { statusCode: 503 })
       throw err
@@ -101,10 +104,10 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   }, async (request) => {
     const body = request.body
     if ('checks' in body) {
-      const decisions = await decide(body.checks)
+      const decisions = await decide(body.checks, request.log as Logger)
       return { results: decisions.map(decisionBody) }
     }
-    const [decision] = await decide([body])
+    const [decision] = await decide([body], request.log as Logger)
     return decisionBody(decision!)
   })
 

@@ -3,15 +3,15 @@
  * The limiter runs in `onRequest`, before any body handling, so a refused request costs no
  * body parsing and is never forwarded. Bodies stream through untouched.
  */
-import { randomUUID } from 'node:crypto'
 import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Config } from '../config/schema.ts'
 import type { Decision } from '../domain.ts'
 import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
+import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds } from './headers.ts'
+import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
@@ -41,15 +41,14 @@ export interface ProxyDeps {
   readonly overrides: { readonly table: OverrideTable }
 }
 
-const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
-
 export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const { config, limiter, metrics } = deps
   const app = Fastify({
     loggerInstance: deps.log.child({ listener: 'proxy' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
-    requestIdHeader: 'x-request-id',
-    genReqId: () => randomUUID(),
+    // requestIdFor reads x-request-id itself, keeping only well-formed ids.
+    requestIdHeader: false,
+    genReqId: requestIdFor,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
     http: { maxHeaderSize: config.proxy.maxHeaderBytes }
@@ -66,6 +65,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   app.addHook('onRequest', async (request, reply) => {
+    // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
+    reply.header(REQUEST_ID_HEADER, request.id)
     // One read of the live configuration: this request sees all of one version.
     const runtime = deps.runtime.current
     const set = runtime.policies
@@ -94,7 +95,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       const policy = deps.overrides.table.apply(configured, id)
       let decision: Decision | null = null
       try {
-        decision = await limiter.check(policy, id, cost)
+        decision = await limiter.check(policy, id, cost, request.log as Logger)
       } catch (err) {
         if (!(err instanceof StoreUnavailableError)) throw err
         if (!policy.shadow) {
@@ -132,7 +133,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
 
   app.addHook('onResponse', async (request, reply) => {
     if (request.upstreamStartedAt !== 0n) {
-      metrics.proxiedResponses.inc({ status_class: STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx' })
+      metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
     }
   })
 
@@ -157,20 +158,20 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       // load on a struggling upstream, so nothing is retried.
       retryDelay: () => null,
       rewriteRequestHeaders: (request, headers) => {
-        const out: Record<string, string | string[] | undefined> = { ...headers, 'x-request-id': request.id }
+        const out: Record<string, string | string[] | undefined> = { ...headers, [REQUEST_ID_HEADER]: request.id }
         for (const name of LIMIT_HEADERS) delete out[name]
         return out
       },
       rewriteHeaders: (headers, request) => {
         if (request === undefined) return headers
-        metrics.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
+        metrics.bound.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
         for (const name of LIMIT_HEADERS) delete headers[name]
         if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
         return request.decision === null ? headers : { ...headers, ...rateLimitHeaders(request.decision) }
       },
       onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
-        metrics.upstreamErrors.inc({ kind: timeout ? 'timeout' : 'unreachable' })
+        metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
         reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')
         if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
         sendProblem(reply, timeout ? 504 : 502,
