@@ -5,7 +5,7 @@ import { loadConfig } from '../src/config/load.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { send, until } from './helpers/http.ts'
 
-const local = { limits: { localDenyCache: true } }
+const local = { localDenyCache: { enabled: true } }
 
 async function hit (url: string, user: string): Promise<{ status: number, source: string, at: number, retryAfter: string | null }> {
   const res = await send(url, { user })
@@ -13,10 +13,9 @@ async function hit (url: string, user: string): Promise<{ status: number, source
 }
 
 t.test('configuration: off by default, LOCAL_DENY_CACHE and LOCAL_DENY_CACHE_SIZE turn it on', async (t) => {
-  t.equal(loadConfig({ env: {} }).limits.localDenyCache, false)
-  const on = loadConfig({ env: { LOCAL_DENY_CACHE: 'true', LOCAL_DENY_CACHE_SIZE: '50' } }).limits
-  t.match(on, { localDenyCache: true, localDenyCacheSize: 50 })
-  t.throws(() => loadConfig({ env: { LOCAL_DENY_CACHE_SIZE: '0' } }), /limits\.localDenyCacheSize.*LOCAL_DENY_CACHE_SIZE/)
+  t.same(loadConfig({ env: {} }).localDenyCache, { enabled: false, maxEntries: 10_000 })
+  t.same(loadConfig({ env: { LOCAL_DENY_CACHE: 'true', LOCAL_DENY_CACHE_SIZE: '50' } }).localDenyCache, { enabled: true, maxEntries: 50 })
+  t.throws(() => loadConfig({ env: { LOCAL_DENY_CACHE_SIZE: '0' } }), /localDenyCache\.maxEntries.*LOCAL_DENY_CACHE_SIZE/)
 })
 
 t.test('a flooding caller is refused locally, and passes again as soon as a token is back', async (t) => {
@@ -45,7 +44,7 @@ t.test('without Redis the cache learns from PostgreSQL\'s refusals', async (t) =
 
 t.test('an admin reset is honoured at once; the cache keeps at most its size', async (t) => {
   const token = 'test-admin-token-0123456789'
-  const gw = await startTestGateway(t, { config: { ...local, limits: { localDenyCache: true, localDenyCacheSize: 2 }, control: { adminToken: token } } })
+  const gw = await startTestGateway(t, { config: { localDenyCache: { enabled: true, maxEntries: 2 }, control: { adminToken: token } } })
   for (const user of ['a', 'b', 'c']) {
     for (let i = 0; i < 11; i++) await hit(gw.proxyUrl + '/r', user)
   }

@@ -1,5 +1,6 @@
 /** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
 import { z } from 'zod'
+import { checkPolicyConfig, identityExtension, policySections } from '../policy/schema.ts'
 
 const port = z.number().int().min(0).max(65535)
 const positive = z.number().positive()
@@ -36,20 +37,14 @@ const control = z.strictObject({
 })
 
 const identity = z.strictObject({
-  header: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).default('x-user-id')
+  header: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).default('x-user-id'),
+  ...identityExtension
 })
 
 const limits = z.strictObject({
   capacity: positive.default(10),
   refillPerSecond: positive.default(1),
-  cost: positive.default(1),
-  /**
-   * Refuse callers known to be over their limit from an in-process cache, with no network
-   * round trip (X-Data-Source: local). Off by default, so the seed's "redis" refusals show.
-   */
-  localDenyCache: z.boolean().default(false),
-  /** Most callers the over-limit cache remembers (least recently used evicted). */
-  localDenyCacheSize: z.number().int().positive().default(10_000)
+  cost: positive.default(1)
 }).refine((l) => l.cost <= l.capacity, { message: 'cost must not exceed capacity (such a request could never pass)', path: ['cost'] })
 
 const postgres = z.strictObject({
@@ -78,6 +73,17 @@ const log = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')
 })
 
+/**
+ * The over-limit cache (docs/performance.md): refuse callers known to be over their limit from
+ * process memory, with no network round trip (X-Data-Source: local). Off by default, so the
+ * seed's "redis" refusals show. Read at start-up only.
+ */
+const localDenyCache = z.strictObject({
+  enabled: z.boolean().default(false),
+  /** Most callers remembered; the least recently used goes first. */
+  maxEntries: z.number().int().positive().default(10_000)
+})
+
 export const configSchema = z.strictObject({
   proxy: proxy.prefault({}),
   control: control.prefault({}),
@@ -85,7 +91,12 @@ export const configSchema = z.strictObject({
   limits: limits.prefault({}),
   postgres: postgres.prefault({}),
   redis: redis.prefault({}),
-  log: log.prefault({})
+  localDenyCache: localDenyCache.prefault({}),
+  log: log.prefault({}),
+  // Policies (docs/policies.md); all of these can be hot-reloaded.
+  ...policySections
+}).superRefine((config, ctx) => {
+  for (const issue of checkPolicyConfig(config)) ctx.addIssue({ code: 'custom', path: issue.path, message: issue.message })
 })
 
 export type Config = z.output<typeof configSchema>

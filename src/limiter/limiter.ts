@@ -8,7 +8,7 @@
  * 3. Otherwise PostgreSQL decides atomically; every allowance is decided there.
  * 4. The resulting snapshot is written back to Redis, best effort, off the response path.
  */
-import { fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
+import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
 import type { Decision, DecisionSource, Policy } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
@@ -67,27 +67,28 @@ export class Limiter {
   }
 
   /** A bucket was raised (admin reset): forget what this process remembers of it. */
-  forget (policy: string, userId: string): void {
-    this.#local?.forget(this.#stores.redis.key(policy, userId))
+  forget (cacheName: string, userId: string): void {
+    this.#local?.forget(this.#stores.redis.key(cacheName, userId))
   }
 
-  async check (policy: Policy, userId: string, cost: number): Promise<Decision> {
+  /** `log`: the request's logger, so the decision's log line carries its request id. */
+  async check (policy: Policy, userId: string, cost: number, log: Logger = this.#log): Promise<Decision> {
     const started = process.hrtime.bigint()
     const { redis, postgres } = this.#stores
-    const key = redis.key(policy.name, userId)
+    const key = redis.key(policy.cacheName ?? policy.name, userId)
     const local = this.#local
     if (local !== null) {
       const tokens = local.refuse(key, policy, cost, this.clock.nowMs())
       if (tokens !== undefined) {
         const refused = makeDecision(policy, cost, false, tokens, 'local')
-        this.#record(refused, userId, started)
+        this.#record(refused, userId, started, log)
         return refused
       }
     }
     const cached = await redis.read(key)
     let decision: Decision
     if (typeof cached === 'object' &&
-        tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS) < cost) {
+        !canPay(tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS), cost)) {
       decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
       local?.remember(key, cached, policy, cost, this.clock.nowMs())
     } else {
@@ -103,19 +104,19 @@ export class Limiter {
       const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
       decision = makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
     }
-    this.#record(decision, userId, started)
+    this.#record(decision, userId, started, log)
     return decision
   }
 
-  #record (decision: Decision, userId: string, started: bigint): void {
+  #record (decision: Decision, userId: string, started: bigint, log: Logger): void {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
     this.#metrics.decisionDuration.observe({ source: decision.source }, seconds)
     this.#metrics.decisions.inc({ result: decision.allowed ? 'allowed' : 'blocked', source: decision.source, policy: decision.policy.name })
-    if (this.#log.isLevelEnabled('debug')) {
+    if (log.isLevelEnabled('debug')) {
       if (decision.allowed) {
-        this.#log.debug({ user_id: userId, remaining_tokens: Math.floor(decision.tokens), source: decision.source, policy: decision.policy.name }, 'rate limit allowed')
+        log.debug({ user_id: userId, remaining_tokens: Math.floor(decision.tokens), source: decision.source, policy: decision.policy.name }, 'rate limit allowed')
       } else {
-        this.#log.debug({ user_id: userId, source: decision.source, policy: decision.policy.name }, 'rate limit exceeded')
+        log.debug({ user_id: userId, source: decision.source, policy: decision.policy.name }, 'rate limit exceeded')
       }
     }
   }
