@@ -1,9 +1,10 @@
 // Group commit changes no outcome: the core exactness checks with batching forced by a long
 // window (20 ms), so concurrent decisions, several for one key among them, share a round trip.
+import { Redis } from 'ioredis'
 import t from 'tap'
 import { SCENARIOS } from '../scripts/scenarios-lib.ts'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
-import { burst } from './helpers/http.ts'
+import { burst, waitFor } from './helpers/http.ts'
 
 const forced = { postgres: { batchWindowMs: 20 } }
 
@@ -60,4 +61,30 @@ t.test('the six original scenarios give their expected results with batching for
   for (const [id, result] of runs) {
     for (const e of result.expectations) t.ok(e.ok, `${id}: ${e.what} (expected ${e.expected}, got ${e.actual})`)
   }
+})
+
+t.test('Redis: the reads and the write-backs of concurrent decisions each share one round trip', async (t) => {
+  const gw = await startTestGateway(t, { config: { limits: { capacity: 4, refillPerSecond: 2 } } })
+  const round = async (): Promise<Record<string, number>> => {
+    const { values } = await gw.metrics.storeOperations.get()
+    return Object.fromEntries(values.filter((v) => v.labels.store === 'redis').map((v) => [v.labels.operation, v.value]))
+  }
+  const keys = Array.from({ length: 20 }, (_, i) => `co-${i}`)
+  const check = async (): Promise<boolean[]> => {
+    const res = await fetch(gw.controlUrl + '/v1/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ checks: keys.map((key) => ({ key })) }) })
+    return ((await res.json()) as { results: Array<{ allowed: boolean }> }).results.map((r) => r.allowed)
+  }
+  const before = await round()
+  t.same(await check(), keys.map(() => true))
+  const redis = new Redis(gw.config.redis.url)
+  t.teardown(() => redis.disconnect())
+  const cacheKeys = keys.map((k) => gw.redis.key(gw.runtime.current.policies.defaultPolicy.cacheName, k))
+  // Write-backs are off the response path: wait for them to land.
+  const values = await waitFor(async () => { const v = await redis.mget(cacheKeys); return v.every((x) => x !== null) ? v : null }, { what: 'write-backs' })
+  const after = await round()
+  t.equal((after.get ?? 0) - (before.get ?? 0), 1, '20 reads, one MGET')
+  t.equal((after.set ?? 0) - (before.set ?? 0), 1, '20 write-backs, one script call')
+  for (const v of values) t.match(v, /^3(\.\d+)?\|\d+(\.\d+)?$/, 'snapshot: 3 tokens left, database time')
+  for (const ttl of await Promise.all(cacheKeys.map((k) => redis.ttl(k)))) t.ok(ttl > 0 && ttl <= 2, `TTL ${ttl} s: the time to refill (4 tokens at 2/s)`)
+  t.same(await check(), keys.map(() => true), 'the snapshots read back as hits with tokens: Postgres decides again')
 })
