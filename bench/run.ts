@@ -179,11 +179,14 @@ async function measure (id: string, label: string, url: string, workload: Worklo
   return row
 }
 
-async function measurePaced (id: string, label: string, url: string, workload: Workload, rate: number): Promise<Row> {
+async function measurePaced (id: string, label: string, url: string, workload: Workload, rate: number, cpu?: CpuGroups): Promise<Row> {
   log(`case ${id}: ${label} at ${Math.round(rate)} req/s ...`)
   if (WARMUP > 0) await paced(url, workload, CONNECTIONS, WARMUP, rate)
+  const cpuBefore = cpu === undefined ? null : await cpuSnapshot(cpu.server, cpu.database, benchSql)
   const result = await paced(url, workload, CONNECTIONS, SECONDS, rate)
-  const row: Row = { id, label, result, notes: [`paced at ${Math.round(rate)} req/s (autocannon)`], ratios: false }
+  const notes = [`paced at ${Math.round(rate)} req/s (autocannon)`]
+  if (cpu !== undefined && cpuBefore !== null) notes.push(describeCpu(cpuBefore, await cpuSnapshot(cpu.server, cpu.database, benchSql), result.requests))
+  const row: Row = { id, label, result, notes, ratios: false }
   rows.push(row)
   log(`  ${Math.round(result.rps)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms`)
   return row
@@ -302,7 +305,7 @@ async function main (): Promise<void> {
     if (wants('2')) {
       const floor = await startServer('floor', 'none', upstreamUrl)
       saturation2 = (await measure('2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, callers, { cpu: cpuOf(floor.child, false) })).result.rps
-      await measurePaced('2h', 'case 2 at half its saturation rate', floor.url, callers, saturation2 / 2)
+      await measurePaced('2h', 'case 2 at half its saturation rate', floor.url, callers, saturation2 / 2, cpuOf(floor.child, false))
       await stop(floor.child)
     }
 
@@ -312,7 +315,7 @@ async function main (): Promise<void> {
     await seedBuckets(sql, 'k', 10)
     if (wants('3')) {
       await measure('3', `gateway, all allowed, ${CALLERS} callers`, gw.url, callers, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
-      if (Number.isFinite(saturation2)) await measurePaced('3h', 'case 3 at half of case 2\'s saturation rate', gw.url, { kind: 'proxy', prefix: 'c', callers: CALLERS }, saturation2 / 2)
+      if (Number.isFinite(saturation2)) await measurePaced('3h', 'case 3 at half of case 2\'s saturation rate', gw.url, { kind: 'proxy', prefix: 'c', callers: CALLERS }, saturation2 / 2, cpuOf(gw.child))
     }
     if (wants('4')) await measure('4', 'gateway, one caller flooding (refused via Redis)', gw.url, { kind: 'proxy', prefix: 'flood', callers: 1 }, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
     if (wants('6')) {

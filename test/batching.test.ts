@@ -80,7 +80,7 @@ t.test('Redis: the reads and the write-backs of concurrent decisions each share 
   t.teardown(() => redis.disconnect())
   const cacheKeys = keys.map((k) => gw.redis.key(gw.runtime.current.policies.defaultPolicy.cacheName, k))
   // Write-backs are off the response path: wait for them to land.
-  const values = await waitFor(async () => { const v = await redis.mget(cacheKeys); return v.every((x) => x !== null) ? v : null }, { what: 'write-backs' })
+  const values = (await waitFor(async () => { const v = await redis.mget(cacheKeys); return v.every((x) => x !== null) ? v : null }, { what: 'write-backs' }))!
   const after = await round()
   t.equal((after.get ?? 0) - (before.get ?? 0), 1, '20 reads, one MGET')
   t.equal((after.set ?? 0) - (before.set ?? 0), 1, '20 write-backs, one script call')

@@ -52,10 +52,22 @@ const postgres = z.strictObject({
   poolSize: z.number().int().positive().default(10),
   connectTimeoutSeconds: positive.default(2),
   statementTimeoutMs: z.number().int().positive().default(2_000),
-  /** Decisions arriving within this window share one round trip (group commit). 0 sends each alone. */
+  /**
+   * Group commit: decisions arriving within this window share one round trip and one
+   * transaction. Below 1 ms (timers are no finer), those arriving in the same turn of the
+   * event loop. Batches also grow by themselves while every in-flight slot is busy.
+   */
   batchWindowMs: z.number().min(0).max(50).default(0.2),
   /** Most decisions in one round trip. */
   batchMaxSize: z.number().int().positive().max(10_000).default(256),
+  /** Most batches in flight at once, each on its own pooled connection (docs/performance.md). */
+  batchMaxInFlight: z.number().int().positive().max(64).default(4),
+  /**
+   * false: a decision is acknowledged before its commit reaches the disk. A PostgreSQL crash
+   * may then forget the last fraction of a second of spending (those callers get the tokens
+   * back); nothing is corrupted. Commits stop waiting for the disk.
+   */
+  synchronousCommit: z.boolean().default(true),
   /** Apply migrations at start-up. */
   migrate: z.boolean().default(true)
 })

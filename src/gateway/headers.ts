@@ -17,19 +17,39 @@ function sfString (value: string): string {
   return '"' + value.replace(/[\\"]/g, '\\$&') + '"'
 }
 
-export function rateLimitHeaders (d: Decision): Record<string, string> {
-  const name = sfString(d.policy.name)
-  const remaining = Math.max(0, Math.floor(d.tokens + 1e-9))
-  const reset = Math.ceil(d.resetAfterMs / 1000)
-  const headers: Record<string, string> = {
-    'x-data-source': d.source,
-    'ratelimit-policy': `${name};q=${d.policy.capacity};w=${windowSeconds(d.policy)}`,
-    ratelimit: `${name};r=${remaining};t=${reset}`,
-    'x-ratelimit-limit': String(d.policy.capacity),
-    'x-ratelimit-remaining': String(remaining),
-    'x-ratelimit-reset': String(reset)
+interface PolicyHeaders { readonly quotedName: string, readonly policy: string, readonly limit: string }
+
+// What a policy contributes to every response, computed once per policy object (policies are
+// rebuilt only on reload or when an override changes, so this never grows without bound).
+const perPolicy = new WeakMap<Policy, PolicyHeaders>()
+
+function policyHeaders (p: Policy): PolicyHeaders {
+  let h = perPolicy.get(p)
+  if (h === undefined) {
+    const quotedName = sfString(p.name)
+    h = { quotedName, policy: `${quotedName};q=${p.capacity};w=${windowSeconds(p)}`, limit: String(p.capacity) }
+    perPolicy.set(p, h)
   }
-  if (!d.allowed) headers['retry-after'] = String(retryAfterSeconds(d.retryAfterMs))
+  return h
+}
+
+/** Sets the decision's headers on `target` (an upstream response's headers, or a fresh object). */
+export function writeRateLimitHeaders (target: Record<string, unknown>, d: Decision): void {
+  const p = policyHeaders(d.policy)
+  const remaining = String(Math.max(0, Math.floor(d.tokens + 1e-9)))
+  const reset = Math.ceil(d.resetAfterMs / 1000)
+  target['x-data-source'] = d.source
+  target['ratelimit-policy'] = p.policy
+  target.ratelimit = `${p.quotedName};r=${remaining};t=${reset}`
+  target['x-ratelimit-limit'] = p.limit
+  target['x-ratelimit-remaining'] = remaining
+  target['x-ratelimit-reset'] = String(reset)
+  if (!d.allowed) target['retry-after'] = String(retryAfterSeconds(d.retryAfterMs))
+}
+
+export function rateLimitHeaders (d: Decision): Record<string, string> {
+  const headers: Record<string, string> = {}
+  writeRateLimitHeaders(headers, d)
   return headers
 }
 

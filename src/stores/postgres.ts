@@ -48,11 +48,16 @@ export class PostgresStore {
       idle_timeout: 60,
       onnotice: () => {},
       // postgres.js has no client-side query timeout: bound every statement server-side.
-      connection: { statement_timeout: config.statementTimeoutMs, application_name: 'ratelimit-gateway' }
+      connection: {
+        statement_timeout: config.statementTimeoutMs,
+        application_name: 'ratelimit-gateway',
+        ...(config.synchronousCommit ? {} : { synchronous_commit: 'off' })
+      }
     })
     this.#batcher = new Batcher((items) => this.#decideBatch(items), {
       maxSize: config.batchMaxSize,
-      maxInFlight: Math.max(1, Math.min(config.poolSize, 4)),
+      // More slots than connections would only queue inside the pool.
+      maxInFlight: Math.min(config.poolSize, config.batchMaxInFlight),
       windowMs: config.batchWindowMs
     })
   }
