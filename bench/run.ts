@@ -6,7 +6,8 @@
  * from the load generator; every case uses the same connections and duration. The run uses
  * its own database (created and dropped) and its own Redis key prefix (deleted at the end).
  *
- *   BENCH_CONNECTIONS (64)  BENCH_DURATION seconds per case (8)  BENCH_WARMUP seconds (2)
+ *   BENCH_CONNECTIONS (64)  BENCH_DURATION seconds per case (8)  BENCH_WARMUP seconds per case (3)
+ *   BENCH_PROCESS_WARMUP seconds of load on every new server process before its first case (6)
  *   BENCH_CALLERS distinct callers in cases 3, 6 and 7 (50000)
  *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
  *   BENCH_ONLY=1,2,3,4,5,6,L,7 (a subset of cases, for tuning; L = the local-cache rows)  BENCH_LOADGEN=autocannon (even when wrk is installed)
@@ -14,7 +15,7 @@
  * Gateway settings (DATABASE_POOL_SIZE, DATABASE_BATCH_WINDOW_MS, ...) pass through from the environment.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, readdirSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -27,7 +28,9 @@ import { summarise } from './profile.ts'
 const env = process.env
 const CONNECTIONS = Number(env.BENCH_CONNECTIONS ?? 64)
 const SECONDS = Number(env.BENCH_DURATION ?? 8)
-const WARMUP = Number(env.BENCH_WARMUP ?? 2)
+const WARMUP = Number(env.BENCH_WARMUP ?? 3)
+/** Every server process is first driven this long: until the JIT has compiled its hot paths. */
+const PROCESS_WARMUP = Number(env.BENCH_PROCESS_WARMUP ?? 6)
 const CALLERS = Number(env.BENCH_CALLERS ?? 50_000)
 const BATCH = 100
 const ADMIN_URL = env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -38,6 +41,12 @@ const wants = (c: string): boolean => ONLY === null || ONLY.has(c)
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const GATEWAY_MAIN = join(here, '..', 'src', 'main.js')
+/** The gateway runs as `npm start` runs it: the same Node flags. */
+const GATEWAY_NODE_FLAGS = (() => {
+  const pkg = JSON.parse(readFileSync(join(here, '..', '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+  const m = /^node\s+(.*?)\s*dist\/src\/main\.js$/.exec(pkg.scripts.start ?? '')
+  return m === null || m[1] === '' ? [] : m[1]!.split(/\s+/)
+})()
 const run = `bench_${process.pid}_${randomBytes(3).toString('hex')}`
 const redisPrefix = `${run}:`
 const databaseUrl = (() => { const u = new URL(ADMIN_URL); u.pathname = '/' + run; return u.toString() })()
@@ -75,9 +84,16 @@ async function startGatewayProc (name: string, upstreamUrl: string, extra: Recor
     UPSTREAM_URL: upstreamUrl, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: redisPrefix,
     LOG_LEVEL: env.LOG_LEVEL ?? 'info',
     ...extra
-  }, (l) => typeof l.msg === 'string' && l.msg.startsWith('Starting server on'), nodeArgs)
+  }, (l) => typeof l.msg === 'string' && l.msg.startsWith('Starting server on'), [...GATEWAY_NODE_FLAGS, ...nodeArgs])
   children.push(child)
   return { child, url: `http://127.0.0.1:${child.ready.port as number}`, controlUrl: `http://127.0.0.1:${child.ready.control_port as number}` }
+}
+
+/** Drives a freshly started server until its hot paths are compiled; nothing is recorded. */
+async function warmProcess (name: string, url: string, workload: Workload): Promise<void> {
+  if (PROCESS_WARMUP <= 0) return
+  log(`warming ${name} up for ${PROCESS_WARMUP} s ...`)
+  await saturate(url, workload, CONNECTIONS, PROCESS_WARMUP)
 }
 
 async function stop (child: Child): Promise<void> {
@@ -286,7 +302,8 @@ const memory = new Map<string, number>()
 async function main (): Promise<void> {
   const cpu = cpus()
   facts.push(`machine: ${cpu.length} cores, ${cpu[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(1)} GB; Node ${process.version}; load generator: ${loadGenerator}`)
-  facts.push(`${CONNECTIONS} connections, ${SECONDS} s per case after ${WARMUP} s warm-up; every server a separate process; the load generator shares the cores with them, PostgreSQL and Redis`)
+  facts.push(`${CONNECTIONS} connections, ${SECONDS} s per case after ${WARMUP} s warm-up (and ${PROCESS_WARMUP} s on every new server process); every server a separate process; the load generator shares the cores with them, PostgreSQL and Redis`)
+  if (GATEWAY_NODE_FLAGS.length > 0) facts.push(`gateway started as npm start does: node ${GATEWAY_NODE_FLAGS.join(' ')}`)
   log(facts.join('\n'))
   const { sql, cleanup } = await prepareStores()
   benchSql = sql
@@ -304,6 +321,7 @@ async function main (): Promise<void> {
     let saturation2 = NaN
     if (wants('2')) {
       const floor = await startServer('floor', 'none', upstreamUrl)
+      await warmProcess('floor', floor.url, callers)
       saturation2 = (await measure('2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, callers, { cpu: cpuOf(floor.child, false) })).result.rps
       await measurePaced('2h', 'case 2 at half its saturation rate', floor.url, callers, saturation2 / 2, cpuOf(floor.child, false))
       await stop(floor.child)
@@ -313,6 +331,7 @@ async function main (): Promise<void> {
     const gw = await startGatewayProc('gateway', upstreamUrl, {})
     await seedBuckets(sql, 'c', 10)
     await seedBuckets(sql, 'k', 10)
+    await warmProcess('gateway', gw.url, callers)
     if (wants('3')) {
       await measure('3', `gateway, all allowed, ${CALLERS} callers`, gw.url, callers, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
       if (Number.isFinite(saturation2)) await measurePaced('3h', 'case 3 at half of case 2\'s saturation rate', gw.url, { kind: 'proxy', prefix: 'c', callers: CALLERS }, saturation2 / 2, cpuOf(gw.child))
@@ -332,6 +351,7 @@ async function main (): Promise<void> {
     const settings = { RATE_LIMIT_CAPACITY: '20', RATE_LIMIT_REFILL_PER_SECOND: '20' }
     if (wants('5')) {
       const gw5 = await startGatewayProc('gateway-5', upstreamUrl, settings)
+      await warmProcess('gateway-5', gw5.url, mix('m'))
       await measure('5', 'gateway, 1,000 callers, about half refused', gw5.url, mix('m'), { controlUrl: gw5.controlUrl, cpu: cpuOf(gw5.child) })
       const mem5 = await memoryOf(gw5)
       memory.set('5', mem5.rss)
@@ -340,6 +360,7 @@ async function main (): Promise<void> {
     }
     if (wants('L')) {
       const local = await startGatewayProc('gateway-local', upstreamUrl, { ...settings, LOCAL_DENY_CACHE: 'true' })
+      await warmProcess('gateway-local', local.url, mix('m-l'))
       await measure('4L', 'case 4 with the local over-limit cache', local.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 }, { controlUrl: local.controlUrl, cpu: cpuOf(local.child) })
       await measure('5L', 'case 5 with the local over-limit cache', local.url, mix('m-l'), { controlUrl: local.controlUrl, cpu: cpuOf(local.child) })
       await stop(local.child)
@@ -347,10 +368,12 @@ async function main (): Promise<void> {
 
     if (wants('7')) {
       const peerRedis = await startServer('peer-redis', 'redis', upstreamUrl)
+      await warmProcess('peer-redis', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS })
       await measure('7a', 'peer: rate-limiter-flexible RateLimiterRedis, case 3 load', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS }, { cpu: cpuOf(peerRedis.child, false) })
       await measure('7c', 'peer: RateLimiterRedis, case 4 load (one caller flooding)', peerRedis.url, { kind: 'proxy', prefix: 'prf', callers: 1 }, { cpu: cpuOf(peerRedis.child, false) })
       await stop(peerRedis.child)
       const peerPg = await startServer('peer-postgres', 'postgres', upstreamUrl)
+      await warmProcess('peer-postgres', peerPg.url, { kind: 'proxy', prefix: 'pp', callers: CALLERS })
       await measure('7b', 'peer: rate-limiter-flexible RateLimiterPostgres, case 3 load', peerPg.url, { kind: 'proxy', prefix: 'pp', callers: CALLERS }, { cpu: cpuOf(peerPg.child) })
       await stop(peerPg.child)
     }
@@ -359,6 +382,7 @@ async function main (): Promise<void> {
     if (PROFILE) {
       const dir = mkdtempSync(join(tmpdir(), 'gw-prof-'))
       const prof = await startGatewayProc('gateway-profiled', upstreamUrl, {}, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
+      await warmProcess('gateway-profiled', prof.url, callers)
       await measure('3P', 'case 3 under --cpu-prof (not a figure)', prof.url, callers, { controlUrl: prof.controlUrl, ratios: false, cpu: cpuOf(prof.child) })
       await stop(prof.child)
       const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
