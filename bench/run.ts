@@ -12,7 +12,8 @@
  *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
  *   BENCH_ONLY=1,2,3,4,5,6,L,7 (a subset of cases, for tuning; L = the local-cache rows)  BENCH_LOADGEN=autocannon (even when wrk is installed)
  *   --profile  also run case 3 against a gateway under `node --cpu-prof` and summarise its top frames
- * Gateway settings (DATABASE_POOL_SIZE, DATABASE_BATCH_WINDOW_MS, ...) pass through from the environment.
+ * Gateway settings (DATABASE_POOL_SIZE, DATABASE_BATCH_WINDOW_MS, ...) pass through from the environment;
+ * BENCH_GATEWAY_NODE_FLAGS replaces the Node flags taken from `npm start`.
  */
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
@@ -42,7 +43,7 @@ const wants = (c: string): boolean => ONLY === null || ONLY.has(c)
 const here = fileURLToPath(new URL('.', import.meta.url))
 const GATEWAY_MAIN = join(here, '..', 'src', 'main.js')
 /** The gateway runs as `npm start` runs it: the same Node flags. */
-const GATEWAY_NODE_FLAGS = (() => {
+const GATEWAY_NODE_FLAGS = env.BENCH_GATEWAY_NODE_FLAGS !== undefined ? env.BENCH_GATEWAY_NODE_FLAGS.split(/\s+/).filter(Boolean) : (() => {
   const pkg = JSON.parse(readFileSync(join(here, '..', '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }
   const m = /^node\s+(.*?)\s*dist\/src\/main\.js$/.exec(pkg.scripts.start ?? '')
   return m === null || m[1] === '' ? [] : m[1]!.split(/\s+/)
@@ -201,6 +202,7 @@ async function measurePaced (id: string, label: string, url: string, workload: W
   const cpuBefore = cpu === undefined ? null : await cpuSnapshot(cpu.server, cpu.database, benchSql)
   const result = await paced(url, workload, CONNECTIONS, SECONDS, rate)
   const notes = [`paced at ${Math.round(rate)} req/s (autocannon)`]
+  if (result.rps < rate * 0.95) notes.push(`could not keep up with that rate: its latency here is queueing`)
   if (cpu !== undefined && cpuBefore !== null) notes.push(describeCpu(cpuBefore, await cpuSnapshot(cpu.server, cpu.database, benchSql), result.requests))
   const row: Row = { id, label, result, notes, ratios: false }
   rows.push(row)
@@ -359,11 +361,15 @@ async function main (): Promise<void> {
       await stop(gw5.child)
     }
     if (wants('L')) {
-      const local = await startGatewayProc('gateway-local', upstreamUrl, { ...settings, LOCAL_DENY_CACHE: 'true' })
-      await warmProcess('gateway-local', local.url, mix('m-l'))
-      await measure('4L', 'case 4 with the local over-limit cache', local.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 }, { controlUrl: local.controlUrl, cpu: cpuOf(local.child) })
-      await measure('5L', 'case 5 with the local over-limit cache', local.url, mix('m-l'), { controlUrl: local.controlUrl, cpu: cpuOf(local.child) })
-      await stop(local.child)
+      // The same loads as cases 4 and 5, with the same settings, with the over-limit cache on.
+      const local4 = await startGatewayProc('gateway-local', upstreamUrl, { LOCAL_DENY_CACHE: 'true' })
+      await warmProcess('gateway-local', local4.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 })
+      await measure('4L', 'case 4 with the local over-limit cache', local4.url, { kind: 'proxy', prefix: 'flood-l', callers: 1 }, { controlUrl: local4.controlUrl, cpu: cpuOf(local4.child) })
+      await stop(local4.child)
+      const local5 = await startGatewayProc('gateway-local-5', upstreamUrl, { ...settings, LOCAL_DENY_CACHE: 'true' })
+      await warmProcess('gateway-local-5', local5.url, mix('m-l'))
+      await measure('5L', 'case 5 with the local over-limit cache', local5.url, mix('m-l'), { controlUrl: local5.controlUrl, cpu: cpuOf(local5.child) })
+      await stop(local5.child)
     }
 
     if (wants('7')) {
