@@ -88,3 +88,14 @@ t.test('Redis: the reads and the write-backs of concurrent decisions each share 
   for (const ttl of await Promise.all(cacheKeys.map((k) => redis.ttl(k)))) t.ok(ttl > 0 && ttl <= 2, `TTL ${ttl} s: the time to refill (4 tokens at 2/s)`)
   t.same(await check(), keys.map(() => true), 'the snapshots read back as hits with tokens: Postgres decides again')
 })
+
+t.test('knobs: synchronousCommit false turns the sessions\' synchronous_commit off, batchMaxInFlight 1 still exact', async (t) => {
+  const gw = await startTestGateway(t, { config: { postgres: { synchronousCommit: false, batchMaxInFlight: 1 } } })
+  const [row] = await gw.postgres.sql<Array<{ synchronous_commit: string }>>`SHOW synchronous_commit`
+  t.equal(row!.synchronous_commit, 'off')
+  const statuses = (await burst(gw.proxyUrl + '/k', 'knobs', 25)).map((r) => r.status)
+  t.equal(allowed(statuses), 10)
+  const def = await startTestGateway(t)
+  const [on] = await def.postgres.sql<Array<{ synchronous_commit: string }>>`SHOW synchronous_commit`
+  t.equal(on!.synchronous_commit, 'on', 'durable by default')
+})
