@@ -22,7 +22,7 @@ export class Metrics {
 
   readonly cacheLookups = new Counter({
     name: 'gateway_cache_lookups_total',
-    help: 'Redis snapshot lookups by result: hit, miss, error (failed or timed out), skipped (circuit open or Redis disabled).',
+    help: 'Redis snapshot lookups by result: hit, miss, error (failed or timed out), skipped (circuit open or Redis disabled), redis-owned and handing-back (Redis decided the bucket while PostgreSQL was down).',
     labelNames: ['result'] as const,
     registers: [this.registry]
   })
@@ -93,13 +93,27 @@ export class Metrics {
 
   readonly failModeEvents = new Counter({
     name: 'gateway_fail_mode_events_total',
-    help: 'Requests decided by a fail mode because both stores were unreachable, by mode (local, open, closed).',
+    help: 'Requests decided by a fail mode because both stores were unreachable, by mode (local, open, closed), and requests Redis decided because PostgreSQL was (redis-fallback).',
     labelNames: ['mode'] as const,
+    registers: [this.registry]
+  })
+
+  readonly failModeActive = new Gauge({
+    name: 'gateway_fail_mode_active',
+    help: 'Which store decides now: 1 for the active mode (postgres, redis-fallback, local, open, closed), 0 for the others.',
+    labelNames: ['mode'] as const,
+    registers: [this.registry]
+  })
+
+  readonly handedBack = new Counter({
+    name: 'gateway_fallback_handed_back_total',
+    help: 'Buckets that Redis decided while PostgreSQL was down, merged back into PostgreSQL.',
     registers: [this.registry]
   })
 
   constructor () {
     collectDefaultMetrics({ register: this.registry })
     for (const store of ['postgres', 'redis'] as const) this.storeUp.set({ store }, 0)
+    for (const mode of ['postgres', 'redis-fallback', 'local', 'open', 'closed']) this.failModeActive.set({ mode }, mode === 'postgres' ? 1 : 0)
   }
 }

@@ -46,7 +46,7 @@ export async function startGateway (config: Config, log: Logger): Promise<Gatewa
 
     const defaultPolicy: Policy = { name: 'default', capacity: config.limits.capacity, refillPerSecond: config.limits.refillPerSecond }
     const policies = new Map([[defaultPolicy.name, defaultPolicy]])
-    const limiter = new Limiter({ postgres, redis }, metrics, log)
+    const limiter = new Limiter({ postgres, redis }, metrics, log, config.fallback)
     const cost = config.limits.cost
     const proxy = await buildProxy({ config, upstreamUrl, limiter, metrics, log, policyFor: () => ({ policy: defaultPolicy, cost }) })
     const control = await buildControl({ config, limiter, postgres, redis, metrics, log, policies, defaultPolicy })
@@ -73,6 +73,7 @@ export async function startGateway (config: Config, log: Logger): Promise<Gatewa
           await proxy.close()
           await control.close()
           await echo?.close()
+          await limiter.close()
           await redis.close()
           await postgres.close()
         })()

@@ -31,6 +31,8 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['REDIS_ENABLED', 'redis.enabled', 'boolean'],
   ['REDIS_KEY_PREFIX', 'redis.keyPrefix', 'string'],
   ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
+  ['FAIL_MODE', 'fallback.mode', 'string'],
+  ['FAIL_LOCAL_REPLICAS', 'fallback.localReplicas', 'int'],
   ['LOG_LEVEL', 'log.level', 'string']
 ]
 

@@ -67,6 +67,22 @@ const redis = z.strictObject({
   connectTimeoutMs: z.number().int().positive().default(1_000)
 })
 
+/** What happens when a store is unreachable (docs/reliability.md). */
+const fallback = z.strictObject({
+  /** PostgreSQL down: Redis decides atomically (Lua, Redis clock) and is written back later. */
+  redisDecides: z.boolean().default(true),
+  /** Both stores down: local in-process buckets, forward unlimited, or answer 503. */
+  mode: z.enum(['local', 'open', 'closed']).default('local'),
+  /** Gateways sharing the traffic: each local bucket gets capacity and rate divided by this. */
+  localReplicas: z.number().int().positive().default(1),
+  /** Most callers held in local buckets; beyond it the fullest are forgotten first. */
+  localMaxKeys: z.number().int().positive().default(100_000),
+  /** How often PostgreSQL is probed while it is down. */
+  probeIntervalMs: z.number().int().positive().max(60_000).default(500),
+  /** Retry-After (seconds) on the 503 of the closed mode. */
+  closedRetryAfterSeconds: z.number().int().positive().default(1)
+})
+
 const log = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')
 })
@@ -78,6 +94,7 @@ export const configSchema = z.strictObject({
   limits: limits.prefault({}),
   postgres: postgres.prefault({}),
   redis: redis.prefault({}),
+  fallback: fallback.prefault({}),
   log: log.prefault({})
 })
 

@@ -68,8 +68,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       decision = await limiter.check(policy, identity.id, cost)
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err
-      reply.header('retry-after', '1')
-      sendProblem(reply, 503, 'The rate limiter cannot reach its store; retry shortly.', null)
+      reply.header('retry-after', String(err.retryAfterSeconds))
+      sendProblem(reply, 503, 'The rate limiter cannot reach its stores (FAIL_MODE=closed); retry shortly.', null)
       return reply
     }
     request.decision = decision

@@ -7,14 +7,21 @@
  *    fewer tokens than the truth, and a denial read from it is always right.
  * 3. Otherwise PostgreSQL decides atomically; every allowance is decided there.
  * 4. The resulting snapshot is written back to Redis, best effort, off the response path.
+ *
+ * When PostgreSQL cannot decide, or Redis owns the bucket because it decided it while
+ * PostgreSQL was down, failover.ts takes over (Redis decides, else the fail mode).
  */
 import { fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
-import type { Decision, DecisionSource, Policy } from '../domain.ts'
+import type { Config } from '../config/schema.ts'
+import type { BucketSnapshot, Decision, DecisionSource, Policy } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
 import type { PostgresStore } from '../stores/postgres.ts'
-import type { RedisCache } from '../stores/redis.ts'
+import type { CacheMiss, NotOwnedByPostgres, RedisCache } from '../stores/redis.ts'
 import { DbClock } from './db-clock.ts'
+import { Failover } from './failover.ts'
+
+export { StoreUnavailableError } from './fail-mode.ts'
 
 /**
  * Redis denies only if the bucket could not pay even this much later than our estimate of
@@ -22,11 +29,6 @@ import { DbClock } from './db-clock.ts'
  * Anything closer is left to PostgreSQL, which is always right.
  */
 const REDIS_DENY_MARGIN_MS = 2
-
-/** PostgreSQL could not decide; the caller gets 503 (the fail modes of issue 5 build on this). */
-export class StoreUnavailableError extends Error {
-  override name = 'StoreUnavailableError'
-}
 
 export function makeDecision (policy: Policy, cost: number, allowed: boolean, tokens: number, source: DecisionSource): Decision {
   return {
@@ -47,39 +49,62 @@ export interface LimiterStores {
 
 export class Limiter {
   readonly clock = new DbClock()
+  readonly failover: Failover
   readonly #stores: LimiterStores
   readonly #metrics: Metrics
   readonly #log: Logger
 
-  constructor (stores: LimiterStores, metrics: Metrics, log: Logger) {
+  constructor (stores: LimiterStores, metrics: Metrics, log: Logger, fallback: Config['fallback']) {
     this.#stores = stores
     this.#metrics = metrics
     this.#log = log
+    this.failover = new Failover({ ...stores, clock: this.clock, config: fallback, metrics, log })
   }
 
   async check (policy: Policy, userId: string, cost: number): Promise<Decision> {
     const started = process.hrtime.bigint()
     const { redis, postgres } = this.#stores
     const key = redis.key(policy.name, userId)
-    const cached = await redis.read(key)
+    const failover = this.failover
     let decision: Decision
-    if (typeof cached === 'object' &&
-        tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS) < cost) {
-      decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
+    if (failover.postgresDown) {
+      decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
     } else {
-      let result
-      try {
-        result = await postgres.decide({ policy, userId, cost })
-      } catch (err) {
-        throw new StoreUnavailableError('PostgreSQL could not decide: ' + (err as Error).message, { cause: err })
+      const cached = await redis.read(key)
+      if (typeof cached === 'object' &&
+          tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS) < cost) {
+        decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
+      } else if (cached === 'redis-owned') {
+        failover.redisOwnedSeen()
+        decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
+      } else {
+        // 'handing-back': PostgreSQL decides, waiting on the row lock for the merged state.
+        if (cached === 'handing-back') failover.redisOwnedSeen()
+        try {
+          decision = await this.#askPostgres(policy, userId, cost, key, cached)
+        } catch {
+          failover.postgresFailed()
+          decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
+        }
       }
-      this.clock.observe(result.snapshot.atMs)
-      redis.write(key, result.snapshot, fullRefillSeconds(policy))
-      const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
-      decision = makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
     }
     this.#record(decision, userId, started)
     return decision
+  }
+
+  /** Stops background work (PostgreSQL probes, hand-backs). */
+  async close (): Promise<void> {
+    await this.failover.close()
+  }
+
+  /** PostgreSQL decides; throws when it cannot. */
+  async #askPostgres (policy: Policy, userId: string, cost: number, key: string,
+    cached: BucketSnapshot | CacheMiss | NotOwnedByPostgres): Promise<Decision> {
+    const result = await this.#stores.postgres.decide({ policy, userId, cost })
+    this.clock.observe(result.snapshot.atMs)
+    this.#stores.redis.write(key, result.snapshot, fullRefillSeconds(policy), result.allowed ? cost : 0)
+    const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
+    return makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
   }
 
   #record (decision: Decision, userId: string, started: bigint): void {

@@ -10,12 +10,15 @@ import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { StoreHealth } from './health.ts'
+import { defineScripts, ownerOf, type ScriptedRedis } from './redis-scripts.ts'
 
 /** Why a read produced no snapshot. */
 export type CacheMiss = 'miss' | 'error' | 'skipped'
+/** The bucket is not PostgreSQL's right now (src/stores/redis-scripts.ts, value format). */
+export type NotOwnedByPostgres = 'redis-owned' | 'handing-back'
 
 export class RedisCache {
-  readonly client: Redis | null
+  readonly client: ScriptedRedis | null
   readonly health: StoreHealth
   readonly #prefix: string
   readonly #metrics: Metrics
@@ -30,7 +33,7 @@ export class RedisCache {
       this.client = null
       return
     }
-    this.client = new Redis(config.url, {
+    this.client = defineScripts(new Redis(config.url, {
       // Fail fast: a cache that queues or retries commands only adds latency.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
@@ -39,7 +42,7 @@ export class RedisCache {
       enableAutoPipelining: true,
       lazyConnect: true,
       retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000)
-    })
+    }))
     // ioredis emits 'error' on every failed reconnect; StoreHealth logs only the transition.
     this.client.on('error', (err) => this.health.failed(err))
     this.client.on('ready', () => { this.#breaker.success(); this.health.succeeded() })
@@ -56,14 +59,16 @@ export class RedisCache {
     }
   }
 
+  get prefix (): string { return this.#prefix }
+
   key (policy: string, userId: string): string {
     // One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot.
     return `${this.#prefix}{${policy}:${userId}}`
   }
 
-  async read (key: string): Promise<BucketSnapshot | CacheMiss> {
-    const client = this.client
-    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) {
+  async read (key: string): Promise<BucketSnapshot | CacheMiss | NotOwnedByPostgres> {
+    const client = this.usable()
+    if (client === null) {
       this.#metrics.cacheLookups.inc({ result: 'skipped' })
       return 'skipped'
     }
@@ -72,23 +77,47 @@ export class RedisCache {
     try {
       value = await client.get(key)
     } catch (err) {
-      this.#failed('get', err)
+      this.failed('get', err)
       this.#metrics.cacheLookups.inc({ result: 'error' })
       return 'error'
     }
-    this.#breaker.success()
-    this.health.succeeded()
+    this.succeeded()
+    if (value !== null) {
+      const owner = ownerOf(value)
+      if (owner !== 'postgres') {
+        const result = owner === 'redis' ? 'redis-owned' : 'handing-back'
+        this.#metrics.cacheLookups.inc({ result })
+        return result
+      }
+    }
     const snapshot = value === null ? null : decode(value)
     this.#metrics.cacheLookups.inc({ result: snapshot === null ? 'miss' : 'hit' })
     return snapshot ?? 'miss'
   }
 
-  /** Stores a snapshot for `ttlSeconds`; fire and forget, never on the response's path. */
-  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number): void {
+  /**
+   * Stores a snapshot for `ttlSeconds`; fire and forget, never on the response's path.
+   * `charge` is the cost PostgreSQL just granted (0 for a denial): if Redis owns the bucket the
+   * snapshot is not written and the charge is applied there instead (redis-scripts.ts WRITE).
+   */
+  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge = 0): void {
     const client = this.client
     if (client === null || client.status !== 'ready' || this.#breaker.open) return
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
-    client.set(key, encode(snapshot), 'EX', ttlSeconds).catch((err: unknown) => this.#failed('set', err))
+    client.rlWrite(key, encode(snapshot), ttlSeconds, charge).catch((err: unknown) => this.failed('set', err))
+  }
+
+  /** The client, if Redis may be used now: connected and not skipped by the circuit breaker. */
+  usable (): ScriptedRedis | null {
+    const client = this.client
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return null
+    return client
+  }
+
+  /** Reports an operation that worked, closing the breaker (for callers of `usable()`). */
+  succeeded (): void {
+    this.#breaker.success()
+    this.health.succeeded()
   }
 
   /** Removes a snapshot; used when a bucket is raised (reset), where a stale one would be wrong. */
@@ -107,7 +136,8 @@ export class RedisCache {
     }
   }
 
-  #failed (operation: string, err: unknown): void {
+  /** Reports an operation that failed or timed out (for callers of `usable()`). */
+  failed (operation: string, err: unknown): void {
     this.#metrics.storeErrors.inc({ store: 'redis', operation })
     this.#breaker.failure(Date.now())
     this.health.failed(err)

@@ -1,0 +1,142 @@
+/**
+ * Redis as the deciding store while PostgreSQL is unreachable: an atomic Lua decision on the
+ * Redis server clock (redis-scripts.ts DECIDE), and the bookkeeping that lets the buckets it
+ * decided be handed back to PostgreSQL later (write-back.ts).
+ *
+ * Every bucket Redis decides is recorded in one set per key prefix, `<prefix>redis-owned`.
+ * Redis Cluster: the DECIDE script touches the bucket key and this set, which live in
+ * different hash slots, so as written it needs a single Redis (or a proxy that keeps one
+ * slot); a cluster deployment would keep one such set per slot, tagged like the bucket keys.
+ */
+import type { Policy } from '../domain.ts'
+import type { Metrics } from '../metrics.ts'
+import { fullRefillSeconds } from '../bucket/token-bucket.ts'
+import type { RedisCache } from './redis.ts'
+
+export interface RedisDecision {
+  readonly allowed: boolean
+  /** Tokens left, Redis clock. */
+  readonly tokens: number
+}
+
+/** 'handing-back': a gateway is merging this bucket into PostgreSQL right now; ask PostgreSQL. */
+export type RedisDecisionOutcome = RedisDecision | 'handing-back' | 'unavailable'
+
+/** One Redis-owned bucket, as recorded in the set. */
+export interface OwnedBucket {
+  readonly member: string
+  readonly policy: string
+  readonly userId: string
+  readonly capacity: number
+  readonly refillPerSecond: number
+}
+
+export class RedisFallback {
+  readonly #cache: RedisCache
+  readonly #metrics: Metrics
+  readonly ownedSetKey: string
+
+  constructor (cache: RedisCache, metrics: Metrics) {
+    this.#cache = cache
+    this.#metrics = metrics
+    this.ownedSetKey = cache.prefix + 'redis-owned'
+  }
+
+  /**
+   * Decides in Redis. `dbNowMs` (the gateway's estimate of the database clock) projects a
+   * PostgreSQL snapshot that Redis takes over. `force` takes a bucket back from a hand-back
+   * (used when PostgreSQL turned out to be unreachable after all).
+   */
+  async decide (policy: Policy, userId: string, cost: number, dbNowMs: number, force: boolean): Promise<RedisDecisionOutcome> {
+    const client = this.#cache.usable()
+    if (client === null) return 'unavailable'
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
+    const member = encodeMember(policy, userId)
+    let reply: [number, string, string]
+    try {
+      reply = await client.rlDecide(this.#cache.key(policy.name, userId), this.ownedSetKey, cost, policy.capacity,
+        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, member)
+    } catch (err) {
+      this.#cache.failed('decide', err)
+      return 'unavailable'
+    }
+    this.#cache.succeeded()
+    if (reply[0] === -1) return 'handing-back'
+    return { allowed: reply[0] === 1, tokens: Number(reply[1]) }
+  }
+
+  /** Some of the Redis-owned buckets (SSCAN: never blocks Redis on a large set). */
+  async owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }> {
+    const client = this.#requireClient()
+    const [next, members] = await client.sscan(this.ownedSetKey, cursor, 'COUNT', count)
+    const buckets: OwnedBucket[] = []
+    for (const member of members) {
+      const bucket = decodeMember(member)
+      if (bucket !== null) buckets.push(bucket)
+      else await client.srem(this.ownedSetKey, member) // not ours to interpret: drop it
+    }
+    return { cursor: next, buckets }
+  }
+
+  async ownedCount (): Promise<number> {
+    return await this.#requireClient().scard(this.ownedSetKey)
+  }
+
+  /**
+   * Step 1 of a hand-back, with the PostgreSQL rows locked: marks each bucket as being handed
+   * back and returns its tokens now (Redis clock), or null where Redis does not own it.
+   */
+  async handBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>> {
+    const client = this.#requireClient()
+    const pipeline = client.pipeline()
+    const scripted = pipeline as unknown as typeof client
+    for (const b of buckets) {
+      void scripted.rlHandBack(this.#cache.key(b.policy, b.userId), b.capacity, b.refillPerSecond,
+        fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
+    }
+    const results = await pipeline.exec()
+    return (results ?? []).map(([err, reply]) => {
+      if (err !== null) throw err
+      const [status, tokens] = reply as [number, string]
+      return status === 1 ? Number(tokens) : null
+    })
+  }
+
+  /** Step 2, after the merge committed: the buckets become snapshots of the merged rows. */
+  async handedBack (buckets: readonly OwnedBucket[], snapshots: readonly string[]): Promise<void> {
+    const client = this.#requireClient()
+    const pipeline = client.pipeline()
+    const scripted = pipeline as unknown as typeof client
+    for (let i = 0; i < buckets.length; i++) {
+      const b = buckets[i]!
+      void scripted.rlHandedBack(this.#cache.key(b.policy, b.userId), this.ownedSetKey, snapshots[i]!,
+        fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }), b.member)
+    }
+    const results = await pipeline.exec()
+    for (const [err] of results ?? []) if (err !== null) throw err
+  }
+
+  #requireClient (): NonNullable<RedisCache['client']> {
+    const client = this.#cache.client
+    if (client === null || client.status !== 'ready') throw new Error('Redis is not connected')
+    return client
+  }
+}
+
+/** The set member names the bucket and the policy it was decided with (JSON array). */
+export function encodeMember (policy: Policy, userId: string): string {
+  return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond])
+}
+
+export function decodeMember (member: string): OwnedBucket | null {
+  try {
+    const value: unknown = JSON.parse(member)
+    if (!Array.isArray(value) || value.length !== 4) return null
+    const [policy, userId, capacity, refillPerSecond] = value as unknown[]
+    if (typeof policy !== 'string' || typeof userId !== 'string' || typeof capacity !== 'number' ||
+        typeof refillPerSecond !== 'number' || !(capacity > 0) || !(refillPerSecond > 0)) return null
+    return { member, policy, userId, capacity, refillPerSecond }
+  } catch {
+    return null
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * Lua scripts run atomically inside Redis. They share one value format per bucket key:
+ *
+ *   "tokens|atMs"    a cache snapshot of PostgreSQL's row, stamped on the DATABASE clock;
+ *                    PostgreSQL is the authority for the bucket.
+ *   "tokens|atMs|r"  Redis owns the bucket: it decided while PostgreSQL was unreachable.
+ *                    Stamped on the REDIS clock (TIME). Every gateway that reads this value
+ *                    lets Redis decide (through `decide` below) until it is handed back.
+ *   "tokens|atMs|m"  Being handed back: a gateway holds the PostgreSQL row locked and is
+ *                    merging this state into it. Redis clock.
+ *
+ * Keeping the owner in the bucket's own value is what makes the switch back safe with many
+ * gateways: whichever gateway reads the key learns who decides, so no bucket is decided by both
+ * stores at once (docs/reliability.md, "Postgres down").
+ *
+ * The arithmetic is src/bucket/token-bucket.ts (and migrations/003) in Lua, EPSILON included:
+ * keep them in step. Numbers travel as strings ("%.17g", exact round trip) because ioredis 6
+ * speaks RESP3 and a Lua number returned to Redis is truncated to an integer.
+ */
+import type { Redis } from 'ioredis'
+
+const HELPERS = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function num(x) return string.format('%.17g', x) end
+local function parse(v)
+  if not v then return nil end
+  local a, b, kind = string.match(v, '^([^|]*)|([^|]*)|?(.*)$')
+  local tokens, at = tonumber(a), tonumber(b)
+  if tokens == nil or at == nil then return nil end
+  return tokens, at, kind
+end
+local function refill(tokens, at, now, cap, rate)
+  if now <= at then return math.min(tokens, cap) end
+  return math.min(cap, tokens + (now - at) * rate / 1000)
+end
+`
+
+/**
+ * Cache write-back after PostgreSQL decided. A plain snapshot is overwritten; a bucket that
+ * Redis owns (or is handing back) is never overwritten, because that would refund what Redis
+ * spent. Instead an allowance PostgreSQL granted meanwhile is charged to it too, so neither
+ * store's spending is lost when the two are merged (the merge keeps the lower of the two).
+ * KEYS[1] bucket. ARGV: snapshot "tokens|atMs", ttl seconds, charge (cost if allowed, else 0).
+ */
+const WRITE = HELPERS + `
+local v = redis.call('GET', KEYS[1])
+local tokens, at, kind = parse(v)
+if kind == 'r' or kind == 'm' then
+  local charge = tonumber(ARGV[3])
+  if charge > 0 then
+    redis.call('SET', KEYS[1], num(tokens - charge) .. '|' .. num(at) .. '|' .. kind, 'KEEPTTL')
+  end
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+`
+
+/**
+ * A decision by Redis (PostgreSQL unreachable, or the bucket is Redis-owned).
+ * KEYS[1] bucket, KEYS[2] the set of Redis-owned buckets to hand back.
+ * ARGV: cost, capacity, rate per second, ttl seconds, the gateway's estimate of the database
+ * clock (ms, to project a PostgreSQL snapshot), force (1: take the bucket back even while it is
+ * being handed back), member (the bucket's entry in the set).
+ * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL), tokens, atMs}.
+ */
+const DECIDE = HELPERS + `
+local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if tokens == nil then
+  -- No snapshot: the bucket is full (snapshots live until a full refill).
+  tokens, at = cap, now
+elseif kind == 'm' then
+  if ARGV[6] ~= '1' then return {-1, num(tokens), num(at)} end
+elseif kind ~= 'r' then
+  -- A PostgreSQL snapshot (database clock): refill it to the database's "now" as the gateway
+  -- estimates it (an estimate that never runs ahead), then restamp it on the Redis clock.
+  tokens = refill(tokens, at, tonumber(ARGV[5]), cap, rate)
+  at = now
+end
+if now < at then now = at end
+tokens = refill(tokens, at, now, cap, rate)
+local allowed = 0
+if tokens + 1e-9 >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[7])
+return {allowed, num(tokens), num(now)}
+`
+
+/**
+ * Hand-back, step 1 (the PostgreSQL row is locked by the caller): mark a Redis-owned bucket
+ * as being handed back and return its tokens refilled to now. KEYS[1] bucket.
+ * ARGV: capacity, rate, ttl. Returns {1, tokens} or {0, ''} when Redis does not own it.
+ */
+const HAND_BACK = HELPERS + `
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if kind ~= 'r' and kind ~= 'm' then return {0, ''} end
+local now = now_ms()
+if now < at then now = at end
+tokens = refill(tokens, at, now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|m', 'EX', ARGV[3])
+return {1, num(tokens)}
+`
+
+/**
+ * Hand-back, step 2 (after the merge committed): the bucket becomes an ordinary snapshot of
+ * the merged row, and leaves the set unless Redis took it back meanwhile.
+ * KEYS[1] bucket, KEYS[2] set. ARGV: snapshot "tokens|atMs", ttl, member. Returns 1 when done.
+ */
+const HANDED_BACK = HELPERS + `
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if kind == 'r' then return 0 end
+if kind == 'm' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('SREM', KEYS[2], ARGV[3])
+return 1
+`
+
+type Reply<T> = Promise<T>
+
+/** The client with the scripts defined (EVALSHA, falling back to EVAL after a restart). */
+export interface ScriptedRedis extends Redis {
+  rlWrite: (key: string, snapshot: string, ttl: number, charge: number) => Reply<number>
+  rlDecide: (key: string, set: string, cost: number, capacity: number, rate: number, ttl: number,
+    dbNowMs: number, force: 0 | 1, member: string) => Reply<[number, string, string]>
+  rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
+  rlHandedBack: (key: string, set: string, snapshot: string, ttl: number, member: string) => Reply<number>
+}
+
+export function defineScripts (client: Redis): ScriptedRedis {
+  client.defineCommand('rlWrite', { numberOfKeys: 1, lua: WRITE })
+  client.defineCommand('rlDecide', { numberOfKeys: 2, lua: DECIDE })
+  client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
+  client.defineCommand('rlHandedBack', { numberOfKeys: 2, lua: HANDED_BACK })
+  return client as ScriptedRedis
+}
+
+/** Which store owns a bucket, read from its value's suffix (see the top of this file). */
+export type Owner = 'postgres' | 'redis' | 'handing-back'
+
+export function ownerOf (value: string): Owner {
+  const n = value.length
+  if (n > 2 && value.charCodeAt(n - 2) === 124 /* | */) {
+    const kind = value.charCodeAt(n - 1)
+    if (kind === 114 /* r */) return 'redis'
+    if (kind === 109 /* m */) return 'handing-back'
+  }
+  return 'postgres'
+}
