@@ -96,6 +96,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const tlsVerify = config.proxy.upstreamTlsVerify
   const proxyOptions: FastifyHttpProxyOptions = {
     upstream: deps.upstreamUrl,
+    // reply-from logs two info lines per request on its own; per-request logs are debug-only.
+    disableRequestLogging: !deps.log.isLevelEnabled('debug'),
     undici: {
       connections: config.proxy.upstreamConnections,
       pipelining: 1,

@@ -11,7 +11,7 @@
  * When PostgreSQL cannot decide, or Redis owns the bucket because it decided it while
  * PostgreSQL was down, failover.ts takes over (Redis decides, else the fail mode).
  */
-import { fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
+import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
 import type { Config } from '../config/schema.ts'
 import type { BucketSnapshot, Decision, DecisionSource, Policy } from '../domain.ts'
 import type { Logger } from '../log.ts'
@@ -72,7 +72,7 @@ export class Limiter {
     } else {
       const cached = await redis.read(key)
       if (typeof cached === 'object' &&
-          tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS) < cost) {
+          !canPay(tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS), cost)) {
         decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
       } else if (cached === 'redis-owned') {
         failover.redisOwnedSeen()

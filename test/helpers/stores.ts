@@ -36,7 +36,8 @@ export async function createTestDatabase (t: Teardown, prefix = 'gwtest'): Promi
 export function createRedisPrefix (t: Teardown, redisUrl = TEST_REDIS_URL): string {
   const prefix = uniqueName('t') + ':'
   t.teardown(async () => {
-    const client = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
+    const client = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
+    client.on('error', () => {})
     try {
       await client.connect()
       let cursor = '0'

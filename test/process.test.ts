@@ -1,0 +1,87 @@
+// The gateway as a process: several sharing the stores, signals, start-up failures.
+import { execFile, spawnSync } from 'node:child_process'
+import { promisify } from 'node:util'
+import { join } from 'node:path'
+import t from 'tap'
+import { packageRoot } from '../src/config/load.ts'
+import { spawnGateway } from './helpers/gateway.ts'
+import { send, waitFor } from './helpers/http.ts'
+import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
+import { startUpstream } from './helpers/upstream.ts'
+
+const main = join(packageRoot(), 'dist', 'src', 'main.js')
+
+t.test('two gateway processes sharing the stores allow exactly the capacity in total', async (t) => {
+  const db = await createTestDatabase(t)
+  const prefix = createRedisPrefix(t)
+  const upstream = await startUpstream(t)
+  const env = { DATABASE_URL: db, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: prefix, UPSTREAM_URL: upstream.url }
+  // Started together: both run migrations at once, serialised by the advisory lock.
+  const [a, b] = await Promise.all([spawnGateway(t, env), spawnGateway(t, env)])
+  for (const key of ['shared-1', 'shared-2']) {
+    const replies = await Promise.all(Array.from({ length: 40 }, (_, i) => send((i % 2 === 0 ? a : b).proxyUrl + '/x', { user: key })))
+    t.equal(replies.filter((r) => r.status === 201).length, 10, `${key}: exactly 10 allowed across both`)
+    t.equal(replies.filter((r) => r.status === 429).length, 30, `${key}: the rest blocked`)
+  }
+})
+
+t.test('SIGTERM lets in-flight requests finish, then exits 0', async (t) => {
+  const db = await createTestDatabase(t)
+  const upstream = await startUpstream(t)
+  const gw = await spawnGateway(t, { DATABASE_URL: db, REDIS_KEY_PREFIX: createRedisPrefix(t), UPSTREAM_URL: upstream.url })
+  const inFlight = Promise.all([1, 2, 3].map((i) => send(`${gw.proxyUrl}/slow/800?i=${i}`, { user: `slow-${i}` })))
+  await waitFor(() => upstream.received.filter((r) => r.url.startsWith('/slow/')).length === 3, { what: 'requests to reach the upstream' })
+  const exited = gw.stop('SIGTERM')
+  const replies = await inFlight
+  t.same(replies.map((r) => r.status), [200, 200, 200], 'every accepted request completed')
+  t.equal(await exited, 0, 'exit code 0')
+  t.ok(gw.output.some((l) => l.includes('shutdown complete')), 'logs the shutdown')
+  await t.rejects(fetch(gw.proxyUrl + '/x', { headers: { 'x-user-id': 'late' } }), 'no longer accepting')
+})
+
+t.test('with no UPSTREAM_URL the built-in echo upstream answers, and says so', async (t) => {
+  const gw = await spawnGateway(t, { DATABASE_URL: await createTestDatabase(t), REDIS_KEY_PREFIX: createRedisPrefix(t) })
+  t.ok(gw.output.some((l) => l.includes('started the built-in echo upstream')), 'logged')
+  const res = await send(gw.proxyUrl + '/anything?x=1', { user: 'first-run', method: 'POST', body: 'hello' })
+  t.equal(res.status, 200)
+  t.match(res.json(), { method: 'POST', url: '/anything?x=1', bodyBytes: 5, servedBy: /echo/ })
+  t.equal(res.headers.get('x-data-source'), 'new-user')
+})
+
+t.test('npm run migrate applies pending migrations once', async (t) => {
+  const db = await createTestDatabase(t)
+  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'migrate.js')
+  const env = { PATH: process.env.PATH ?? '', DATABASE_URL: db }
+  const first = spawnSync(process.execPath, [cli], { env, encoding: 'utf8', timeout: 20_000 })
+  t.equal(first.status, 0)
+  t.match(first.stdout, /applied: 001_create_rate_limits, 002_/)
+  const second = spawnSync(process.execPath, [cli], { env, encoding: 'utf8', timeout: 20_000 })
+  t.equal(second.status, 0)
+  t.match(second.stdout, /already up to date/)
+})
+
+t.test('npm run scenarios reports the six scenarios and exits 0 against a healthy gateway', async (t) => {
+  const db = await createTestDatabase(t)
+  const upstream = await startUpstream(t)
+  const gw = await spawnGateway(t, { DATABASE_URL: db, REDIS_KEY_PREFIX: createRedisPrefix(t), UPSTREAM_URL: upstream.url })
+  // Asynchronously: the upstream lives in this process and must keep answering.
+  const run = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist', 'scripts', 'scenarios.js')], {
+    env: { PATH: process.env.PATH ?? '', TARGET: gw.proxyUrl + '/', SCENARIO_USER: 'cli' }, encoding: 'utf8', timeout: 60_000
+  })
+  t.match(run.stdout, /TEST 1: CACHE VS DB/)
+  t.match(run.stdout, /TEST 6: SLOW DRIP/)
+  t.match(run.stdout, /Summary: 10 allowed, 5 blocked/)
+  t.match(run.stdout, /All tests done/)
+  t.notMatch(run.stdout, /❌ [a-z]/, 'no failed expectation')
+})
+
+t.test('start-up failures exit non-zero with a message that says why', async (t) => {
+  const env = { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0' }
+  const bad = spawnSync(process.execPath, [main], { env: { ...env, RATE_LIMIT_CAPACITY: '-5' }, encoding: 'utf8', timeout: 20_000 })
+  t.equal(bad.status, 2, 'bad configuration: exit 2')
+  t.match(bad.stderr, /limits\.capacity.*RATE_LIMIT_CAPACITY/, 'names the field and the variable')
+
+  const noDb = spawnSync(process.execPath, [main], { env: { ...env, DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, encoding: 'utf8', timeout: 30_000 })
+  t.equal(noDb.status, 1, 'PostgreSQL unreachable: exit 1')
+  t.match(noDb.stdout, /could not start.*ECONNREFUSED/, 'says what failed')
+})

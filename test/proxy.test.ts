@@ -1,0 +1,99 @@
+// Proxy fidelity: what the client sends reaches the upstream, what the upstream answers reaches
+// the client, with the gateway's rate-limit headers added and upstream failures mapped.
+import t from 'tap'
+import { startTestGateway } from './helpers/gateway.ts'
+import { send } from './helpers/http.ts'
+
+t.test('method, path, query, body, status and headers pass through', async (t) => {
+  const gw = await startTestGateway(t)
+  for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']) {
+    const hasBody = !['GET', 'OPTIONS'].includes(method)
+    const res = await send(`${gw.proxyUrl}/some/path/%C3%A9?q=1&q=2&x=a%20b`, {
+      method,
+      user: 'fidelity',
+      headers: { 'x-custom': 'kept', 'content-type': 'application/json' },
+      body: hasBody ? JSON.stringify({ method }) : undefined
+    })
+    t.equal(res.status, 201, `${method}: upstream status passed through`)
+    t.equal(res.headers.get('x-upstream'), 'yes', `${method}: upstream header passed through`)
+    t.equal(res.headers.get('set-cookie'), 'a=1, b=2', `${method}: repeated upstream headers kept`)
+    const seen = gw.upstream!.received.at(-1)!
+    t.equal(seen.method, method)
+    t.equal(seen.url, '/some/path/%C3%A9?q=1&q=2&x=a%20b', `${method}: path and query byte for byte`)
+    t.equal(seen.headers['x-custom'], 'kept')
+    t.equal(seen.headers['x-user-id'], 'fidelity', 'the caller id reaches the upstream')
+    t.equal(seen.body, hasBody ? JSON.stringify({ method }) : '', `${method}: body`)
+    t.equal(res.headers.get('x-data-source') !== null, true, 'rate-limit headers added')
+  }
+})
+
+t.test('large bodies stream both ways unchanged', async (t) => {
+  const gw = await startTestGateway(t)
+  const big = 'x'.repeat(3 * 1024 * 1024)
+  const res = await send(gw.proxyUrl + '/upload', { method: 'POST', user: 'big', body: big, headers: { 'content-type': 'application/octet-stream' } })
+  t.equal(res.status, 201)
+  t.equal(gw.upstream!.received.at(-1)!.body.length, big.length, 'upstream got every byte')
+  t.equal(JSON.parse(res.body).body.length, big.length, 'client got every byte back')
+})
+
+t.test('upstream error statuses are passed through, not retried', async (t) => {
+  const gw = await startTestGateway(t)
+  for (const code of [400, 404, 500, 503]) {
+    const before = gw.upstream!.received.length
+    const res = await send(`${gw.proxyUrl}/status/${code}`, { user: 'statuses' })
+    t.equal(res.status, code)
+    t.equal(gw.upstream!.received.length - before, 1, `${code}: sent to the upstream exactly once`)
+  }
+})
+
+t.test('rate-limit headers follow the draft and replace the upstream\'s', async (t) => {
+  const gw = await startTestGateway(t)
+  const res = await send(gw.proxyUrl + '/headers', { user: 'hdr', headers: { 'x-data-source': 'client-lies', ratelimit: 'nope' } })
+  t.equal(res.status, 200)
+  t.equal(res.headers.get('x-data-source'), 'new-user')
+  t.equal(res.headers.get('ratelimit-policy'), '"default";q=10;w=10')
+  t.equal(res.headers.get('ratelimit'), '"default";r=9;t=1')
+  t.equal(res.headers.get('x-ratelimit-limit'), '10')
+  t.equal(res.headers.get('x-ratelimit-remaining'), '9')
+  t.equal(res.headers.get('x-ratelimit-reset'), '1')
+  const seen = gw.upstream!.received.at(-1)!
+  t.equal(seen.headers['x-data-source'], undefined, 'client-sent X-Data-Source is not forwarded')
+  t.equal(seen.headers.ratelimit, undefined, 'client-sent RateLimit is not forwarded')
+})
+
+t.test('a blocked request is not forwarded and gets a problem+json 429', async (t) => {
+  const gw = await startTestGateway(t, { config: { limits: { capacity: 2, refillPerSecond: 0.5 } } })
+  await send(gw.proxyUrl + '/a', { user: 'blk' })
+  await send(gw.proxyUrl + '/a', { user: 'blk' })
+  const before = gw.upstream!.received.length
+  const res = await send(gw.proxyUrl + '/a', { user: 'blk' })
+  t.equal(res.status, 429)
+  t.equal(gw.upstream!.received.length, before, 'not forwarded')
+  t.match(res.headers.get('content-type'), /^application\/problem\+json/)
+  t.equal(res.headers.get('retry-after'), '2', 'whole seconds until one token at 0.5/s')
+  t.equal(res.headers.get('ratelimit-policy'), '"default";q=2;w=4')
+  t.match(res.headers.get('ratelimit'), /^"default";r=0;t=[34]$/)
+  const body = res.json()
+  t.equal(body.type, 'https://iana.org/assignments/http-problem-types#quota-exceeded')
+  t.equal(body.status, 429)
+  t.same(body['violated-policies'], ['default'])
+  t.match(body.detail, /Rate limit exceeded/)
+})
+
+t.test('upstream unreachable answers 502, too slow answers 504, both problem+json', async (t) => {
+  const dead = await startTestGateway(t, { upstreamUrl: 'http://127.0.0.1:1' })
+  const r502 = await send(dead.proxyUrl + '/x', { user: 'u502' })
+  t.equal(r502.status, 502)
+  t.match(r502.headers.get('content-type'), /^application\/problem\+json/)
+  t.equal(r502.json().status, 502)
+  t.equal(r502.headers.get('x-data-source'), 'new-user', 'the decision headers are still there')
+
+  const slow = await startTestGateway(t, { config: { proxy: { upstreamTimeoutMs: 200 } } })
+  const started = Date.now()
+  const r504 = await send(slow.proxyUrl + '/slow/3000', { user: 'u504' })
+  t.equal(r504.status, 504)
+  t.ok(Date.now() - started < 2500, 'answered at the timeout, not when the upstream finished')
+  t.match(r504.json().detail, /200 ms/)
+  const metrics = await (await fetch(slow.controlUrl + '/metrics')).text()
+  t.match(metrics, /gateway_upstream_errors_total\{kind="timeout"\} 1/)
+})

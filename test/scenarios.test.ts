@@ -1,0 +1,45 @@
+// The original runner's six scenarios, through a real gateway to a real upstream, with real
+// PostgreSQL and Redis; plus the stricter concurrency checks of issue 2.
+import t from 'tap'
+import { SCENARIOS, concurrent } from '../scripts/scenarios-lib.ts'
+import { startTestGateway } from './helpers/gateway.ts'
+import { burst } from './helpers/http.ts'
+
+t.test('the six original scenarios', async (t) => {
+  const gw = await startTestGateway(t)
+  for (const [id, scenario] of SCENARIOS) {
+    const result = await scenario(gw.proxyUrl + '/', `user_123-${id}`)
+    for (const e of result.expectations) t.ok(e.ok, `${id}: ${e.what} (expected ${e.expected}, got ${e.actual})`)
+    if (id === 'burst') {
+      t.same(result.outcomes.slice(10).map((o) => o.source), ['redis', 'redis', 'redis', 'redis', 'redis'], 'burst: refusals come from Redis, no Postgres round trip')
+      t.ok(result.outcomes.slice(10).every((o) => o.retryAfter === '1'), 'burst: Retry-After is 1 s')
+    }
+  }
+})
+
+t.test('40 concurrent requests on a fresh key give exactly 10 allowed', async (t) => {
+  const gw = await startTestGateway(t)
+  for (const user of ['fresh-a', 'fresh-b', 'fresh-c']) {
+    const replies = await burst(gw.proxyUrl + '/x', user, 40)
+    t.equal(replies.filter((r) => r.status === 200 || r.status === 201).length, 10, `${user}: 10 allowed`)
+    t.equal(replies.filter((r) => r.status === 429).length, 30, `${user}: 30 blocked`)
+  }
+  const result = await concurrent(gw.proxyUrl + '/', 'seed-concurrent')
+  t.ok(result.expectations.every((e) => e.ok), 'seed: 10 goroutines all allowed')
+})
+
+t.test('Redis pointed at a port where nothing listens: Postgres answers every request', async (t) => {
+  const gw = await startTestGateway(t, { redisUrl: 'redis://127.0.0.1:1' })
+  const sources: string[] = []
+  const statuses: number[] = []
+  for (let i = 0; i < 15; i++) {
+    const res = await fetch(gw.proxyUrl + '/p', { headers: { 'x-user-id': 'no-redis' } })
+    await res.arrayBuffer()
+    statuses.push(res.status)
+    sources.push(res.headers.get('x-data-source') ?? '')
+  }
+  t.same(statuses, [...Array(10).fill(201), ...Array(5).fill(429)], '10 allowed then 5 blocked')
+  t.same(sources, ['new-user', ...Array(14).fill('postgres')], 'decided by Postgres')
+  const outages = gw.logs.filter((l) => l.msg === 'Redis unavailable')
+  t.equal(outages.length, 1, 'the outage is logged once, not per request')
+})
