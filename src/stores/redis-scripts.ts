@@ -39,21 +39,30 @@ end
 `
 
 /**
- * Cache write-back after PostgreSQL decided. A plain snapshot is overwritten; a bucket that
- * Redis owns (or is handing back) is never overwritten, because that would refund what Redis
- * spent. Instead an allowance PostgreSQL granted meanwhile is charged to it too, so neither
- * store's spending is lost when the two are merged (the merge keeps the lower of the two).
+ * Cache write-back after PostgreSQL decided.
+ * - A snapshot older than the one cached is dropped: concurrent decisions' write-backs can
+ *   land in any order, and a stale one would show tokens that were already spent. (PostgreSQL
+ *   stamps each bucket's decisions with non-decreasing times; at equal times fewer tokens is
+ *   later.) The cache alone would tolerate staleness, but Redis takes over from this snapshot
+ *   when PostgreSQL goes down, and must not start from a past state.
+ * - A bucket that Redis owns (or is handing back) is never overwritten, because that would
+ *   refund what Redis spent. Instead an allowance PostgreSQL granted meanwhile is charged to it
+ *   too, so neither store's spending is lost when the two are merged (the merge keeps the
+ *   lower of the two).
  * KEYS[1] bucket. ARGV: snapshot "tokens|atMs", ttl seconds, charge (cost if allowed, else 0).
  */
 const WRITE = HELPERS + `
-local v = redis.call('GET', KEYS[1])
-local tokens, at, kind = parse(v)
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
 if kind == 'r' or kind == 'm' then
   local charge = tonumber(ARGV[3])
   if charge > 0 then
     redis.call('SET', KEYS[1], num(tokens - charge) .. '|' .. num(at) .. '|' .. kind, 'KEEPTTL')
   end
   return 0
+end
+if tokens ~= nil then
+  local new_tokens, new_at = parse(ARGV[1])
+  if at > new_at or (at == new_at and tokens <= new_tokens) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
