@@ -13,6 +13,7 @@ import type { Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds } from './headers.ts'
 import { parseCallerId } from './identity.ts'
+import { UpstreamDispatcher } from './upstream-dispatcher.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
 
 declare module 'fastify' {
@@ -89,23 +90,26 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
 
   app.addHook('onResponse', async (request, reply) => {
     if (request.decision?.allowed === true) {
+      upstream.forget(request.id)
       metrics.proxiedResponses.inc({ status_class: STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx' })
     }
   })
 
   const tlsVerify = config.proxy.upstreamTlsVerify
+  // Our own pool, so that a client that disconnects aborts its upstream request too.
+  const upstream = new UpstreamDispatcher({
+    connections: config.proxy.upstreamConnections,
+    pipelining: 1,
+    keepAliveTimeout: 60_000,
+    // reply-from's default disables certificate checks; a gateway must verify them.
+    connect: { rejectUnauthorized: tlsVerify }
+  })
+  app.addHook('onClose', async () => { await upstream.close() })
   const proxyOptions: FastifyHttpProxyOptions = {
     upstream: deps.upstreamUrl,
     // reply-from logs two info lines per request on its own; per-request logs are debug-only.
     disableRequestLogging: !deps.log.isLevelEnabled('debug'),
-    undici: {
-      connections: config.proxy.upstreamConnections,
-      pipelining: 1,
-      keepAliveTimeout: 60_000,
-      // reply-from's default disables certificate checks; a gateway must verify them.
-      connect: { rejectUnauthorized: tlsVerify },
-      tls: { rejectUnauthorized: tlsVerify }
-    } as object,
+    undici: upstream as object,
     replyOptions: {
       timeout: config.proxy.upstreamTimeoutMs,
       // reply-from retries GETs answered 503 up to 10 times: a gateway must not multiply
@@ -114,6 +118,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       rewriteRequestHeaders: (request, headers) => {
         const out: Record<string, string | string[] | undefined> = { ...headers, 'x-request-id': request.id }
         for (const name of LIMIT_HEADERS) delete out[name]
+        upstream.watch(request.id, request.raw.socket)
         return out
       },
       rewriteHeaders: (headers, request) => {
@@ -123,6 +128,11 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         return request.decision === null ? headers : { ...headers, ...rateLimitHeaders(request.decision) }
       },
       onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
+        if (reply.request.raw.socket.destroyed) {
+          // The client left (and the upstream request was aborted with it): nobody to answer.
+          reply.log.debug({ err: error }, 'client disconnected; upstream request aborted')
+          return
+        }
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
         metrics.upstreamErrors.inc({ kind: timeout ? 'timeout' : 'unreachable' })
         reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')
