@@ -10,7 +10,7 @@
  *
  *   SOAK_SECONDS      how long to run (default 60)
  *   SOAK_CONCURRENCY  requests in flight at once (default 32)
- *   SOAK_USERS        distinct callers; a few hot ones are rate limited (default 500)
+ *   SOAK_USERS        distinct callers, plus 5 hot ones that are rate limited (default 2000)
  *
  * The mix: GETs from many callers (hot callers hit their limit), uploads of 1-64 KB, slow
  * upstream answers, upstream 5xx passed through, and bad requests (no caller id) that must get
@@ -28,7 +28,7 @@ import { packageRoot } from '../src/config/load.ts'
 
 const seconds = Number(process.env.SOAK_SECONDS ?? 60)
 const concurrency = Number(process.env.SOAK_CONCURRENCY ?? 32)
-const users = Number(process.env.SOAK_USERS ?? 500)
+const users = Number(process.env.SOAK_USERS ?? 2000)
 const databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
