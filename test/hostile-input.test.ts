@@ -70,8 +70,9 @@ t.test('while Redis decides (PostgreSQL down): bad input is refused, odd ids sur
     t.equal(res.status, 400, `check ${body.slice(0, 30)}: 400`)
     await res.arrayBuffer()
   }
-  t.equal(await redis.exists(`${prefix}{default:k}`), 0, 'no bad check touched a bucket')
-  t.same((await redis.keys(`${prefix}{default:a${'a'.repeat(10)}*`)).filter((k) => k.length > prefix.length + 265), [], 'no bucket for an oversized id')
+  const keys = await redis.keys(prefix + '{*')
+  t.equal(keys.length, odd.length + 1, 'one Redis bucket per accepted caller (odd ids and victim)')
+  t.same(keys.filter((k) => k.endsWith(':k}') || k.length > prefix.length + 300), [], 'none for a bad check or an oversized id')
 
   await pg.start()
   await waitFor(async () => !gw.limiter.failover.postgresDown && (await redis.scard(prefix + 'redis-owned')) === 0, { timeoutMs: 15_000, what: 'hand-back' })

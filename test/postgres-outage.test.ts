@@ -113,7 +113,8 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
     t.ok(tokens !== undefined && tokens >= expected - 1e-6 && tokens <= expected + 0.2,
       `${user}: row holds ${tokens?.toFixed(3)} tokens, spent ${tally.allowed} (expected ${expected} + refill < 0.2)`)
   }
-  const values = await Promise.all([...tallies.keys()].map((u) => redis.get(`${prefix}{default:${u}}`)))
+  const values = await Promise.all([...tallies.keys()].map((u) => redis.get(`${prefix}{default@${CAPACITY}/${RATE}:${u}}`)))
+  t.ok(values.filter((v) => v !== null).length >= tallies.size - 1, 'the buckets are cached')
   t.notOk(values.some((v) => v !== null && /\|[rm]$/.test(v)), 'every Redis value is an ordinary cache snapshot again')
 
   // Logged once per transition, per gateway.

@@ -25,7 +25,10 @@ export type RedisDecisionOutcome = RedisDecision | 'handing-back' | 'unavailable
 /** One Redis-owned bucket, as recorded in the set. */
 export interface OwnedBucket {
   readonly member: string
+  /** The policy's name: PostgreSQL's row key. */
   readonly policy: string
+  /** The name its Redis key is made from (Policy.cacheName, else the name). */
+  readonly cacheName: string
   readonly userId: string
   readonly capacity: number
   readonly refillPerSecond: number
@@ -54,7 +57,7 @@ export class RedisFallback {
     const member = encodeMember(policy, userId)
     let reply: [number, string, string]
     try {
-      reply = await client.rlDecide(this.#cache.key(policy.name, userId), this.ownedSetKey, cost, policy.capacity,
+      reply = await client.rlDecide(this.#cache.key(policy.cacheName ?? policy.name, userId), this.ownedSetKey, cost, policy.capacity,
         policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, member)
     } catch (err) {
       this.#cache.failed('decide', err)
@@ -91,7 +94,7 @@ export class RedisFallback {
     const pipeline = client.pipeline()
     const scripted = pipeline as unknown as typeof client
     for (const b of buckets) {
-      void scripted.rlHandBack(this.#cache.key(b.policy, b.userId), b.capacity, b.refillPerSecond,
+      void scripted.rlHandBack(this.#cache.key(b.cacheName, b.userId), b.capacity, b.refillPerSecond,
         fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
     }
     const results = await pipeline.exec()
@@ -109,7 +112,7 @@ export class RedisFallback {
     const scripted = pipeline as unknown as typeof client
     for (let i = 0; i < buckets.length; i++) {
       const b = buckets[i]!
-      void scripted.rlHandedBack(this.#cache.key(b.policy, b.userId), this.ownedSetKey, snapshots[i]!,
+      void scripted.rlHandedBack(this.#cache.key(b.cacheName, b.userId), this.ownedSetKey, snapshots[i]!,
         fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }), b.member)
     }
     const results = await pipeline.exec()
@@ -125,17 +128,17 @@ export class RedisFallback {
 
 /** The set member names the bucket and the policy it was decided with (JSON array). */
 export function encodeMember (policy: Policy, userId: string): string {
-  return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond])
+  return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond, policy.cacheName ?? policy.name])
 }
 
 export function decodeMember (member: string): OwnedBucket | null {
   try {
     const value: unknown = JSON.parse(member)
-    if (!Array.isArray(value) || value.length !== 4) return null
-    const [policy, userId, capacity, refillPerSecond] = value as unknown[]
+    if (!Array.isArray(value) || value.length !== 5) return null
+    const [policy, userId, capacity, refillPerSecond, cacheName] = value as unknown[]
     if (typeof policy !== 'string' || typeof userId !== 'string' || typeof capacity !== 'number' ||
-        typeof refillPerSecond !== 'number' || !(capacity > 0) || !(refillPerSecond > 0)) return null
-    return { member, policy, userId, capacity, refillPerSecond }
+        typeof refillPerSecond !== 'number' || !(capacity > 0) || !(refillPerSecond > 0) || typeof cacheName !== 'string') return null
+    return { member, policy, cacheName, userId, capacity, refillPerSecond }
   } catch {
     return null
   }
