@@ -32,21 +32,24 @@ t.test('SIGTERM under load: every accepted request completes, none gets a 5xx, e
     UPSTREAM_URL: upstream.url,
     // Some callers get 429s too: those are answers, not failures.
     RATE_LIMIT_CAPACITY: '10',
-    RATE_LIMIT_REFILL_PER_SECOND: '10'
+    RATE_LIMIT_REFILL_PER_SECOND: '2'
   })
   const outcomes: Outcome[] = []
   let nextId = 0
   let refused = false
-  // 30 clients in a loop, each request held 300 ms by the upstream, until the door closes.
+  // 30 clients in a loop until the door closes, each request held 300 ms by the upstream:
+  // 24 callers of their own, within their limits, and 6 clients sharing one hot caller that
+  // runs into its limit.
   const clients = Array.from({ length: 30 }, async (_, c) => {
     while (!refused) {
       const id = nextId++
-      const outcome = { id, ...await once(`${gw.proxyUrl}/slow/300?id=${id}`, `caller-${c % 6}`) }
+      const outcome = { id, ...await once(`${gw.proxyUrl}/slow/300?id=${id}`, c < 24 ? `caller-${c}` : 'hot') }
       outcomes.push(outcome)
       if (outcome.error === 'ECONNREFUSED') refused = true
+      if (outcome.status === 429) await new Promise((resolve) => setTimeout(resolve, 50)) // a polite client backs off
     }
   })
-  await waitFor(() => upstream.received.length >= 150, { timeoutMs: 20_000, what: 'steady load' })
+  await waitFor(() => upstream.received.length >= 120 && outcomes.some((o) => o.status === 429), { timeoutMs: 20_000, what: 'steady load' })
   const inFlightAtSignal = nextId - outcomes.length
   const exitCode = await gw.stop('SIGTERM')
   await Promise.all(clients)
