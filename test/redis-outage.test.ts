@@ -72,8 +72,11 @@ const limits = { capacity: 5, refillPerSecond: 2.5 }
 
 t.test('Redis killed during steady load, then restarted empty', async (t) => {
   const redis = await startPrivateRedis(t)
-  const gw = await startTestGateway(t, { redisUrl: redis.url, config: { limits } })
-  const twin = await startTestGateway(t, { config: { limits } })
+  // A killed Redis drops the connection: lookups are skipped at once, no timeout involved. A
+  // roomy timeout keeps a starved CI machine from adding outages of its own to the log count.
+  const config = { limits, redis: { commandTimeoutMs: 500 } }
+  const gw = await startTestGateway(t, { redisUrl: redis.url, config })
+  const twin = await startTestGateway(t, { config })
   const load = steadyLoad(t, [gw, twin], 10, 20)
 
   await until(performance.now() + 1500) // warm up: buckets drained, cache filled
