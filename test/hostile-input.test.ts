@@ -25,13 +25,13 @@ t.test('fail-mode configuration errors name the field', async (t) => {
     t.throws(() => loadConfig({ env, overrides }), { name: 'ConfigError', message }, name)
   }
   t.match(loadConfig({ env: { FAIL_MODE: 'closed', FAIL_LOCAL_REPLICAS: '3' } }).fallback, { mode: 'closed', localReplicas: 3 }, 'valid values load')
-  t.match(loadConfig({ env: {} }).fallback, { mode: 'local', localReplicas: 1, redisDecides: true }, 'defaults')
+  t.match(loadConfig({ env: {} }).fallback, { mode: 'local', localReplicas: 1, redisDecides: true, redisTimeoutMs: 500 }, 'defaults')
 })
 
 t.test('while Redis decides (PostgreSQL down): bad input is refused, odd ids survive the hand-back', async (t) => {
   const pg = await startPrivatePostgres(t)
   const prefix = createRedisPrefix(t)
-  const gw = await startTestGateway(t, { databaseUrl: pg.url, redisPrefix: prefix, config: { limits: { capacity: 5, refillPerSecond: 0.01 }, fallback: { probeIntervalMs: 200 } } })
+  const gw = await startTestGateway(t, { databaseUrl: pg.url, redisPrefix: prefix, config: { limits: { capacity: 5, refillPerSecond: 0.01 }, fallback: { probeIntervalMs: 200, redisTimeoutMs: 3000 } } })
   const port = Number(new URL(gw.proxyUrl).port)
   const redis = new Redis(TEST_REDIS_URL)
   t.teardown(() => redis.disconnect())

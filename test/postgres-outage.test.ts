@@ -19,7 +19,9 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   const pg = await startPrivatePostgres(t)
   const prefix = createRedisPrefix(t)
   const upstream = await startUpstream(t)
-  const config = { limits: { capacity: CAPACITY, refillPerSecond: RATE }, fallback: { probeIntervalMs: 200 } }
+  // Redis is healthy here: a roomy timeout keeps a starved CI machine from looking like a Redis
+  // outage (which would rightly hand decisions to the in-process fail mode).
+  const config = { limits: { capacity: CAPACITY, refillPerSecond: RATE }, fallback: { probeIntervalMs: 200, redisTimeoutMs: 3000 } }
   // Two gateways sharing the stores: the hand-back must be right whichever recovers first.
   const gateways = await Promise.all([0, 1].map(() => startTestGateway(t, { databaseUrl: pg.url, redisPrefix: prefix, upstreamUrl: upstream.url, config })))
   const redis = new Redis(TEST_REDIS_URL)

@@ -73,6 +73,11 @@ const redis = z.strictObject({
 const fallback = z.strictObject({
   /** PostgreSQL down: Redis decides atomically (Lua, Redis clock) and is written back later. */
   redisDecides: z.boolean().default(true),
+  /**
+   * How long a decision by Redis may take while PostgreSQL is down (the cache's 50 ms would
+   * send a merely late reply to the fail mode).
+   */
+  redisTimeoutMs: z.number().int().positive().default(500),
   /** Both stores down: local in-process buckets, forward unlimited, or answer 503. */
   mode: z.enum(['local', 'open', 'closed']).default('local'),
   /** Gateways sharing the traffic: each local bucket gets capacity and rate divided by this. */

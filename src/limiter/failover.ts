@@ -28,7 +28,7 @@ export interface FailoverDeps {
   readonly postgres: PostgresStore
   readonly redis: RedisCache
   readonly clock: DbClock
-  readonly config: Config['fallback']
+  readonly config: Pick<Config, 'fallback' | 'redis'>
   readonly metrics: Metrics
   readonly log: Logger
 }
@@ -48,8 +48,9 @@ export class Failover {
 
   constructor (deps: FailoverDeps) {
     this.#deps = deps
-    this.failMode = new FailMode(deps.config, deps.metrics, deps.log)
-    this.redisFallback = new RedisFallback(deps.redis, deps.metrics)
+    this.failMode = new FailMode(deps.config.fallback, deps.metrics, deps.log)
+    this.redisFallback = new RedisFallback(deps.redis, deps.config.redis, deps.config.fallback.redisTimeoutMs, deps.metrics)
+    if (deps.config.fallback.redisDecides) this.redisFallback.start()
     this.#writeBack = new WriteBack(deps.postgres.sql, this.redisFallback, deps.metrics, deps.log)
   }
 
@@ -74,7 +75,7 @@ export class Failover {
    * `askPostgres` is used for a bucket being handed back right now.
    */
   async decide (policy: Policy, userId: string, cost: number, askPostgres: AskPostgres): Promise<Decision> {
-    const { config, clock } = this.#deps
+    const { config: { fallback: config }, clock } = this.#deps
     if (config.redisDecides) {
       let outcome = await this.redisFallback.decide(policy, userId, cost, clock.nowMs(), false)
       if (outcome === 'handing-back') {
@@ -119,9 +120,10 @@ export class Failover {
     clearTimeout(this.#timer)
     this.#timer = undefined
     await this.#running
+    await this.redisFallback.close()
   }
 
-  #schedule (delayMs = this.#deps.config.probeIntervalMs): void {
+  #schedule (delayMs = this.#deps.config.fallback.probeIntervalMs): void {
     if (this.#closed || this.#timer !== undefined) return
     this.#timer = setTimeout(() => {
       this.#timer = undefined
@@ -143,7 +145,7 @@ export class Failover {
       this.#schedule()
       return
     }
-    if (redis.client === null || !this.#deps.config.redisDecides) {
+    if (redis.client === null || !this.#deps.config.fallback.redisDecides) {
       this.#backToPostgres({})
       return
     }

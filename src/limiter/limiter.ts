@@ -54,11 +54,11 @@ export class Limiter {
   readonly #metrics: Metrics
   readonly #log: Logger
 
-  constructor (stores: LimiterStores, metrics: Metrics, log: Logger, fallback: Config['fallback']) {
+  constructor (stores: LimiterStores, metrics: Metrics, log: Logger, config: Pick<Config, 'fallback' | 'redis'>) {
     this.#stores = stores
     this.#metrics = metrics
     this.#log = log
-    this.failover = new Failover({ ...stores, clock: this.clock, config: fallback, metrics, log })
+    this.failover = new Failover({ ...stores, clock: this.clock, config, metrics, log })
   }
 
   /** `log`: the request's logger, so the decision's log line carries its request id. */

@@ -7,11 +7,21 @@
  * Redis Cluster: the DECIDE script touches the bucket key and this set, which live in
  * different hash slots, so as written it needs a single Redis (or a proxy that keeps one
  * slot); a cluster deployment would keep one such set per slot, tagged like the bucket keys.
+ *
+ * It has a client of its own. The cache's client gives up after `REDIS_TIMEOUT_MS` (50 ms),
+ * right for a cache that PostgreSQL backs up; but while PostgreSQL is down Redis is the only
+ * store that can decide exactly, and a reply merely late (a busy machine, a GC pause) must not
+ * hand the decision to the in-process fail mode. So decisions wait up to
+ * `fallback.redisTimeoutMs`, with a circuit breaker of their own for a Redis that is really gone.
  */
+import { Redis } from 'ioredis'
+import type { Config } from '../config/schema.ts'
 import type { Policy } from '../domain.ts'
 import type { Metrics } from '../metrics.ts'
 import { fullRefillSeconds } from '../bucket/token-bucket.ts'
+import { CircuitBreaker } from './breaker.ts'
 import type { RedisCache } from './redis.ts'
+import { defineScripts, type ScriptedRedis } from './redis-scripts.ts'
 
 export interface RedisDecision {
   readonly allowed: boolean
@@ -37,12 +47,41 @@ export interface OwnedBucket {
 export class RedisFallback {
   readonly #cache: RedisCache
   readonly #metrics: Metrics
+  readonly #client: ScriptedRedis | null
+  readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   readonly ownedSetKey: string
 
-  constructor (cache: RedisCache, metrics: Metrics) {
+  constructor (cache: RedisCache, config: Config['redis'], timeoutMs: number, metrics: Metrics) {
     this.#cache = cache
     this.#metrics = metrics
     this.ownedSetKey = cache.prefix + 'redis-owned'
+    this.#client = !config.enabled
+      ? null
+      : defineScripts(new Redis(config.url, {
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: timeoutMs,
+        connectTimeout: config.connectTimeoutMs,
+        enableAutoPipelining: true,
+        lazyConnect: true,
+        retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000)
+      }))
+    // Outages are logged by the cache's client (StoreHealth), once per transition.
+    this.#client?.on('error', () => {})
+  }
+
+  /** Connects in the background; ioredis keeps reconnecting. Never throws. */
+  start (): void {
+    this.#client?.connect().catch(() => {})
+  }
+
+  async close (): Promise<void> {
+    if (this.#client === null) return
+    try {
+      await this.#client.quit()
+    } catch {
+      this.#client.disconnect()
+    }
   }
 
   /**
@@ -51,8 +90,8 @@ export class RedisFallback {
    * (used when PostgreSQL turned out to be unreachable after all).
    */
   async decide (policy: Policy, userId: string, cost: number, dbNowMs: number, force: boolean): Promise<RedisDecisionOutcome> {
-    const client = this.#cache.usable()
-    if (client === null) return 'unavailable'
+    const client = this.#client
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return 'unavailable'
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
     const member = encodeMember(policy, userId)
     let reply: [number, string, string]
@@ -60,10 +99,13 @@ export class RedisFallback {
       reply = await client.rlDecide(this.#cache.key(policy.cacheName ?? policy.name, userId), this.ownedSetKey, cost, policy.capacity,
         policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, member)
     } catch (err) {
-      this.#cache.failed('decide', err)
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
+      this.#cache.health.failed(err)
       return 'unavailable'
     }
-    this.#cache.succeeded()
+    this.#breaker.success()
+    this.#cache.health.succeeded()
     if (reply[0] === -1) return 'handing-back'
     return { allowed: reply[0] === 1, tokens: Number(reply[1]) }
   }
@@ -119,8 +161,8 @@ export class RedisFallback {
     for (const [err] of results ?? []) if (err !== null) throw err
   }
 
-  #requireClient (): NonNullable<RedisCache['client']> {
-    const client = this.#cache.client
+  #requireClient (): ScriptedRedis {
+    const client = this.#client
     if (client === null || client.status !== 'ready') throw new Error('Redis is not connected')
     return client
   }
