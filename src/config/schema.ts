@@ -1,5 +1,6 @@
 /** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
 import { z } from 'zod'
+import { parseRedisUrl } from './redis-url.ts'
 
 const port = z.number().int().min(0).max(65535)
 const positive = z.number().positive()
@@ -60,7 +61,14 @@ const postgres = z.strictObject({
 
 const redis = z.strictObject({
   enabled: z.boolean().default(true),
-  url: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  /** One server, a cluster (redis+cluster://) or Sentinel (redis+sentinel://): see redis-url.ts. */
+  url: z.string().superRefine((value, ctx) => {
+    try {
+      parseRedisUrl(value)
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message })
+    }
+  }).default('redis://127.0.0.1:6379'),
   keyPrefix: z.string().default('rl:'),
   /** A Redis read slower than this is treated as a miss. */
   commandTimeoutMs: z.number().int().positive().default(50),

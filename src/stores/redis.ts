@@ -3,19 +3,19 @@
  * construction: no method throws, a slow or failing Redis reads as a miss, and a circuit
  * breaker stops paying the timeout on every request while Redis is failing.
  */
-import { Redis } from 'ioredis'
 import type { Config } from '../config/schema.ts'
 import type { BucketSnapshot } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { StoreHealth } from './health.ts'
+import { createRedisClient, type RedisClient } from './redis-client.ts'
 
 /** Why a read produced no snapshot. */
 export type CacheMiss = 'miss' | 'error' | 'skipped'
 
 export class RedisCache {
-  readonly client: Redis | null
+  readonly client: RedisClient | null
   readonly health: StoreHealth
   readonly #prefix: string
   readonly #metrics: Metrics
@@ -30,7 +30,7 @@ export class RedisCache {
       this.client = null
       return
     }
-    this.client = new Redis(config.url, {
+    this.client = createRedisClient(config.url, {
       // Fail fast: a cache that queues or retries commands only adds latency.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
