@@ -1,6 +1,7 @@
 /** Process entry point: configuration, logging, start-up, signals, exit codes. */
 import closeWithGrace from 'close-with-grace'
 import { ConfigError, loadConfig } from './config/load.ts'
+import { prepareFirstRun } from './first-run.ts'
 import { createLogger } from './log.ts'
 import { startGateway } from './server.ts'
 
@@ -19,9 +20,12 @@ async function main (): Promise<void> {
   log.info('Logger initialized successfully')
 
   let gateway
+  let firstRun
   try {
-    gateway = await startGateway(config, log)
+    firstRun = await prepareFirstRun(config, process.env, log)
+    gateway = await startGateway(firstRun.config, log)
   } catch (err) {
+    await firstRun?.close().catch(() => {})
     log.fatal({ err }, `could not start: ${(err as Error).message}`)
     process.exit(1)
   }
@@ -30,6 +34,7 @@ async function main (): Promise<void> {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal }, 'shutting down: finishing in-flight requests')
     await gateway.close()
+    await firstRun.close()
     log.info('shutdown complete')
   })
 }

@@ -56,7 +56,16 @@ const postgres = z.strictObject({
   /** Most decisions in one round trip. */
   batchMaxSize: z.number().int().positive().max(10_000).default(256),
   /** Apply migrations at start-up. */
-  migrate: z.boolean().default(true)
+  migrate: z.boolean().default(true),
+  /** Named prepared statements; turn off behind PgBouncer in transaction mode. */
+  prepare: z.boolean().default(true),
+  /**
+   * The embedded PostgreSQL (PGlite) for a first run: auto = only when DATABASE_URL is unset and
+   * nothing listens on the configured local port (src/first-run.ts); always; never.
+   */
+  embedded: z.enum(['auto', 'always', 'never']).default('auto'),
+  /** Where the embedded PostgreSQL keeps its files (relative to the working directory). */
+  embeddedDir: z.string().min(1).default('data/pglite')
 })
 
 const redis = z.strictObject({
