@@ -1,5 +1,6 @@
 // The gateway as a process: several sharing the stores, signals, start-up failures.
-import { spawnSync } from 'node:child_process'
+import { execFile, spawnSync } from 'node:child_process'
+import { promisify } from 'node:util'
 import { join } from 'node:path'
 import t from 'tap'
 import { packageRoot } from '../src/config/load.ts'
@@ -45,6 +46,33 @@ t.test('with no UPSTREAM_URL the built-in echo upstream answers, and says so', a
   t.equal(res.status, 200)
   t.match(res.json(), { method: 'POST', url: '/anything?x=1', bodyBytes: 5, servedBy: /echo/ })
   t.equal(res.headers.get('x-data-source'), 'new-user')
+})
+
+t.test('npm run migrate applies pending migrations once', async (t) => {
+  const db = await createTestDatabase(t)
+  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'migrate.js')
+  const env = { PATH: process.env.PATH ?? '', DATABASE_URL: db }
+  const first = spawnSync(process.execPath, [cli], { env, encoding: 'utf8', timeout: 20_000 })
+  t.equal(first.status, 0)
+  t.match(first.stdout, /applied: 001_create_rate_limits, 002_/)
+  const second = spawnSync(process.execPath, [cli], { env, encoding: 'utf8', timeout: 20_000 })
+  t.equal(second.status, 0)
+  t.match(second.stdout, /already up to date/)
+})
+
+t.test('npm run scenarios reports the six scenarios and exits 0 against a healthy gateway', async (t) => {
+  const db = await createTestDatabase(t)
+  const upstream = await startUpstream(t)
+  const gw = await spawnGateway(t, { DATABASE_URL: db, REDIS_KEY_PREFIX: createRedisPrefix(t), UPSTREAM_URL: upstream.url })
+  // Asynchronously: the upstream lives in this process and must keep answering.
+  const run = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist', 'scripts', 'scenarios.js')], {
+    env: { PATH: process.env.PATH ?? '', TARGET: gw.proxyUrl + '/', SCENARIO_USER: 'cli' }, encoding: 'utf8', timeout: 60_000
+  })
+  t.match(run.stdout, /TEST 1: CACHE VS DB/)
+  t.match(run.stdout, /TEST 6: SLOW DRIP/)
+  t.match(run.stdout, /Summary: 10 allowed, 5 blocked/)
+  t.match(run.stdout, /All tests done/)
+  t.notMatch(run.stdout, /❌ [a-z]/, 'no failed expectation')
 })
 
 t.test('start-up failures exit non-zero with a message that says why', async (t) => {

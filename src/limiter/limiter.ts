@@ -8,7 +8,7 @@
  * 3. Otherwise PostgreSQL decides atomically; every allowance is decided there.
  * 4. The resulting snapshot is written back to Redis, best effort, off the response path.
  */
-import { fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
+import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
 import type { Decision, DecisionSource, Policy } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
@@ -64,7 +64,7 @@ export class Limiter {
     const cached = await redis.read(key)
     let decision: Decision
     if (typeof cached === 'object' &&
-        tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS) < cost) {
+        !canPay(tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS), cost)) {
       decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
     } else {
       let result
