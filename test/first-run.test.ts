@@ -85,8 +85,12 @@ t.test('npm start with nothing installed: PGlite, no Redis, the core scenarios p
     }
     for (const e of result.expectations) t.ok(e.ok, `${id}: ${e.what} (expected ${e.expected}, got ${e.actual})`)
   }
+  // The safety invariant, capacity + rate × elapsed: exactly 10 unless the burst took over 1 s.
+  const started = performance.now()
   const replies = await burst(gw.proxyUrl + '/x', 'first-run-40', 40)
-  t.equal(replies.filter((r) => r.status === 201).length, 10, '40 concurrent on a fresh key: exactly 10 allowed')
+  const bound = 10 + Math.floor((performance.now() - started) / 1000)
+  const passed = replies.filter((r) => r.status === 201).length
+  t.ok(passed >= 10 && passed <= bound, `40 concurrent on a fresh key: ${passed} allowed (10, at most ${bound})`)
 
   const ready = await send(gw.controlUrl + '/readyz')
   t.equal(ready.status, 200, 'ready on the embedded PostgreSQL')

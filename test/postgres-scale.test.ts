@@ -110,7 +110,8 @@ t.test('behind PgBouncer in transaction mode (DATABASE_PREPARE=false)', async (t
   }, { what: 'pgbouncer', intervalMs: 100 })
 
   // Migrations (advisory transaction lock) and decisions, all through the bouncer.
-  const gw = await startTestGateway(t, { databaseUrl: url, config: { postgres: { prepare: false, poolSize: 10 } } })
+  // A slow refill: "exactly 10" must not depend on how fast 240 requests get through 3 connections.
+  const gw = await startTestGateway(t, { databaseUrl: url, config: { postgres: { prepare: false, poolSize: 10 }, limits: { capacity: 10, refillPerSecond: 0.01 } } })
   const users = Array.from({ length: 6 }, (_, i) => `bouncer-${i}`)
   const results = await Promise.all(users.map((u) => burst(gw.proxyUrl + '/x', u, 40)))
   t.same(results.map(allowed), users.map(() => 10), '40 concurrent on fresh keys: exactly 10 allowed each')
