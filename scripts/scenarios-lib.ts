@@ -64,19 +64,24 @@ export async function cacheVsDb (target: string, user: string): Promise<Scenario
 
 export async function burst (target: string, user: string, count = 15): Promise<ScenarioResult> {
   const outcomes: Outcome[] = []
+  const started = performance.now()
   for (let i = 0; i < count; i++) outcomes.push(await hit(target, user))
+  // At 1 token/s, a burst that itself lasts s seconds has earned up to floor(s) more tokens
+  // by its end: on a slow machine that is correct refill, not a leak.
+  const refilled = Math.floor((performance.now() - started) / 1000)
   const lines = outcomes.map((o, i) => `Request ${i + 1} → ${describe(o)}`)
   lines.push(`Summary: ${allowed(outcomes)} allowed, ${blocked(outcomes)} blocked`)
-  return {
-    name: `BURST (${count} requests instantly)`,
-    lines,
-    outcomes,
-    expectations: [
-      expect('allowed', 10, allowed(outcomes)),
-      expect('blocked', count - 10, blocked(outcomes)),
-      expect('first 10 allowed, then blocked', 'true', outcomes.every((o, i) => (i < 10) === (o.status < 400)))
-    ]
-  }
+  const expectations = refilled === 0
+    ? [
+        expect('allowed', 10, allowed(outcomes)),
+        expect('blocked', count - 10, blocked(outcomes)),
+        expect('first 10 allowed, then blocked', 'true', outcomes.every((o, i) => (i < 10) === (o.status < 400)))
+      ]
+    : [
+        expect(`first 10 allowed (burst took over ${refilled} s)`, 'true', outcomes.slice(0, 10).every((o) => o.status < 400)),
+        expect(`at most ${10 + refilled} allowed`, 'true', allowed(outcomes) <= 10 + refilled)
+      ]
+  return { name: `BURST (${count} requests instantly)`, lines, outcomes, expectations }
 }
 
 export async function refill (target: string, user: string, waitSeconds = 3): Promise<ScenarioResult> {

@@ -5,6 +5,11 @@ export interface Policy {
   readonly name: string
   readonly capacity: number
   readonly refillPerSecond: number
+  /**
+   * Names the policy's cached snapshots when set (src/policy: name plus numbers), so that a
+   * snapshot is only ever projected under the numbers it was computed with.
+   */
+  readonly cacheName?: string
 }
 
 /**

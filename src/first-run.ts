@@ -74,27 +74,28 @@ export interface FirstRun {
   /** The configuration to start the gateway with. */
   readonly config: Config
   readonly embedded: EmbeddedPostgres | null
+  /** The same substitutions for a configuration read again (hot reload). */
+  apply: (config: Config) => Config
   /** Stops the embedded PostgreSQL, after the gateway has closed its pool. */
   close: () => Promise<void>
 }
 
 export async function prepareFirstRun (config: Config, env: NodeJS.ProcessEnv, log: Logger, probe: Probe = probeTcp): Promise<FirstRun> {
   const plan = await planFirstRun(config, env, probe)
-  if (!plan.embeddedPostgres) return { config, embedded: null, close: async () => {} }
+  if (!plan.embeddedPostgres) return { config, embedded: null, apply: (c) => c, close: async () => {} }
 
   const embedded = await startEmbeddedPostgres(config.postgres.embeddedDir)
   log.warn({ data_dir: embedded.dataDir, reason: plan.reason },
     `Using the embedded PostgreSQL (PGlite) in ${embedded.dataDir}: this is a single-process development setup. ` +
     'Set DATABASE_URL to a real PostgreSQL for anything else (several gateways, production).')
-  let redis = config.redis
   if (plan.disableRedis) {
-    redis = { ...redis, enabled: false }
     log.warn(`No REDIS_URL set and nothing listens on ${config.redis.url}: running without the Redis cache; PostgreSQL decides every request.`)
   }
-  return {
-    // One connection: PGlite is a single backend (see embedded-postgres.ts).
-    config: { ...config, postgres: { ...config.postgres, url: embedded.url, poolSize: 1 }, redis },
-    embedded,
-    close: () => embedded.close()
-  }
+  // One connection: PGlite is a single backend (see embedded-postgres.ts).
+  const apply = (c: Config): Config => ({
+    ...c,
+    postgres: { ...c.postgres, url: embedded.url, poolSize: 1 },
+    redis: plan.disableRedis ? { ...c.redis, enabled: false } : c.redis
+  })
+  return { config: apply(config), embedded, apply, close: () => embedded.close() }
 }

@@ -1,105 +1,213 @@
 /**
  * Every Prometheus series the gateway exports, on one registry per gateway instance (several
- * can live in one process, as in tests). Names follow Prometheus conventions; no caller id is
- * ever a label. README "Metrics" documents each.
+ * can live in one process, as in tests). Names follow Prometheus conventions (base units,
+ * `_total` counters, `_seconds` histograms); no caller id is ever a label. docs/observability.md
+ * documents each series, and test/observability-assets.test.ts keeps the dashboard and the
+ * alert rules to names exported here.
+ *
+ * Series whose label values are known in advance are created at zero up front: a counter that
+ * first appears already at 1 is invisible to rate() and increase(), so the first blocked
+ * request or the first fail-open would never show on a dashboard or fire an alert.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
+import { packageRoot } from './config/load.ts'
+import type { DecisionSource } from './domain.ts'
+import { FastCounter, FastHistogram, type CounterChild, type HistogramChild } from './fast-metrics.ts'
+import type { IdentityResult } from './gateway/identity.ts'
 
-/** Decision latency: from a local cache (~µs) to a struggling store (~s). */
-const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+/** Decision latency: from an in-process decision (µs) to a struggling store (s). */
+export const DECISION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+/** Upstream latency: up to the default 30 s upstream timeout. */
+export const UPSTREAM_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 export type Store = 'postgres' | 'redis'
+
+// Records, not arrays, so that adding a source or a reason to its type fails to compile here
+// until it is listed (and so pre-created at zero).
+const SOURCES: Record<DecisionSource, true> = { redis: true, postgres: true, 'new-user': true, local: true, 'redis-fallback': true, 'local-fallback': true, 'fail-open': true }
+export const DECISION_SOURCES = Object.keys(SOURCES) as DecisionSource[]
+type RejectReason = Extract<IdentityResult, { ok: false }>['reason']
+const REASONS: Record<RejectReason, true> = { missing: true, 'too-long': true, 'control-characters': true, 'invalid-utf8': true }
+/** Refusals by the other identity sources and the deny list (docs/policies.md). */
+const POLICY_REJECT_REASONS = ['missing-token', 'invalid-token', 'bad-address', 'deny-list'] as const
+export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...POLICY_REJECT_REASONS]
+export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped'] as const
+export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
+  ['postgres', 'decide'], ['postgres', 'peek'], ['postgres', 'reset'], ['postgres', 'ping'],
+  ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping']
+]
+export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
+export const UPSTREAM_ERROR_KINDS = ['unreachable', 'timeout'] as const
+export const FAIL_MODES = ['local', 'open', 'closed'] as const
 
 export class Metrics {
   readonly registry = new Registry()
 
-  readonly decisions = new Counter({
+  readonly decisions = new FastCounter({
     name: 'gateway_decisions_total',
-    help: 'Rate-limit decisions, by result (allowed, blocked), source and policy.',
+    help: 'Rate-limit decisions, by result (allowed, blocked), source (X-Data-Source) and policy.',
     labelNames: ['result', 'source', 'policy'] as const,
     registers: [this.registry]
   })
 
-  readonly cacheLookups = new Counter({
+  readonly cacheLookups = new FastCounter({
     name: 'gateway_cache_lookups_total',
-    help: 'Redis snapshot lookups by result: hit, miss, error (failed or timed out), skipped (circuit open or Redis disabled).',
+    help: 'Redis snapshot lookups by result: hit, miss, error (failed or timed out), skipped (circuit open, disconnected or Redis disabled).',
     labelNames: ['result'] as const,
     registers: [this.registry]
   })
 
-  readonly storeOperations = new Counter({
+  readonly storeOperations = new FastCounter({
     name: 'gateway_store_operations_total',
-    help: 'Operations sent to a store, by store and operation.',
+    help: 'Round trips to a store, by store and operation (one PostgreSQL decide carries a whole batch).',
     labelNames: ['store', 'operation'] as const,
     registers: [this.registry]
   })
 
-  readonly storeErrors = new Counter({
+  readonly storeErrors = new FastCounter({
     name: 'gateway_store_errors_total',
-    help: 'Store operations that failed or timed out, by store and operation.',
+    help: 'Store round trips that failed or timed out, by store and operation.',
     labelNames: ['store', 'operation'] as const,
     registers: [this.registry]
   })
 
   readonly storeUp = new Gauge({
     name: 'gateway_store_up',
-    help: '1 when the store answered its last operation, 0 while it is failing.',
+    help: '1 while the store answers, 0 from its first failure until it answers again. Absent for Redis when Redis is disabled.',
     labelNames: ['store'] as const,
     registers: [this.registry]
   })
 
-  readonly decisionDuration = new Histogram({
+  readonly decisionDuration = new FastHistogram({
     name: 'gateway_decision_duration_seconds',
-    help: 'Time spent deciding one request, by source.',
+    help: 'Time spent deciding one request (store round trips included), by source.',
     labelNames: ['source'] as const,
-    buckets: LATENCY_BUCKETS,
+    buckets: DECISION_BUCKETS,
     registers: [this.registry]
   })
 
-  readonly postgresBatchSize = new Histogram({
+  readonly postgresBatchSize = new FastHistogram({
     name: 'gateway_postgres_batch_size',
     help: 'Decisions sent to PostgreSQL in one round trip (group commit).',
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
     registers: [this.registry]
   })
 
-  readonly upstreamDuration = new Histogram({
+  readonly upstreamDuration = new FastHistogram({
     name: 'gateway_upstream_duration_seconds',
-    help: 'Time from forwarding a request to the upstream response headers.',
-    buckets: LATENCY_BUCKETS,
+    help: 'Time from forwarding an allowed request to the upstream\'s response headers.',
+    buckets: UPSTREAM_BUCKETS,
     registers: [this.registry]
   })
 
-  readonly proxiedResponses = new Counter({
+  readonly proxiedResponses = new FastCounter({
     name: 'gateway_proxied_responses_total',
-    help: 'Responses to forwarded requests, by status class (2xx..5xx), including the gateway\'s own 502/504.',
+    help: 'Responses to allowed (forwarded) requests, by status class 1xx..5xx, including the gateway\'s own 502/504.',
     labelNames: ['status_class'] as const,
     registers: [this.registry]
   })
 
-  readonly upstreamErrors = new Counter({
+  readonly upstreamErrors = new FastCounter({
     name: 'gateway_upstream_errors_total',
-    help: 'Forwarded requests that failed at the upstream: unreachable (502) or timeout (504).',
+    help: 'Forwarded requests that failed at the upstream, by kind: unreachable (502) or timeout (504).',
     labelNames: ['kind'] as const,
     registers: [this.registry]
   })
 
-  readonly rejectedRequests = new Counter({
+  readonly rejectedRequests = new FastCounter({
     name: 'gateway_rejected_requests_total',
-    help: 'Requests refused before any bucket was touched, by reason.',
+    help: 'Requests refused before any bucket was touched, by reason: 400 for the caller id (missing, too-long, control-characters, invalid-utf8, bad-address), 401 for the JWT (missing-token, invalid-token), 403 for the deny list (deny-list).',
     labelNames: ['reason'] as const,
     registers: [this.registry]
   })
 
-  readonly failModeEvents = new Counter({
+  readonly shadowDecisions = new FastCounter({
+    name: 'gateway_shadow_decisions_total',
+    help: 'Decisions of shadow-mode policies (always forwarded), by policy and result (allowed, would_block, unavailable).',
+    labelNames: ['policy', 'result'] as const,
+    registers: [this.registry]
+  })
+
+  readonly allowListed = new FastCounter({
+    name: 'gateway_allow_listed_requests_total',
+    help: 'Requests from callers on the allow list, forwarded without touching a bucket.',
+    registers: [this.registry]
+  })
+
+  readonly configReloads = new FastCounter({
+    name: 'gateway_config_reloads_total',
+    help: 'Configuration reloads (SIGHUP or a changed file) by result (applied, rejected).',
+    labelNames: ['result'] as const,
+    registers: [this.registry]
+  })
+
+  readonly failModeEvents = new FastCounter({
     name: 'gateway_fail_mode_events_total',
     help: 'Requests decided by a fail mode because both stores were unreachable, by mode (local, open, closed).',
     labelNames: ['mode'] as const,
     registers: [this.registry]
   })
 
+  readonly buildInfo = new Gauge({
+    name: 'gateway_build_info',
+    help: 'Always 1; the version label is the gateway\'s package version.',
+    labelNames: ['version'] as const,
+    registers: [this.registry]
+  })
+
+  /** Bound children for the request path (no label lookup per request). */
+  readonly bound: {
+    readonly proxied: Readonly<Record<typeof STATUS_CLASSES[number], CounterChild>>
+    readonly upstreamDuration: HistogramChild
+    readonly upstreamErrors: Readonly<Record<typeof UPSTREAM_ERROR_KINDS[number], CounterChild>>
+  }
+
+  readonly #policies = new Set<string>()
+
   constructor () {
     collectDefaultMetrics({ register: this.registry })
+    // Gauges named *_total break the naming rule (promtool check metrics flags them); each is
+    // the sum of the per-type gauge of the same name without _total, which stays.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(name)
     for (const store of ['postgres', 'redis'] as const) this.storeUp.set({ store }, 0)
+    this.buildInfo.set({ version: packageVersion() }, 1)
+    for (const result of CACHE_RESULTS) this.cacheLookups.labels(result)
+    for (const [store, operation] of STORE_OPERATIONS) {
+      this.storeOperations.labels(store, operation)
+      this.storeErrors.labels(store, operation)
+    }
+    for (const source of DECISION_SOURCES) this.decisionDuration.labels(source)
+    for (const reason of REJECT_REASONS) this.rejectedRequests.labels(reason)
+    for (const mode of FAIL_MODES) this.failModeEvents.labels(mode)
+    this.allowListed.labels()
+    for (const result of ['applied', 'rejected']) this.configReloads.labels(result)
+    this.bound = {
+      proxied: Object.fromEntries(STATUS_CLASSES.map((c) => [c, this.proxiedResponses.labels(c)])) as Record<typeof STATUS_CLASSES[number], CounterChild>,
+      upstreamDuration: this.upstreamDuration.labels(),
+      upstreamErrors: Object.fromEntries(UPSTREAM_ERROR_KINDS.map((k) => [k, this.upstreamErrors.labels(k)])) as Record<typeof UPSTREAM_ERROR_KINDS[number], CounterChild>
+    }
   }
+
+  /** Creates every decision series of a policy at zero (see the module comment). */
+  initPolicy (policy: string, shadow = false): void {
+    if (shadow) for (const result of ['allowed', 'would_block', 'unavailable']) this.shadowDecisions.labels(policy, result)
+    if (this.#policies.has(policy)) return
+    this.#policies.add(policy)
+    for (const source of DECISION_SOURCES) {
+      for (const result of ['allowed', 'blocked']) this.decisions.labels(result, source, policy)
+    }
+  }
+
+  /** The series of a store that is switched off: no up gauge, so no "down" alert for it. */
+  storeDisabled (store: Store): void {
+    this.storeUp.remove({ store })
+  }
+}
+
+let version: string | undefined
+function packageVersion (): string {
+  version ??= (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version
+  return version
 }

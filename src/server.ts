@@ -5,7 +5,6 @@
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import type { Config } from './config/schema.ts'
-import type { Policy } from './domain.ts'
 import type { Logger } from './log.ts'
 import { Metrics } from './metrics.ts'
 import { Limiter } from './limiter/limiter.ts'
@@ -14,6 +13,22 @@ import { RedisCache } from './stores/redis.ts'
 import { buildProxy } from './gateway/app.ts'
 import { startEchoUpstream, type EchoUpstream } from './gateway/echo-upstream.ts'
 import { buildControl } from './control/app.ts'
+import { Holder } from './policy/holder.ts'
+import { OverrideStore } from './stores/overrides.ts'
+import { buildRuntime, type Runtime } from './gateway/runtime.ts'
+import { watchFiles } from './config/watch.ts'
+
+/** Sections a running gateway cannot change: they hold listeners, pools and connections. */
+const RESTART_ONLY = ['proxy', 'control', 'postgres', 'redis', 'log'] as const
+
+export type ReloadResult = { readonly ok: true, readonly generation: number } | { readonly ok: false, readonly error: string }
+
+export interface GatewayOptions {
+  /** Reads the configuration again for a hot reload; without it reload() refuses. */
+  readonly loadConfig?: () => Config
+  /** Files whose change triggers a reload (config/default.yaml, CONFIG_FILE). */
+  readonly watch?: readonly string[]
+}
 
 export interface Gateway {
   readonly proxy: FastifyInstance
@@ -22,20 +37,28 @@ export interface Gateway {
   readonly postgres: PostgresStore
   readonly redis: RedisCache
   readonly limiter: Limiter
+  /** The live configuration; swapped whole by reload(). */
+  readonly runtime: Holder<Runtime>
+  readonly overrides: OverrideStore
+  /** Validates the configuration again and swaps it in; an invalid one is logged and ignored. */
+  reload: (reason: string) => ReloadResult
   /** Base URLs once listening. */
   readonly proxyUrl: string
   readonly controlUrl: string
   close: () => Promise<void>
 }
 
-export async function startGateway (config: Config, log: Logger): Promise<Gateway> {
+export async function startGateway (config: Config, log: Logger, options: GatewayOptions = {}): Promise<Gateway> {
   const metrics = new Metrics()
   const postgres = new PostgresStore(config.postgres, log, metrics)
   const redis = new RedisCache(config.redis, log, metrics)
+  const overrides = new OverrideStore(postgres.sql, log)
   let echo: EchoUpstream | undefined
+  let unwatch = (): void => {}
   try {
     await postgres.start(config.postgres.migrate)
     await redis.start()
+    await overrides.start()
 
     let upstreamUrl = config.proxy.upstreamUrl
     if (upstreamUrl === undefined) {
@@ -44,12 +67,37 @@ export async function startGateway (config: Config, log: Logger): Promise<Gatewa
       log.info({ upstream: upstreamUrl }, 'no UPSTREAM_URL set: started the built-in echo upstream')
     }
 
-    const defaultPolicy: Policy = { name: 'default', capacity: config.limits.capacity, refillPerSecond: config.limits.refillPerSecond }
-    const policies = new Map([[defaultPolicy.name, defaultPolicy]])
+    const defaultUpstream = upstreamUrl
+    const runtime = new Holder(buildRuntime(config, defaultUpstream, 1))
+    const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
+    initPolicies(runtime.current)
     const limiter = new Limiter({ postgres, redis }, metrics, log)
-    const cost = config.limits.cost
-    const proxy = await buildProxy({ config, upstreamUrl, limiter, metrics, log, policyFor: () => ({ policy: defaultPolicy, cost }) })
-    const control = await buildControl({ config, limiter, postgres, redis, metrics, log, policies, defaultPolicy })
+    const proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
+    const control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
+
+    const reload = (reason: string): ReloadResult => {
+      if (options.loadConfig === undefined) return { ok: false, error: 'no configuration source to reload from' }
+      let next: Runtime
+      try {
+        const fresh = options.loadConfig()
+        next = buildRuntime(fresh, defaultUpstream, runtime.current.policies.generation + 1)
+      } catch (err) {
+        const error = (err as Error).message
+        metrics.configReloads.inc({ result: 'rejected' })
+        log.error({ reason, error }, 'configuration reload rejected; the current configuration stays')
+        return { ok: false, error }
+      }
+      const fixed = RESTART_ONLY.filter((section) => JSON.stringify(next.config[section]) !== JSON.stringify(config[section]))
+      if (fixed.length > 0) log.warn({ sections: fixed }, 'changed settings in these sections take effect only after a restart')
+      initPolicies(next)
+      runtime.swap(next)
+      metrics.configReloads.inc({ result: 'applied' })
+      log.info({ reason, generation: next.policies.generation, policies: [...next.policies.policies.keys()] }, 'configuration reloaded')
+      return { ok: true, generation: next.policies.generation }
+    }
+    if (options.watch !== undefined && options.watch.length > 0) {
+      unwatch = watchFiles(options.watch, (path) => { reload(`file changed: ${path}`) })
+    }
 
     await control.listen({ port: config.control.port, host: config.control.host })
     await proxy.listen({ port: config.proxy.port, host: config.proxy.host })
@@ -65,22 +113,29 @@ export async function startGateway (config: Config, log: Logger): Promise<Gatewa
       postgres,
       redis,
       limiter,
+      runtime,
+      overrides,
+      reload,
       proxyUrl: `http://127.0.0.1:${proxyPort}`,
       controlUrl: `http://${config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host}:${controlPort}`,
       close: () => {
         closing ??= (async () => {
           // Stop accepting and let in-flight requests finish before the stores go away.
+          unwatch()
           await proxy.close()
           await control.close()
           await echo?.close()
           await redis.close()
+          await overrides.close()
           await postgres.close()
         })()
         return closing
       }
     }
   } catch (err) {
+    unwatch()
     await echo?.close()
+    await overrides.close().catch(() => {})
     await redis.close().catch(() => {})
     await postgres.close().catch(() => {})
     throw err

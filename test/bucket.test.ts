@@ -75,17 +75,29 @@ t.test('property: allowed cost in any window never exceeds capacity + rate x win
   t.pass('safety held for every generated schedule')
 })
 
+/** The smallest double above a non-negative x. */
+function nextUp (x: number): number {
+  const view = new DataView(new ArrayBuffer(8))
+  view.setFloat64(0, x)
+  view.setBigUint64(0, view.getBigUint64(0) + 1n)
+  return view.getFloat64(0)
+}
+
 t.test('property: after an empty bucket waits k/rate seconds, exactly k more requests pass', async (t) => {
   fc.assert(fc.property(
     fc.integer({ min: 1, max: 50 }),
     fc.integer({ min: 1, max: 20 }),
     fc.integer({ min: 1, max: 50 }),
-    fc.integer({ min: 0, max: 1e9 }),
+    // Epoch-millisecond timestamps as the database hands them over (fractional: µs).
+    fc.double({ min: 0, max: 4e12, noNaN: true }),
     (capacity, rate, kRaw, start) => {
       const p: Policy = { name: 'p', capacity, refillPerSecond: rate }
       const k = Math.min(kRaw, capacity)
       const empty: BucketSnapshot = { tokens: 0, atMs: start }
-      const later = start + (k * 1000) / rate
+      // `start + k/rate` rounds to the nearest double, which may fall short of k/rate seconds
+      // later: then the caller did not really wait k/rate. Take the first instant that did.
+      let later = start + (k * 1000) / rate
+      while ((later - start) * rate < k * 1000) later = nextUp(later)
       let snap: BucketSnapshot = empty
       let passed = 0
       for (let i = 0; i < k + 3; i++) {

@@ -11,8 +11,9 @@ t.test('the six original scenarios', async (t) => {
     const result = await scenario(gw.proxyUrl + '/', `user_123-${id}`)
     for (const e of result.expectations) t.ok(e.ok, `${id}: ${e.what} (expected ${e.expected}, got ${e.actual})`)
     if (id === 'burst') {
-      t.same(result.outcomes.slice(10).map((o) => o.source), ['redis', 'redis', 'redis', 'redis', 'redis'], 'burst: refusals come from Redis, no Postgres round trip')
-      t.ok(result.outcomes.slice(10).every((o) => o.retryAfter === '1'), 'burst: Retry-After is 1 s')
+      const refused = result.outcomes.filter((o) => o.status === 429)
+      t.ok(refused.length > 0 && refused.every((o) => o.source === 'redis'), 'burst: refusals come from Redis, no Postgres round trip')
+      t.ok(refused.every((o) => o.retryAfter === '1'), 'burst: Retry-After is 1 s')
     }
   }
 })

@@ -1,5 +1,6 @@
 /** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
 import { z } from 'zod'
+import { checkPolicyConfig, identityExtension, policySections } from '../policy/schema.ts'
 import { parseRedisUrl } from './redis-url.ts'
 
 const port = z.number().int().min(0).max(65535)
@@ -37,7 +38,8 @@ const control = z.strictObject({
 })
 
 const identity = z.strictObject({
-  header: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).default('x-user-id')
+  header: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).default('x-user-id'),
+  ...identityExtension
 })
 
 const limits = z.strictObject({
@@ -95,7 +97,11 @@ export const configSchema = z.strictObject({
   limits: limits.prefault({}),
   postgres: postgres.prefault({}),
   redis: redis.prefault({}),
-  log: log.prefault({})
+  log: log.prefault({}),
+  // Policies (docs/policies.md); all of these can be hot-reloaded.
+  ...policySections
+}).superRefine((config, ctx) => {
+  for (const issue of checkPolicyConfig(config)) ctx.addIssue({ code: 'custom', path: issue.path, message: issue.message })
 })
 
 export type Config = z.output<typeof configSchema>

@@ -2,21 +2,25 @@
  * The control listener (127.0.0.1:9090 by default; never reachable through the proxy port):
  * direct checks, bucket admin, health, metrics and the OpenAPI document with Swagger UI.
  */
-import { timingSafeEqual } from 'node:crypto'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Config } from '../config/schema.ts'
-import type { Decision, Policy } from '../domain.ts'
+import type { Decision } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
-import { makeDecision, StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
-import { tokensAt } from '../bucket/token-bucket.ts'
+import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import type { PostgresStore } from '../stores/postgres.ts'
 import type { RedisCache } from '../stores/redis.ts'
 import { parseKey } from '../gateway/identity.ts'
 import { PROBLEM_TYPE, problem } from '../gateway/problem.ts'
+import { requestIdFor } from '../gateway/request-id.ts'
 import { checkSchemas, problemSchema } from './schemas.ts'
+import type { Holder } from '../policy/holder.ts'
+import type { LimitPolicy } from '../policy/policy-set.ts'
+import type { OverrideStore } from '../stores/overrides.ts'
+import type { Runtime } from '../gateway/runtime.ts'
+import { registerAdmin } from './admin.ts'
 
 export interface ControlDeps {
   readonly config: Config
@@ -25,13 +29,14 @@ export interface ControlDeps {
   readonly redis: RedisCache
   readonly metrics: Metrics
   readonly log: Logger
-  readonly policies: ReadonlyMap<string, Policy>
-  readonly defaultPolicy: Policy
+  /** The live configuration: policies by name (hot reload swaps it). */
+  readonly runtime: Holder<Runtime>
+  readonly overrides: OverrideStore
 }
 
 interface CheckInput { key: string, cost?: number, policy?: string }
 
-class BadRequest extends Error {
+export class BadRequest extends Error {
   readonly statusCode = 400
 }
 
@@ -52,6 +57,8 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   const app = Fastify({
     loggerInstance: deps.log.child({ listener: 'control' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
+    requestIdHeader: false,
+    genReqId: requestIdFor,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } }
   })
 
@@ -73,20 +80,19 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     reply.code(404).type(PROBLEM_TYPE).send(problem(404, `No route ${request.method} ${request.url} on the control port.`))
   })
 
-  function resolve (input: CheckInput): { policy: Policy, key: string, cost: number } {
+  function resolve (input: CheckInput): { policy: LimitPolicy, key: string, cost: number } {
     const key = parseKey(input.key)
     if (!key.ok) throw new BadRequest(key.detail)
-    const policy = input.policy === undefined ? deps.defaultPolicy : deps.policies.get(input.policy)
-    if (policy === undefined) throw new BadRequest(`Unknown policy "${input.policy}"; known: ${[...deps.policies.keys()].join(', ')}.`)
-    const cost = input.cost ?? config.limits.cost
+    const policy = deps.overrides.table.apply(policyNamed(deps.runtime.current, input.policy), key.id)
+    const cost = input.cost ?? policy.cost
     if (cost > policy.capacity) throw new BadRequest(`cost ${cost} exceeds the capacity of policy "${policy.name}" (${policy.capacity}); it could never be allowed.`)
     return { policy, key: key.id, cost }
   }
 
-  async function decide (inputs: CheckInput[]): Promise<Decision[]> {
+  async function decide (inputs: CheckInput[], log: Logger): Promise<Decision[]> {
     const resolved = inputs.map(resolve) // all validated before any bucket is touched
     try {
-      return await Promise.all(resolved.map((r) => limiter.check(r.policy, r.key, r.cost)))
+      return await Promise.all(resolved.map((r) => limiter.check(r.policy, r.key, r.cost, log)))
     } catch (err) {
       if (err instanceof StoreUnavailableError) throw Object.assign(new Error('The rate limiter cannot reach its store; retry shortly.'), { statusCode: 503 })
       throw err
@@ -98,10 +104,10 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   }, async (request) => {
     const body = request.body
     if ('checks' in body) {
-      const decisions = await decide(body.checks)
+      const decisions = await decide(body.checks, request.log as Logger)
       return { results: decisions.map(decisionBody) }
     }
-    const [decision] = await decide([body])
+    const [decision] = await decide([body], request.log as Logger)
     return decisionBody(decision!)
   })
 
@@ -146,59 +152,11 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   return app
 }
 
-/** Admin routes: peek and reset a bucket. Disabled unless an admin token is configured. */
-function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
-  const token = deps.config.control.adminToken
-  const expected = token === undefined ? null : Buffer.from(`Bearer ${token}`)
-
-  function authorize (request: FastifyRequest, reply: FastifyReply): boolean {
-    if (expected === null) {
-      reply.code(404).type(PROBLEM_TYPE).send(problem(404, 'The admin API is disabled: set ADMIN_TOKEN to enable it.'))
-      return false
-    }
-    const given = Buffer.from(request.headers.authorization ?? '')
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      reply.code(401).header('www-authenticate', 'Bearer').type(PROBLEM_TYPE).send(problem(401, 'A valid "Authorization: Bearer <ADMIN_TOKEN>" header is required.'))
-      return false
-    }
-    return true
-  }
-
-  function target (params: { key: string }, query: { policy?: string }): { policy: Policy, key: string } {
-    const key = parseKey(params.key)
-    if (!key.ok) throw new BadRequest(key.detail)
-    const policy = query.policy === undefined ? deps.defaultPolicy : deps.policies.get(query.policy)
-    if (policy === undefined) throw new BadRequest(`Unknown policy "${query.policy}".`)
-    return { policy, key: key.id }
-  }
-
-  const common = {
-    tags: ['admin'],
-    security: [{ admin: [] }],
-    params: { type: 'object', required: ['key'], properties: { key: { type: 'string', description: 'The caller id.' } } },
-    querystring: { type: 'object', additionalProperties: false, properties: { policy: { type: 'string', description: 'Policy name (default: the default policy).' } } }
-  }
-
-  app.get<{ Params: { key: string }, Querystring: { policy?: string } }>('/v1/buckets/:key', {
-    schema: { ...common, summary: 'Peek at a bucket without spending a token.' }
-  }, async (request, reply) => {
-    if (!authorize(request, reply)) return reply
-    const { policy, key } = target(request.params, request.query)
-    const { snapshot, nowMs } = await deps.postgres.peek(policy.name, key)
-    const tokens = snapshot === null ? policy.capacity : tokensAt(snapshot, policy, nowMs)
-    return { key, exists: snapshot !== null, tokens, ...decisionBody(makeDecision(policy, 0, true, tokens, 'postgres')) }
-  })
-
-  app.delete<{ Params: { key: string }, Querystring: { policy?: string } }>('/v1/buckets/:key', {
-    schema: { ...common, summary: 'Reset a bucket to full; takes effect on the very next request.' }
-  }, async (request, reply) => {
-    if (!authorize(request, reply)) return reply
-    const { policy, key } = target(request.params, request.query)
-    // The cached snapshot goes first and again after: a stale one would keep denying.
-    await deps.redis.remove(deps.redis.key(policy.name, key)).catch(() => {})
-    const existed = await deps.postgres.reset(policy.name, key)
-    await deps.redis.remove(deps.redis.key(policy.name, key)).catch(() => {})
-    request.log.info({ admin_action: 'reset', key, policy: policy.name, existed }, 'bucket reset')
-    return { key, policy: policy.name, reset: true, existed }
-  })
+/** The named policy of the live configuration (default when unnamed); 400 when unknown. */
+export function policyNamed (runtime: Runtime, name: string | undefined): LimitPolicy {
+  const set = runtime.policies
+  if (name === undefined) return set.defaultPolicy
+  const policy = set.policies.get(name)
+  if (policy === undefined) throw new BadRequest(`Unknown policy "${name}"; known: ${[...set.policies.keys()].join(', ')}.`)
+  return policy
 }

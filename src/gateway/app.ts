@@ -3,51 +3,60 @@
  * The limiter runs in `onRequest`, before any body handling, so a refused request costs no
  * body parsing and is never forwarded. Bodies stream through untouched.
  */
-import { randomUUID } from 'node:crypto'
 import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Config } from '../config/schema.ts'
-import type { Decision, Policy } from '../domain.ts'
+import type { Decision } from '../domain.ts'
 import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
+import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds } from './headers.ts'
-import { parseCallerId } from './identity.ts'
+import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
+import type { Holder } from '../policy/holder.ts'
+import type { OverrideTable } from '../policy/overrides.ts'
+import { normalizePath, pathOf } from '../policy/path.ts'
+import { upstreamUrl } from '../policy/policy-set.ts'
+import type { Runtime } from './runtime.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
     decision: Decision | null
     upstreamStartedAt: bigint
+    /** Set for shadow-mode policies: what enforcement would have done. */
+    shadow: 'allowed' | 'would-block' | 'unavailable' | null
+    /** Origin of the upstream this request goes to (several upstreams by path prefix). */
+    upstreamOrigin: string
   }
 }
 
 export interface ProxyDeps {
   readonly config: Config
-  readonly upstreamUrl: string
   readonly limiter: Limiter
   readonly metrics: Metrics
   readonly log: Logger
-  /** The policy that applies to a request. */
-  readonly policyFor: (request: FastifyRequest) => { policy: Policy, cost: number }
+  /** The live configuration (policies, identity, upstreams); hot reload swaps it. */
+  readonly runtime: Holder<Runtime>
+  /** Per-caller overrides (admin API), kept fresh by the override store. */
+  readonly overrides: { readonly table: OverrideTable }
 }
-
-const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 
 export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const { config, limiter, metrics } = deps
-  const header = config.identity.header
   const app = Fastify({
     loggerInstance: deps.log.child({ listener: 'proxy' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
-    requestIdHeader: 'x-request-id',
-    genReqId: () => randomUUID(),
+    // requestIdFor reads x-request-id itself, keeping only well-formed ids.
+    requestIdHeader: false,
+    genReqId: requestIdFor,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
     http: { maxHeaderSize: config.proxy.maxHeaderBytes }
   })
   app.decorateRequest('decision', null)
   app.decorateRequest('upstreamStartedAt', 0n)
+  app.decorateRequest('shadow', null)
+  app.decorateRequest('upstreamOrigin', '')
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500
@@ -56,46 +65,82 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   app.addHook('onRequest', async (request, reply) => {
-    const identity = parseCallerId(request.headers[header], header)
+    // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
+    reply.header(REQUEST_ID_HEADER, request.id)
+    // One read of the live configuration: this request sees all of one version.
+    const runtime = deps.runtime.current
+    const set = runtime.policies
+    const identity = await runtime.identify(request.headers, request.socket.remoteAddress)
     if (!identity.ok) {
       metrics.rejectedRequests.inc({ reason: identity.reason })
-      sendProblem(reply, 400, identity.detail, null)
+      if (identity.status === 401) reply.header('www-authenticate', identity.reason === 'invalid-token' ? 'Bearer error="invalid_token"' : 'Bearer')
+      sendProblem(reply, identity.status, identity.detail, null)
       return reply
     }
-    const { policy, cost } = deps.policyFor(request)
-    let decision: Decision
-    try {
-      decision = await limiter.check(policy, identity.id, cost)
-    } catch (err) {
-      if (!(err instanceof StoreUnavailableError)) throw err
-      reply.header('retry-after', '1')
-      sendProblem(reply, 503, 'The rate limiter cannot reach its store; retry shortly.', null)
+    const id = identity.id
+    if (set.isDenied(id)) {
+      metrics.rejectedRequests.inc({ reason: 'deny-list' })
+      sendProblem(reply, 403, 'This caller is not allowed to use this gateway.', null)
       return reply
     }
-    request.decision = decision
-    if (!decision.allowed) {
-      reply.headers(rateLimitHeaders(decision))
-      reply.code(429).type(PROBLEM_TYPE).send({
-        type: QUOTA_EXCEEDED,
-        title: 'Too Many Requests',
-        status: 429,
-        detail: `Rate limit exceeded for policy "${policy.name}" (${policy.capacity} requests per ${windowSeconds(policy)} s); retry in ${reply.getHeader('retry-after') as string} s.`,
-        'violated-policies': [policy.name]
-      })
-      return reply
+    const url = request.url
+    const rawPath = pathOf(url)
+    if (set.isAllowed(id)) {
+      metrics.allowListed.inc()
+    } else {
+      const tier = set.hasTiers
+        ? set.tierOf(id, set.tierHeader === undefined ? undefined : request.headers[set.tierHeader], set.tierClaim === undefined ? undefined : identity.claims?.[set.tierClaim])
+        : null
+      const { policy: configured, cost } = set.resolve(request.method, normalizePath(rawPath), tier)
+      const policy = deps.overrides.table.apply(configured, id)
+      let decision: Decision | null = null
+      try {
+        decision = await limiter.check(policy, id, cost, request.log as Logger)
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError)) throw err
+        if (!policy.shadow) {
+          reply.header('retry-after', '1')
+          sendProblem(reply, 503, 'The rate limiter cannot reach its store; retry shortly.', null)
+          return reply
+        }
+      }
+      if (policy.shadow) {
+        // Shadow mode: decided and counted like any other, reported, never enforced.
+        request.shadow = decision === null ? 'unavailable' : decision.allowed ? 'allowed' : 'would-block'
+        metrics.shadowDecisions.inc({ policy: policy.name, result: request.shadow === 'would-block' ? 'would_block' : request.shadow })
+        if (request.shadow === 'would-block') request.log.info({ user_id: id, policy: policy.name, cost, source: decision!.source }, 'shadow policy would block')
+      } else {
+        request.decision = decision
+        if (!decision!.allowed) {
+          reply.headers(rateLimitHeaders(decision!))
+          reply.code(429).type(PROBLEM_TYPE).send({
+            type: QUOTA_EXCEEDED,
+            title: 'Too Many Requests',
+            status: 429,
+            detail: `Rate limit exceeded for policy "${policy.name}" (${policy.capacity} requests per ${windowSeconds(policy)} s); retry in ${reply.getHeader('retry-after') as string} s.`,
+            'violated-policies': [policy.name]
+          })
+          return reply
+        }
+      }
     }
+    const target = set.upstreamFor(rawPath)
+    request.upstreamOrigin = target.origin
+    const rewritten = upstreamUrl(target, url)
+    if (rewritten !== null) request.raw.url = rewritten // read by the proxy handler, after routing
     request.upstreamStartedAt = process.hrtime.bigint()
   })
 
   app.addHook('onResponse', async (request, reply) => {
-    if (request.decision?.allowed === true) {
-      metrics.proxiedResponses.inc({ status_class: STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx' })
+    if (request.upstreamStartedAt !== 0n) {
+      metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
     }
   })
 
   const tlsVerify = config.proxy.upstreamTlsVerify
   const proxyOptions: FastifyHttpProxyOptions = {
-    upstream: deps.upstreamUrl,
+    // The upstream is chosen per request (path prefix, hot-reloadable): see getUpstream.
+    upstream: '',
     // reply-from logs two info lines per request on its own; per-request logs are debug-only.
     disableRequestLogging: !deps.log.isLevelEnabled('debug'),
     undici: {
@@ -108,24 +153,27 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     } as object,
     replyOptions: {
       timeout: config.proxy.upstreamTimeoutMs,
+      getUpstream: (request) => (request as FastifyRequest).upstreamOrigin,
       // reply-from retries GETs answered 503 up to 10 times: a gateway must not multiply
       // load on a struggling upstream, so nothing is retried.
       retryDelay: () => null,
       rewriteRequestHeaders: (request, headers) => {
-        const out: Record<string, string | string[] | undefined> = { ...headers, 'x-request-id': request.id }
+        const out: Record<string, string | string[] | undefined> = { ...headers, [REQUEST_ID_HEADER]: request.id }
         for (const name of LIMIT_HEADERS) delete out[name]
         return out
       },
       rewriteHeaders: (headers, request) => {
         if (request === undefined) return headers
-        metrics.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
+        metrics.bound.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
         for (const name of LIMIT_HEADERS) delete headers[name]
+        if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
         return request.decision === null ? headers : { ...headers, ...rateLimitHeaders(request.decision) }
       },
       onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
-        metrics.upstreamErrors.inc({ kind: timeout ? 'timeout' : 'unreachable' })
+        metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
         reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')
+        if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
         sendProblem(reply, timeout ? 504 : 502,
           timeout ? `The upstream did not answer within ${config.proxy.upstreamTimeoutMs} ms.` : 'The upstream could not be reached or failed mid-response.',
           reply.request.decision)

@@ -5,7 +5,7 @@
  */
 import type { Decision, Policy } from '../domain.ts'
 
-export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'] as const
+export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'x-ratelimit-shadow'] as const
 
 /** The window a policy's quota refers to: the time to refill an empty bucket, whole seconds. */
 export function windowSeconds (policy: Policy): number {

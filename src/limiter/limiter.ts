@@ -57,10 +57,11 @@ export class Limiter {
     this.#log = log
   }
 
-  async check (policy: Policy, userId: string, cost: number): Promise<Decision> {
+  /** `log`: the request's logger, so the decision's log line carries its request id. */
+  async check (policy: Policy, userId: string, cost: number, log: Logger = this.#log): Promise<Decision> {
     const started = process.hrtime.bigint()
     const { redis, postgres } = this.#stores
-    const key = redis.key(policy.name, userId)
+    const key = redis.key(policy.cacheName ?? policy.name, userId)
     const cached = await redis.read(key)
     let decision: Decision
     if (typeof cached === 'object' &&
@@ -78,19 +79,19 @@ export class Limiter {
       const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
       decision = makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
     }
-    this.#record(decision, userId, started)
+    this.#record(decision, userId, started, log)
     return decision
   }
 
-  #record (decision: Decision, userId: string, started: bigint): void {
+  #record (decision: Decision, userId: string, started: bigint, log: Logger): void {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
     this.#metrics.decisionDuration.observe({ source: decision.source }, seconds)
     this.#metrics.decisions.inc({ result: decision.allowed ? 'allowed' : 'blocked', source: decision.source, policy: decision.policy.name })
-    if (this.#log.isLevelEnabled('debug')) {
+    if (log.isLevelEnabled('debug')) {
       if (decision.allowed) {
-        this.#log.debug({ user_id: userId, remaining_tokens: Math.floor(decision.tokens), source: decision.source, policy: decision.policy.name }, 'rate limit allowed')
+        log.debug({ user_id: userId, remaining_tokens: Math.floor(decision.tokens), source: decision.source, policy: decision.policy.name }, 'rate limit allowed')
       } else {
-        this.#log.debug({ user_id: userId, source: decision.source, policy: decision.policy.name }, 'rate limit exceeded')
+        log.debug({ user_id: userId, source: decision.source, policy: decision.policy.name }, 'rate limit exceeded')
       }
     }
   }

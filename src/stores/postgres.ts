@@ -68,11 +68,24 @@ export class PostgresStore {
   }
 
   async ping (): Promise<void> {
+    this.#metrics.storeOperations.inc({ store: 'postgres', operation: 'ping' })
     try {
       await this.sql`SELECT 1`
       this.health.succeeded()
     } catch (err) {
+      this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'ping' })
       this.health.failed(err)
+      throw err
+    }
+  }
+
+  /** Counts one round trip of an admin operation and its failure. */
+  async #counted<T> (operation: string, run: () => Promise<T>): Promise<T> {
+    this.#metrics.storeOperations.inc({ store: 'postgres', operation })
+    try {
+      return await run()
+    } catch (err) {
+      this.#metrics.storeErrors.inc({ store: 'postgres', operation })
       throw err
     }
   }
@@ -119,9 +132,9 @@ export class PostgresStore {
 
   /** The stored bucket and the database's clock, without spending (admin peek). */
   async peek (policy: string, userId: string): Promise<{ snapshot: BucketSnapshot | null, nowMs: number }> {
-    const rows = await this.sql<Array<{ tokens: number | null, at_ms: number | null, now_ms: number }>>`
+    const rows = await this.#counted('peek', async () => await this.sql<Array<{ tokens: number | null, at_ms: number | null, now_ms: number }>>`
       SELECT r.tokens, extract(epoch FROM r.last_refill_time) * 1000 AS at_ms, extract(epoch FROM clock_timestamp()) * 1000 AS now_ms
-      FROM (SELECT 1) AS one LEFT JOIN rate_limits r ON r.policy = ${policy} AND r.user_id = ${userId}`
+      FROM (SELECT 1) AS one LEFT JOIN rate_limits r ON r.policy = ${policy} AND r.user_id = ${userId}`)
     const row = rows[0]!
     const snapshot = row.tokens === null || row.at_ms === null ? null : { tokens: row.tokens, atMs: Number(row.at_ms) }
     return { snapshot, nowMs: Number(row.now_ms) }
@@ -129,7 +142,7 @@ export class PostgresStore {
 
   /** Forgets a bucket: the caller starts full on the next request. */
   async reset (policy: string, userId: string): Promise<boolean> {
-    const result = await this.sql`DELETE FROM rate_limits WHERE policy = ${policy} AND user_id = ${userId}`
+    const result = await this.#counted('reset', async () => await this.sql`DELETE FROM rate_limits WHERE policy = ${policy} AND user_id = ${userId}`)
     return result.count > 0
   }
 

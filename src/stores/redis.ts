@@ -27,6 +27,7 @@ export class RedisCache {
     this.#metrics = metrics
     this.health = new StoreHealth('redis', log, metrics)
     if (!config.enabled) {
+      metrics.storeDisabled('redis')
       this.client = null
       return
     }
@@ -94,15 +95,23 @@ export class RedisCache {
   /** Removes a snapshot; used when a bucket is raised (reset), where a stale one would be wrong. */
   async remove (key: string): Promise<void> {
     if (this.client === null) return
-    await this.client.del(key)
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'del' })
+    try {
+      await this.client.del(key)
+    } catch (err) {
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'del' })
+      throw err
+    }
   }
 
   async ping (): Promise<boolean> {
     if (this.client === null || this.client.status !== 'ready') return false
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'ping' })
     try {
       await this.client.ping()
       return true
     } catch {
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'ping' })
       return false
     }
   }

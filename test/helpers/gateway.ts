@@ -38,6 +38,9 @@ export interface TestGatewayOptions {
   /** An upstream to forward to (default: a new test upstream). */
   upstreamUrl?: string
   logLevel?: string
+  /** A config file (CONFIG_FILE) read at start and again on reload; watched when `watch` is set. */
+  configFile?: string
+  watch?: boolean
 }
 
 function deepMerge (a: Tree, b: Tree): Tree {
@@ -61,7 +64,9 @@ export async function startTestGateway (t: TapLike, options: TestGatewayOptions 
     redis: { url: redisUrl, keyPrefix: redisPrefix },
     log: { level: options.logLevel ?? 'info' }
   }
-  const config = loadConfig({ env: {}, overrides: deepMerge(base, options.config ?? {}) })
+  const env = options.configFile === undefined ? {} : { CONFIG_FILE: options.configFile }
+  const load = (): Config => loadConfig({ env, overrides: deepMerge(base, options.config ?? {}) })
+  const config = load()
   const logs: LogLine[] = []
   const sink = new Writable({
     write (chunk: Buffer, _enc, done) {
@@ -69,7 +74,10 @@ export async function startTestGateway (t: TapLike, options: TestGatewayOptions 
       done()
     }
   })
-  const gateway = await startGateway(config, createLogger(config.log.level, sink))
+  const gateway = await startGateway(config, createLogger(config.log.level, sink), {
+    loadConfig: load,
+    ...(options.watch === true && options.configFile !== undefined ? { watch: [options.configFile] } : {})
+  })
   t.teardown(() => gateway.close())
   return Object.assign(gateway, { config, upstream, logs, databaseUrl, redisPrefix })
 }

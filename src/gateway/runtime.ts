@@ -1,0 +1,17 @@
+/**
+ * Everything a request needs from the configuration, built once per (re)load and swapped in
+ * whole: the policy set and the identity source (a JWT key rotation is a reload too).
+ */
+import type { Config } from '../config/schema.ts'
+import { PolicySet } from '../policy/policy-set.ts'
+import { createIdentifier, type Identifier } from './identify.ts'
+
+export interface Runtime {
+  readonly config: Config
+  readonly policies: PolicySet
+  readonly identify: Identifier
+}
+
+export function buildRuntime (config: Config, defaultUpstream: string, generation: number): Runtime {
+  return { config, policies: new PolicySet(config, { defaultUpstream, generation }), identify: createIdentifier(config.identity) }
+}
