@@ -64,20 +64,22 @@ t.test('docker-compose.yml passes a real Compose parser and wires the stack', as
     const [source, target] = v.split(':') as [string, string]
     return { service: s, source: source.startsWith('/') ? source : '', target }
   }).filter((m) => m.source !== ''))
-  t.match(mounts.map((m) => [m.service, m.target]), [
-    ['prometheus', '/etc/prometheus/prometheus.yml'], ['prometheus', '/etc/prometheus/alerts.yml'],
-    ['grafana', '/etc/grafana/provisioning/datasources/ratelimit.yml'], ['grafana', '/etc/grafana/provisioning/dashboards/ratelimit.yml'],
-    ['grafana', '/var/lib/grafana/dashboards/ratelimit']
+  t.same(mounts.map((m) => [m.service, relative(root, m.source), m.target]), [
+    ['prometheus', 'deploy/compose/prometheus.yml', '/etc/prometheus/prometheus.yml'],
+    ['prometheus', 'dashboards/prometheus/alerts.yml', '/etc/prometheus/alerts.yml'],
+    ['grafana', 'dashboards/grafana/provisioning/datasources', '/etc/grafana/provisioning/datasources'],
+    ['grafana', 'dashboards/grafana/provisioning/dashboards', '/etc/grafana/provisioning/dashboards'],
+    ['grafana', 'dashboards/grafana', '/var/lib/grafana/dashboards/ratelimit-gateway']
   ], 'Prometheus gets its config and the alert rules; Grafana its datasource, provider and dashboards')
-  for (const m of mounts) {
-    const path = relative(root, m.source)
-    // dashboards/ comes from the observability work (issue 3); until it is merged, say so.
-    if (path.startsWith('dashboards') && !existsSync(join(root, 'dashboards'))) {
-      t.comment(`skipped: ${path} (dashboards/ not in this tree yet)`)
-      continue
-    }
-    t.ok(existsSync(m.source), `${m.service} mounts ${path}, which exists`)
-  }
+  for (const m of mounts) t.ok(existsSync(m.source), `${m.service} mounts ${relative(root, m.source)}, which exists`)
+  t.equal(services.grafana.environment.PROMETHEUS_URL, 'http://prometheus:9090', 'the provisioned datasource points at the prometheus service')
+
+  // The provisioning files agree with where compose puts things.
+  const provider = parseYaml(readFileSync(join(root, 'dashboards/grafana/provisioning/dashboards/ratelimit-gateway.yaml'), 'utf8')) as Tree
+  t.equal(provider.providers[0].options.path, '/var/lib/grafana/dashboards/ratelimit-gateway', 'the dashboard provider reads the mounted folder')
+  const datasource = parseYaml(readFileSync(join(root, 'dashboards/grafana/provisioning/datasources/prometheus.yaml'), 'utf8')) as Tree
+  t.equal(datasource.datasources[0].url, '${PROMETHEUS_URL}', 'the datasource URL comes from PROMETHEUS_URL')
+  t.ok(readdirSync(join(root, 'dashboards/grafana')).some((f) => f.endsWith('.json')), 'a dashboard JSON is in the mounted folder')
 
   // The parser is real: a wrong key and a dangling dependency are refused.
   const dir = mkdtempSync(join(tmpdir(), 'rl-compose-'))
@@ -97,14 +99,14 @@ t.test('docker-compose.yml passes a real Compose parser and wires the stack', as
 t.test('the compose Prometheus config scrapes both replicas and loads the rules', async (t) => {
   const config = parseYaml(readFileSync(join(root, 'deploy/compose/prometheus.yml'), 'utf8')) as Tree
   t.same(config.scrape_configs[0].static_configs[0].targets, ['gateway-1:9090', 'gateway-2:9090'], 'targets are the two gateway services\' control ports')
-  t.same(config.rule_files, ['/etc/prometheus/alerts.yml'], 'rules at the path compose mounts dashboards/alerts.yml')
+  t.same(config.rule_files, ['/etc/prometheus/alerts.yml'], 'rules at the path compose mounts dashboards/prometheus/alerts.yml on')
   if (!requireTool(t, 'promtool', 'apt-get install prometheus')) return
   // promtool reads the rule files too: point it at the repository's copy.
-  const rules = join(root, 'dashboards/alerts.yml')
   const dir = mkdtempSync(join(tmpdir(), 'rl-prom-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const local = { ...config, rule_files: existsSync(rules) ? [rules] : [] }
-  if (!existsSync(rules)) t.comment('dashboards/alerts.yml not in this tree yet: checked without rules')
+  const local = { ...config, rule_files: [join(root, 'dashboards/prometheus/alerts.yml')] }
+  const base = parseYaml(readFileSync(join(root, 'dashboards/prometheus/prometheus.yml'), 'utf8')) as Tree
+  t.equal(config.scrape_configs[0].job_name, base.scrape_configs[0].job_name, 'same job name as dashboards/prometheus/prometheus.yml (the alert rules select on it)')
   writeFileSync(join(dir, 'prometheus.yml'), JSON.stringify(local))
   const check = spawnSync('promtool', ['check', 'config', join(dir, 'prometheus.yml')], { encoding: 'utf8' })
   t.equal(check.status, 0, `promtool check config${check.status !== 0 ? ':\n' + check.stdout + check.stderr : ''}`)

@@ -15,6 +15,8 @@ import { spawnGateway } from './helpers/gateway.ts'
 import { burst, send } from './helpers/http.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
+const ADMIN_TOKEN = 'first-run-admin-token-0123456789'
+
 async function deadPort (): Promise<number> {
   const server = createServer()
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -67,8 +69,9 @@ t.test('npm start with nothing installed: PGlite, no Redis, the core scenarios p
   ].join('\n'))
   const upstream = await startUpstream(t)
   // No DATABASE_URL, no REDIS_URL: what a first-time user has.
-  const env = { CONFIG_FILE: configFile, UPSTREAM_URL: upstream.url }
-  const gw = await spawnGateway(t, env)
+  const env = { CONFIG_FILE: configFile, UPSTREAM_URL: upstream.url, ADMIN_TOKEN }
+  // PGlite compiles its WASM and runs initdb on the first start: seconds, more on a loaded machine.
+  const gw = await spawnGateway(t, env, { startTimeoutMs: 120_000 })
   const logs = gw.output.join('\n')
   t.match(logs, /Using the embedded PostgreSQL \(PGlite\) in .*single-process development setup/, 'says plainly what it runs on')
   t.match(logs, /running without the Redis cache/, 'and that Redis is off')
@@ -95,9 +98,17 @@ t.test('npm start with nothing installed: PGlite, no Redis, the core scenarios p
   const ready = await send(gw.controlUrl + '/readyz')
   t.equal(ready.status, 200, 'ready on the embedded PostgreSQL')
 
+  // Admin overrides go through the table's NOTIFY trigger and the LISTEN session: both on PGlite.
+  const put = await send(gw.controlUrl + '/v1/overrides/first-run-vip', {
+    method: 'PUT', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ capacity: 3 })
+  })
+  t.equal(put.status, 200, `override set (${put.body})`)
+  const vip = await Promise.all(Array.from({ length: 5 }, () => send(gw.proxyUrl + '/x', { user: 'first-run-vip' })))
+  t.equal(vip.filter((r) => r.status === 201).length, 3, 'the override applies: 3 of 5 allowed')
+
   // PGlite is one backend in one process: a second gateway on the same folder must not start.
   const other = spawnSync(process.execPath, [join(packageRoot(), 'dist', 'src', 'main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', ...env }, encoding: 'utf8', timeout: 30_000
+    env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', ...env }, encoding: 'utf8', timeout: 60_000
   })
   t.equal(other.status, 1, 'a second gateway on the same data folder exits 1')
   t.match(other.stdout, /in use by process \d+/, 'and says why')
@@ -107,7 +118,7 @@ t.test('npm start with nothing installed: PGlite, no Redis, the core scenarios p
 
   // The buckets live in the data folder: an exhausted caller is still exhausted after a restart.
   // (Restarted with a very slow refill, so the seconds a restart takes cannot refill the bucket.)
-  const again = await spawnGateway(t, { ...env, RATE_LIMIT_REFILL_PER_SECOND: '0.001' })
+  const again = await spawnGateway(t, { ...env, RATE_LIMIT_REFILL_PER_SECOND: '0.001' }, { startTimeoutMs: 120_000 })
   t.notMatch(again.output.join('\n'), /migrations applied/, 'nothing left to migrate')
   const res = await send(again.proxyUrl + '/x', { user: 'first-run-40' })
   t.equal(res.status, 429, 'state kept across restarts')

@@ -4,9 +4,9 @@
  * pglite-socket, so the gateway's postgres.js code, migrations and stored function run
  * unchanged against it.
  *
- * Single process by construction: PGlite is one backend, so it serves one connection (the
- * gateway's pool is cut to 1; several connections would interleave their extended-protocol
- * messages in that one backend), and a lock file keeps a second gateway off the same folder.
+ * Single process by construction: PGlite is one backend, so the gateway's pool is cut to one
+ * connection (several busy connections would interleave their extended-protocol messages in
+ * that one backend), and a lock file keeps a second gateway off the same folder.
  */
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
@@ -70,7 +70,9 @@ export async function startEmbeddedPostgres (dataDir: string): Promise<EmbeddedP
     ])
     mkdirSync(dir, { recursive: true })
     const db = await PGlite.create(dir)
-    const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 1 })
+    // Two sessions: the gateway's pool of one, and the LISTEN session of the override store
+    // (src/stores/overrides.ts), which sends one statement when it connects and then idles.
+    const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 2 })
     try {
       await server.start()
     } catch (err) {
