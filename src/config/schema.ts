@@ -1,6 +1,7 @@
 /** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
 import { z } from 'zod'
 import { checkPolicyConfig, identityExtension, policySections } from '../policy/schema.ts'
+import { parseRedisUrl } from './redis-url.ts'
 
 const port = z.number().int().min(0).max(65535)
 const positive = z.number().positive()
@@ -57,12 +58,28 @@ const postgres = z.strictObject({
   /** Most decisions in one round trip. */
   batchMaxSize: z.number().int().positive().max(10_000).default(256),
   /** Apply migrations at start-up. */
-  migrate: z.boolean().default(true)
+  migrate: z.boolean().default(true),
+  /** Named prepared statements; turn off behind PgBouncer in transaction mode. */
+  prepare: z.boolean().default(true),
+  /**
+   * The embedded PostgreSQL (PGlite) for a first run: auto = only when DATABASE_URL is unset and
+   * nothing listens on the configured local port (src/first-run.ts); always; never.
+   */
+  embedded: z.enum(['auto', 'always', 'never']).default('auto'),
+  /** Where the embedded PostgreSQL keeps its files (relative to the working directory). */
+  embeddedDir: z.string().min(1).default('data/pglite')
 })
 
 const redis = z.strictObject({
   enabled: z.boolean().default(true),
-  url: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  /** One server, a cluster (redis+cluster://) or Sentinel (redis+sentinel://): see redis-url.ts. */
+  url: z.string().superRefine((value, ctx) => {
+    try {
+      parseRedisUrl(value)
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message })
+    }
+  }).default('redis://127.0.0.1:6379'),
   keyPrefix: z.string().default('rl:'),
   /** A Redis read slower than this is treated as a miss. */
   commandTimeoutMs: z.number().int().positive().default(50),

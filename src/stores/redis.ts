@@ -3,13 +3,13 @@
  * construction: no method throws, a slow or failing Redis reads as a miss, and a circuit
  * breaker stops paying the timeout on every request while Redis is failing.
  */
-import { Redis } from 'ioredis'
 import type { Config } from '../config/schema.ts'
 import type { BucketSnapshot } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { StoreHealth } from './health.ts'
+import { createRedisClient } from './redis-client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './redis-scripts.ts'
 
 /** Why a read produced no snapshot. */
@@ -34,7 +34,7 @@ export class RedisCache {
       this.client = null
       return
     }
-    this.client = defineScripts(new Redis(config.url, {
+    this.client = defineScripts(createRedisClient(config.url, {
       // Fail fast: a cache that queues or retries commands only adds latency.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
