@@ -5,6 +5,7 @@ import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, until, waitFor } from './helpers/http.ts'
 import { startPrivatePostgres } from './helpers/private-stores.ts'
+import { keysPerNode, startRedisCluster } from './helpers/redis-topologies.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
 import { Redis } from 'ioredis'
@@ -127,4 +128,32 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   const metrics = await (await fetch(gateways[0]!.controlUrl + '/metrics')).text()
   t.match(metrics, /gateway_fail_mode_events_total\{mode="redis-fallback"\} [1-9]/)
   t.match(metrics, /gateway_fail_mode_active\{mode="postgres"\} 1/)
+})
+
+t.test('on a Redis Cluster: Redis decides across slots while PostgreSQL is down, and hands back', async (t) => {
+  const [pg, cluster] = await Promise.all([startPrivatePostgres(t), startRedisCluster(t, 3)])
+  const config = { limits: { capacity: CAPACITY, refillPerSecond: RATE }, fallback: { probeIntervalMs: 200, redisTimeoutMs: 3000 } }
+  const gw = await startTestGateway(t, { databaseUrl: pg.url, redisUrl: cluster.url, redisPrefix: 'rlc:', config })
+  const users = Array.from({ length: 6 }, (_, i) => `cluster-${i}`)
+  const allowed = new Map(users.map((u) => [u, 0]))
+  const hit = async (user: string, n: number): Promise<string[]> => {
+    const replies = await Promise.all(Array.from({ length: n }, () => send(gw.proxyUrl + '/x', { user })))
+    allowed.set(user, allowed.get(user)! + replies.filter((r) => r.status === 201).length)
+    t.same(replies.filter((r) => r.status !== 201 && r.status !== 429), [], `${user}: answered`)
+    return replies.map((r) => r.headers.get('x-data-source') ?? '')
+  }
+  for (const user of users) await hit(user, 5)
+  await pg.stop()
+  for (const user of users) {
+    t.same([...new Set(await hit(user, 25))], ['redis-fallback'], `${user}: decided by the cluster`)
+    t.equal(allowed.get(user), CAPACITY, `${user}: exactly ${CAPACITY} in total`)
+  }
+  const perNode = await keysPerNode(cluster, 'rlc:*')
+  t.ok(perNode.filter((n) => n > 0).length >= 2, `buckets on several nodes (${perNode.join('/')})`)
+  await pg.start()
+  await waitFor(() => !gw.limiter.failover.postgresDown, { timeoutMs: 15_000, what: 'back on PostgreSQL' })
+  for (const user of users) t.equal(await hit(user, 1).then(() => allowed.get(user)), CAPACITY, `${user}: nothing refunded`)
+  const rows = await pg.query<{ user_id: string, tokens: number }>('SELECT user_id, tokens FROM rate_limits')
+  for (const row of rows) t.ok(row.tokens < 0.2, `${row.user_id}: row handed back empty (${row.tokens.toFixed(3)})`)
+  t.equal(rows.length, users.length)
 })

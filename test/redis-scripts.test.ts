@@ -9,10 +9,9 @@ t.test('Lua scripts', async (t) => {
   const prefix = createRedisPrefix(t)
   const redis = defineScripts(new Redis(TEST_REDIS_URL)) // RESP3, as the gateway uses it
   t.teardown(() => redis.disconnect())
-  const set = prefix + 'redis-owned'
   const key = (name: string) => `${prefix}{default:${name}}`
   const decide = (name: string, cost: number, opts: { cap?: number, rate?: number, dbNow?: number, force?: 0 | 1 } = {}) =>
-    redis.rlDecide(key(name), set, cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0, `m-${name}`)
+    redis.rlDecide(key(name), cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0)
 
   await t.test('value owners', async (t) => {
     t.equal(ownerOf('3|1700000000000'), 'postgres')
@@ -46,7 +45,6 @@ t.test('Lua scripts', async (t) => {
     t.same([first[0], Number(first[1])], [1, 7], 'a new bucket starts full; integers and strings come back intact over RESP3')
     t.equal(typeof first[1], 'string')
     t.match(await redis.get(key('d')), /^7\|[0-9.]+\|r$/, 'now Redis-owned')
-    t.same(await redis.smembers(set), ['m-d'], 'and recorded for hand-back')
     t.same((await decide('d', 8))[0], 0, 'cannot pay 8 with 7')
     const seven = await decide('d', 7)
     t.ok(seven[0] === 1 && Number(seven[1]) < 0.01, 'pays 7 (plus the few ms of refill since)')
@@ -70,7 +68,6 @@ t.test('Lua scripts', async (t) => {
 
   await t.test('hand-back: mark, merge, finish', async (t) => {
     await redis.set(key('b'), '4|1000|r')
-    await redis.sadd(set, 'm-b')
     const [status, tokens] = await redis.rlHandBack(key('b'), 10, 0.001, 60)
     t.equal(status, 1)
     t.ok(Number(tokens) >= 4 && Number(tokens) <= 10, 'refilled to now')
@@ -78,13 +75,14 @@ t.test('Lua scripts', async (t) => {
     t.same(await decide('b', 1), [-1, tokens, (await redis.get(key('b')))!.split('|')[1]], 'a decision is sent to PostgreSQL meanwhile')
     t.equal((await decide('b', 1, { force: 1 }))[0], 1, 'unless PostgreSQL is unreachable: Redis takes it back')
     t.match(await redis.get(key('b')), /\|r$/)
-    t.equal(await redis.rlHandedBack(key('b'), set, '3|9000', 60, 'm-b'), 0, 'taken back: not finished, stays in the set')
-    t.ok(await redis.sismember(set, 'm-b'))
+    t.equal(await redis.rlHandedBack(key('b'), '3|9000', 60), 0, 'taken back: not finished')
+    t.match(await redis.get(key('b')), /\|r$/, 'still Redis-owned')
 
     await redis.rlHandBack(key('b'), 10, 0.001, 60)
-    t.equal(await redis.rlHandedBack(key('b'), set, '3|9000', 60, 'm-b'), 1)
+    t.equal(await redis.rlHandedBack(key('b'), '3|9000', 60), 1)
     t.equal(await redis.get(key('b')), '3|9000', 'now a snapshot of the merged row')
-    t.notOk(await redis.sismember(set, 'm-b'), 'and out of the set')
+    t.equal(await redis.rlHandedBack(key('b'), '2|9999', 60), 1, 'finishing twice is harmless')
+    t.equal(await redis.get(key('b')), '3|9000', 'and changes nothing')
     t.same(await redis.rlHandBack(key('b'), 10, 0.001, 60), [0, ''], 'a snapshot is not Redis-owned: nothing to hand back')
   })
 })

@@ -3,10 +3,12 @@
  * Redis server clock (redis-scripts.ts DECIDE), and the bookkeeping that lets the buckets it
  * decided be handed back to PostgreSQL later (write-back.ts).
  *
- * Every bucket Redis decides is recorded in one set per key prefix, `<prefix>redis-owned`.
- * Redis Cluster: the DECIDE script touches the bucket key and this set, which live in
- * different hash slots, so as written it needs a single Redis (or a proxy that keeps one
- * slot); a cluster deployment would keep one such set per slot, tagged like the bucket keys.
+ * Every bucket Redis decides is recorded in one set per key prefix, `<prefix>redis-owned`,
+ * by an SADD sent alongside each decision rather than inside the script: every script touches
+ * only its bucket's key (one Redis Cluster slot), and the set lives in a slot of its own. The
+ * set is therefore kept loosely: a lost SADD is repaired by the bucket's next decision, an
+ * extra member is dropped by the next hand-back, and a Redis-owned bucket that sees no more
+ * traffic expires once it would be full anyway, which is also PostgreSQL's view of it by then.
  *
  * It has a client of its own. The cache's client gives up after `REDIS_TIMEOUT_MS` (50 ms),
  * right for a cache that PostgreSQL backs up; but while PostgreSQL is down Redis is the only
@@ -14,13 +16,13 @@
  * hand the decision to the in-process fail mode. So decisions wait up to
  * `fallback.redisTimeoutMs`, with a circuit breaker of their own for a Redis that is really gone.
  */
-import { Redis } from 'ioredis'
 import type { Config } from '../config/schema.ts'
 import type { Policy } from '../domain.ts'
 import type { Metrics } from '../metrics.ts'
 import { fullRefillSeconds } from '../bucket/token-bucket.ts'
 import { CircuitBreaker } from './breaker.ts'
 import type { RedisCache } from './redis.ts'
+import { createRedisClient } from './redis-client.ts'
 import { defineScripts, type ScriptedRedis } from './redis-scripts.ts'
 
 export interface RedisDecision {
@@ -57,7 +59,7 @@ export class RedisFallback {
     this.ownedSetKey = cache.prefix + 'redis-owned'
     this.#client = !config.enabled
       ? null
-      : defineScripts(new Redis(config.url, {
+      : defineScripts(createRedisClient(config.url, {
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
         commandTimeout: timeoutMs,
@@ -93,11 +95,12 @@ export class RedisFallback {
     const client = this.#client
     if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return 'unavailable'
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
-    const member = encodeMember(policy, userId)
+    // Recorded first, or at the same time: a member without a Redis-owned bucket is harmless.
+    client.sadd(this.ownedSetKey, encodeMember(policy, userId)).catch(() => {})
     let reply: [number, string, string]
     try {
-      reply = await client.rlDecide(this.#cache.key(policy.cacheName ?? policy.name, userId), this.ownedSetKey, cost, policy.capacity,
-        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, member)
+      reply = await client.rlDecide(this.#cache.key(policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0)
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
@@ -133,32 +136,20 @@ export class RedisFallback {
    */
   async handBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>> {
     const client = this.#requireClient()
-    const pipeline = client.pipeline()
-    const scripted = pipeline as unknown as typeof client
-    for (const b of buckets) {
-      void scripted.rlHandBack(this.#cache.key(b.cacheName, b.userId), b.capacity, b.refillPerSecond,
-        fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
-    }
-    const results = await pipeline.exec()
-    return (results ?? []).map(([err, reply]) => {
-      if (err !== null) throw err
-      const [status, tokens] = reply as [number, string]
-      return status === 1 ? Number(tokens) : null
-    })
+    // One call per bucket (auto-pipelined): buckets live in different cluster slots.
+    const replies = await Promise.all(buckets.map((b) => client.rlHandBack(this.#cache.key(b.cacheName, b.userId), b.capacity,
+      b.refillPerSecond, fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))))
+    return replies.map(([status, tokens]) => status === 1 ? Number(tokens) : null)
   }
 
   /** Step 2, after the merge committed: the buckets become snapshots of the merged rows. */
   async handedBack (buckets: readonly OwnedBucket[], snapshots: readonly string[]): Promise<void> {
     const client = this.#requireClient()
-    const pipeline = client.pipeline()
-    const scripted = pipeline as unknown as typeof client
-    for (let i = 0; i < buckets.length; i++) {
-      const b = buckets[i]!
-      void scripted.rlHandedBack(this.#cache.key(b.cacheName, b.userId), this.ownedSetKey, snapshots[i]!,
-        fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }), b.member)
-    }
-    const results = await pipeline.exec()
-    for (const [err] of results ?? []) if (err !== null) throw err
+    const done = await Promise.all(buckets.map((b, i) => client.rlHandedBack(this.#cache.key(b.cacheName, b.userId), snapshots[i]!,
+      fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))))
+    // Taken back by Redis meanwhile (0): stays in the set for the next pass.
+    const finished = buckets.filter((_, i) => done[i] === 1).map((b) => b.member)
+    if (finished.length > 0) await client.srem(this.ownedSetKey, ...finished)
   }
 
   #requireClient (): ScriptedRedis {

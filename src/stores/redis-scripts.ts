@@ -69,12 +69,13 @@ return 1
 `
 
 /**
- * A decision by Redis (PostgreSQL unreachable, or the bucket is Redis-owned).
- * KEYS[1] bucket, KEYS[2] the set of Redis-owned buckets to hand back.
+ * A decision by Redis (PostgreSQL unreachable, or the bucket is Redis-owned). KEYS[1] bucket.
  * ARGV: cost, capacity, rate per second, ttl seconds, the gateway's estimate of the database
  * clock (ms, to project a PostgreSQL snapshot), force (1: take the bucket back even while it is
- * being handed back), member (the bucket's entry in the set).
+ * being handed back).
  * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL), tokens, atMs}.
+ * Every script touches one key only, so each runs in one Redis Cluster slot; the set of
+ * Redis-owned buckets is kept by separate commands (redis-fallback.ts).
  */
 const DECIDE = HELPERS + `
 local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -99,7 +100,6 @@ if tokens + 1e-9 >= cost then
   allowed = 1
 end
 redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[7])
 return {allowed, num(tokens), num(now)}
 `
 
@@ -120,14 +120,13 @@ return {1, num(tokens)}
 
 /**
  * Hand-back, step 2 (after the merge committed): the bucket becomes an ordinary snapshot of
- * the merged row, and leaves the set unless Redis took it back meanwhile.
- * KEYS[1] bucket, KEYS[2] set. ARGV: snapshot "tokens|atMs", ttl, member. Returns 1 when done.
+ * the merged row. KEYS[1] bucket. ARGV: snapshot "tokens|atMs", ttl.
+ * Returns 1 when done (the caller then drops it from the set), 0 if Redis took it back meanwhile.
  */
 const HANDED_BACK = HELPERS + `
 local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
 if kind == 'r' then return 0 end
 if kind == 'm' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-redis.call('SREM', KEYS[2], ARGV[3])
 return 1
 `
 
@@ -136,17 +135,17 @@ type Reply<T> = Promise<T>
 /** The client with the scripts defined (EVALSHA, falling back to EVAL after a restart). */
 export interface ScriptedRedis extends Redis {
   rlWrite: (key: string, snapshot: string, ttl: number, charge: number) => Reply<number>
-  rlDecide: (key: string, set: string, cost: number, capacity: number, rate: number, ttl: number,
-    dbNowMs: number, force: 0 | 1, member: string) => Reply<[number, string, string]>
+  rlDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number,
+    dbNowMs: number, force: 0 | 1) => Reply<[number, string, string]>
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
-  rlHandedBack: (key: string, set: string, snapshot: string, ttl: number, member: string) => Reply<number>
+  rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
 }
 
 export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlWrite', { numberOfKeys: 1, lua: WRITE })
-  client.defineCommand('rlDecide', { numberOfKeys: 2, lua: DECIDE })
+  client.defineCommand('rlDecide', { numberOfKeys: 1, lua: DECIDE })
   client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
-  client.defineCommand('rlHandedBack', { numberOfKeys: 2, lua: HANDED_BACK })
+  client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
   return client as ScriptedRedis
 }
 
