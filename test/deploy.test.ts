@@ -4,7 +4,6 @@
 // gateway from the files it copies, its HEALTHCHECK command, the demo upstream).
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import t from 'tap'
@@ -12,6 +11,7 @@ import { parse as parseYaml } from 'yaml'
 import { packageRoot } from '../src/config/load.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { waitFor } from './helpers/http.ts'
+import { freePort } from './helpers/private-stores.ts'
 
 const root = packageRoot()
 type Tree = Record<string, any>
@@ -22,13 +22,6 @@ function requireTool (t: { fail: (message: string) => void }, tool: string, hint
   return found
 }
 
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 t.test('docker-compose.yml passes a real Compose parser and wires the stack', async (t) => {
   if (!requireTool(t, 'docker-compose', 'apt-get install docker-compose')) return

@@ -4,7 +4,6 @@
 // would) at loopback ports where nothing listens.
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -14,16 +13,10 @@ import { SCENARIOS } from '../scripts/scenarios-lib.ts'
 import { spawnGateway } from './helpers/gateway.ts'
 import { burst, send } from './helpers/http.ts'
 import { startUpstream } from './helpers/upstream.ts'
+import { freePort as deadPort } from './helpers/private-stores.ts'
 
 const ADMIN_TOKEN = 'first-run-admin-token-0123456789'
 
-async function deadPort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 t.test('when the embedded PostgreSQL is chosen', async (t) => {
   const config = (env: Record<string, string> = {}) => loadConfig({ env, skipDefaultFile: true })

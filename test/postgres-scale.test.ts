@@ -2,7 +2,6 @@
 // running gateway, and a real PgBouncer in transaction mode between the gateway and PostgreSQL.
 import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import postgres from 'postgres'
@@ -12,6 +11,7 @@ import { burst as burstScenario } from '../scripts/scenarios-lib.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { burst, waitFor } from './helpers/http.ts'
 import { createTestDatabase } from './helpers/stores.ts'
+import { freePort } from './helpers/private-stores.ts'
 
 const allowed = (replies: Array<{ status: number }>): number => replies.filter((r) => r.status === 201).length
 
@@ -48,13 +48,6 @@ t.test('hash-partitioned rate_limits (docs/sql/partitioned.sql)', async (t) => {
   await t.rejects(admin.unsafe(script), /already partitioned/, 'refuses to run twice')
 })
 
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 const PGBOUNCER = ['/usr/sbin/pgbouncer', 'pgbouncer'].find((p) => spawnSync(p, ['--version']).status === 0)
 

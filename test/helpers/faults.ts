@@ -8,7 +8,7 @@ import { once } from 'node:events'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { Redis } from 'ioredis'
 import { waitFor } from './http.ts'
-import { freePort } from './prometheus.ts'
+import { freePort } from './private-stores.ts'
 
 interface TapLike { teardown: (fn: () => unknown) => void }
 
