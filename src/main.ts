@@ -2,6 +2,7 @@
 import closeWithGrace from 'close-with-grace'
 import { join, resolve } from 'node:path'
 import { ConfigError, loadConfig, packageRoot } from './config/load.ts'
+import { prepareFirstRun, type FirstRun } from './first-run.ts'
 import { createLogger } from './log.ts'
 import { startGateway } from './server.ts'
 
@@ -20,6 +21,7 @@ async function main (): Promise<void> {
   log.info('Logger initialized successfully')
 
   let gateway: Awaited<ReturnType<typeof startGateway>> | undefined
+  let firstRun: FirstRun | undefined
   // SIGHUP reloads the configuration (the default action would end the process).
   process.on('SIGHUP', () => {
     if (gateway === undefined) log.warn('SIGHUP during start-up ignored; send it again once the gateway is listening')
@@ -29,17 +31,22 @@ async function main (): Promise<void> {
     // Hot reload re-reads the same sources: config/default.yaml, CONFIG_FILE, the environment.
     const watch = [join(packageRoot(), 'config', 'default.yaml')]
     if (process.env.CONFIG_FILE) watch.push(resolve(process.env.CONFIG_FILE))
-    gateway = await startGateway(config, log, { loadConfig: () => loadConfig(), watch })
+    // No DATABASE_URL and no local PostgreSQL: the embedded one (src/first-run.ts).
+    const dev = firstRun = await prepareFirstRun(config, process.env, log)
+    gateway = await startGateway(dev.config, log, { loadConfig: () => dev.apply(loadConfig()), watch })
   } catch (err) {
+    await firstRun?.close().catch(() => {})
     log.fatal({ err }, `could not start: ${(err as Error).message}`)
     process.exit(1)
   }
 
   const running = gateway
+  const stores = firstRun
   closeWithGrace({ delay: 25_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal }, 'shutting down: finishing in-flight requests')
     await running.close()
+    await stores.close()
     log.info('shutdown complete')
   })
 }

@@ -33,14 +33,16 @@ const REASONS: Record<RejectReason, true> = { missing: true, 'too-long': true, '
 /** Refusals by the other identity sources and the deny list (docs/policies.md). */
 const POLICY_REJECT_REASONS = ['missing-token', 'invalid-token', 'bad-address', 'deny-list'] as const
 export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...POLICY_REJECT_REASONS]
-export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped'] as const
+export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped', 'redis-owned', 'handing-back'] as const
 export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
   ['postgres', 'decide'], ['postgres', 'peek'], ['postgres', 'reset'], ['postgres', 'ping'],
-  ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping']
+  ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping'], ['redis', 'decide']
 ]
 export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 export const UPSTREAM_ERROR_KINDS = ['unreachable', 'timeout'] as const
 export const FAIL_MODES = ['local', 'open', 'closed'] as const
+/** Who decides (docs/reliability.md): the normal path, Redis while PostgreSQL is down, a fail mode. */
+export const DECIDING_MODES = ['postgres', 'redis-fallback', ...FAIL_MODES] as const
 
 export class Metrics {
   readonly registry = new Registry()
@@ -54,7 +56,7 @@ export class Metrics {
 
   readonly cacheLookups = new FastCounter({
     name: 'gateway_cache_lookups_total',
-    help: 'Redis snapshot lookups by result: hit, miss, error (failed or timed out), skipped (circuit open, disconnected or Redis disabled).',
+    help: 'Redis snapshot lookups by result: hit, miss, error (failed or timed out), skipped (circuit open, disconnected or Redis disabled), redis-owned and handing-back (a bucket Redis decided while PostgreSQL was down).',
     labelNames: ['result'] as const,
     registers: [this.registry]
   })
@@ -145,8 +147,21 @@ export class Metrics {
 
   readonly failModeEvents = new FastCounter({
     name: 'gateway_fail_mode_events_total',
-    help: 'Requests decided by a fail mode because both stores were unreachable, by mode (local, open, closed).',
+    help: 'Requests decided without PostgreSQL, by mode: redis-fallback (PostgreSQL unreachable, Redis decided), or the fail mode when both stores were unreachable (local, open, closed).',
     labelNames: ['mode'] as const,
+    registers: [this.registry]
+  })
+
+  readonly failModeActive = new Gauge({
+    name: 'gateway_fail_mode_active',
+    help: 'Who decides now: 1 for the mode in force (postgres, redis-fallback, local, open, closed), 0 for the others.',
+    labelNames: ['mode'] as const,
+    registers: [this.registry]
+  })
+
+  readonly handedBack = new FastCounter({
+    name: 'gateway_fallback_handed_back_total',
+    help: 'Buckets that Redis decided while PostgreSQL was down, merged back into PostgreSQL.',
     registers: [this.registry]
   })
 
@@ -180,7 +195,11 @@ export class Metrics {
     }
     for (const source of DECISION_SOURCES) this.decisionDuration.labels(source)
     for (const reason of REJECT_REASONS) this.rejectedRequests.labels(reason)
-    for (const mode of FAIL_MODES) this.failModeEvents.labels(mode)
+    for (const mode of DECIDING_MODES) {
+      if (mode !== 'postgres') this.failModeEvents.labels(mode)
+      this.failModeActive.set({ mode }, mode === 'postgres' ? 1 : 0)
+    }
+    this.handedBack.labels()
     this.allowListed.labels()
     for (const result of ['applied', 'rejected']) this.configReloads.labels(result)
     this.bound = {

@@ -71,7 +71,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const runtime = new Holder(buildRuntime(config, defaultUpstream, 1))
     const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
     initPolicies(runtime.current)
-    const limiter = new Limiter({ postgres, redis }, metrics, log, { localDenyCacheSize: config.localDenyCache.enabled ? config.localDenyCache.maxEntries : 0 })
+    const limiter = new Limiter({ postgres, redis }, metrics, log, config)
     const proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
     const control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
 
@@ -125,6 +125,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
           await proxy.close()
           await control.close()
           await echo?.close()
+          await limiter.close()
           await redis.close()
           await overrides.close()
           await postgres.close()

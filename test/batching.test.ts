@@ -3,8 +3,10 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { SCENARIOS } from '../scripts/scenarios-lib.ts'
+import { defineScripts } from '../src/stores/redis-scripts.ts'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { burst, waitFor } from './helpers/http.ts'
+import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
 const forced = { postgres: { batchWindowMs: 20 } }
 
@@ -98,4 +100,33 @@ t.test('knobs: synchronousCommit false turns the sessions\' synchronous_commit o
   const def = await startTestGateway(t)
   const [on] = await def.postgres.sql<Array<{ synchronous_commit: string }>>`SHOW synchronous_commit`
   t.equal(on!.synchronous_commit, 'on', 'durable by default')
+})
+
+t.test('WRITE_MANY applies, key by key and in order, exactly what WRITE applies alone', async (t) => {
+  const prefix = createRedisPrefix(t)
+  const redis = defineScripts(new Redis(TEST_REDIS_URL))
+  t.teardown(() => redis.disconnect())
+  // Each case: the value already stored (null: none), then the write-back (snapshot, charge).
+  const cases: Array<[string | null, string, number]> = [
+    [null, '5|2000', 1], // nothing cached: written
+    ['5|2000', '7|1000', 1], // an older snapshot landing late: dropped
+    ['6|2000', '4|2000', 1], // same instant, fewer tokens: newer, written
+    ['4|2000', '6|2000', 0], // same instant, more tokens: dropped
+    ['4|5000|r', '9|9000', 1], // Redis owns it: charged, not overwritten
+    ['4|5000|m', '9|9000', 2], // being handed back: charged
+    ['4|5000|r', '9|9000', 0] // a denial charges nothing
+  ]
+  const one = (i: number): string => `${prefix}{default:one-${i}}`
+  const many = (i: number): string => `${prefix}{default:many-${i}}`
+  for (const [i, [before]] of cases.entries()) {
+    if (before !== null) { await redis.set(one(i), before, 'EX', 60); await redis.set(many(i), before, 'EX', 60) }
+  }
+  let writtenAlone = 0
+  for (const [i, [, snapshot, charge]] of cases.entries()) writtenAlone += await redis.rlWrite(one(i), snapshot, 30, charge)
+  const args = [...cases.map((_, i) => many(i)), ...cases.flatMap(([, snapshot, charge]) => [snapshot, 30, charge])]
+  t.equal(await redis.rlWriteMany(cases.length, ...args), writtenAlone, 'as many written')
+  for (const i of cases.keys()) t.equal(await redis.get(many(i)), await redis.get(one(i)), `case ${i}: same value`)
+  // Two write-backs for one key in one call: the later wins, as if sent one after the other.
+  t.equal(await redis.rlWriteMany(2, many(0), many(0), '3|4000', 30, 1, '2|4001', 30, 1), 2)
+  t.equal(await redis.get(many(0)), '2|4001')
 })

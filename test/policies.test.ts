@@ -102,8 +102,10 @@ t.test('shadow mode: decided, counted and logged, always forwarded, never 429', 
 })
 
 t.test('shadow mode forwards even when the store cannot decide', async (t) => {
+  // No store can decide: PostgreSQL goes away, Redis is off, and FAIL_MODE=closed refuses to
+  // guess (with Redis, it would decide instead: docs/reliability.md).
   const gw = await startTestGateway(t, {
-    config: { policies: { default: { shadow: true } }, postgres: { statementTimeoutMs: 500 } }
+    config: { policies: { default: { shadow: true } }, postgres: { statementTimeoutMs: 500 }, redis: { enabled: false }, fallback: { mode: 'closed' } }
   })
   t.equal((await send(gw.proxyUrl + '/x', { user: 'hal' })).status, 201)
   await gw.postgres.sql.end() // the store goes away for this gateway only

@@ -5,7 +5,8 @@ import t from 'tap'
 import { createLogger, REDACTED_PATHS } from '../src/log.ts'
 import { spawnGateway, startTestGateway, type LogLine } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
-import { startPrivateRedis, startTcpRelay } from './helpers/faults.ts'
+import { startTcpRelay } from './helpers/faults.ts'
+import { startPrivateRedis } from './helpers/private-stores.ts'
 import { parseExposition } from './helpers/prometheus.ts'
 import { createRedisPrefix, createTestDatabase } from './helpers/stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
@@ -107,11 +108,13 @@ t.test('a PostgreSQL outage is logged once when it starts and once when it ends'
   await relay.cut()
   for (let i = 0; i < 5; i++) {
     const res = await send(gw.proxyUrl + '/p', { user: `cut-${i}` })
-    t.equal(res.status, 503, 'refused while PostgreSQL is unreachable')
+    // Redis decides while PostgreSQL is unreachable (docs/reliability.md).
+    t.equal(res.status, 201, 'answered while PostgreSQL is unreachable')
+    t.equal(res.headers.get('x-data-source'), 'redis-fallback')
   }
   t.equal(await gauge(gw.controlUrl, 'postgres'), 0)
   await relay.restore()
-  await waitFor(async () => (await send(gw.proxyUrl + '/p', { user: 'back' })).status === 201, { what: 'PostgreSQL to answer again' })
+  await waitFor(async () => (await send(gw.proxyUrl + '/p', { user: 'back' })).headers.get('x-data-source') !== 'redis-fallback', { what: 'PostgreSQL to decide again' })
   for (let i = 0; i < 3; i++) t.equal((await send(gw.proxyUrl + '/p', { user: `back-${i}` })).status, 201)
   t.same(storeEvents(gw.logs, 'postgres'), ['Connected to PostgreSQL successfully', 'PostgreSQL unavailable', 'PostgreSQL recovered'], 'one line per transition')
   t.match(gw.logs.find((l) => l.msg === 'PostgreSQL unavailable'), { level: 50, store: 'postgres', err: { message: /\S/ } })

@@ -5,7 +5,7 @@ import { migrate } from '../stores/migrate.ts'
 
 try {
   const config = loadConfig()
-  const sql = postgres(config.postgres.url, { max: 1, connect_timeout: config.postgres.connectTimeoutSeconds, onnotice: () => {} })
+  const sql = postgres(config.postgres.url, { max: 1, prepare: config.postgres.prepare, connect_timeout: config.postgres.connectTimeoutSeconds, onnotice: () => {} })
   try {
     const applied = await migrate(sql)
     process.stdout.write(applied.length > 0 ? `applied: ${applied.join(', ')}\n` : 'already up to date\n')

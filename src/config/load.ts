@@ -35,10 +35,15 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['DATABASE_BATCH_MAX_SIZE', 'postgres.batchMaxSize', 'int'],
   ['DATABASE_BATCH_MAX_IN_FLIGHT', 'postgres.batchMaxInFlight', 'int'],
   ['DATABASE_SYNCHRONOUS_COMMIT', 'postgres.synchronousCommit', 'boolean'],
+  ['DATABASE_PREPARE', 'postgres.prepare', 'boolean'],
+  ['DATABASE_EMBEDDED', 'postgres.embedded', 'string'],
+  ['DATABASE_EMBEDDED_DIR', 'postgres.embeddedDir', 'string'],
   ['REDIS_URL', 'redis.url', 'string'],
   ['REDIS_ENABLED', 'redis.enabled', 'boolean'],
   ['REDIS_KEY_PREFIX', 'redis.keyPrefix', 'string'],
   ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
+  ['FAIL_MODE', 'fallback.mode', 'string'],
+  ['FAIL_LOCAL_REPLICAS', 'fallback.localReplicas', 'int'],
   ['LOG_LEVEL', 'log.level', 'string']
 ]
 

@@ -1,6 +1,7 @@
 /** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
 import { z } from 'zod'
 import { checkPolicyConfig, identityExtension, policySections } from '../policy/schema.ts'
+import { parseRedisUrl } from './redis-url.ts'
 
 const port = z.number().int().min(0).max(65535)
 const positive = z.number().positive()
@@ -69,16 +70,53 @@ const postgres = z.strictObject({
    */
   synchronousCommit: z.boolean().default(true),
   /** Apply migrations at start-up. */
-  migrate: z.boolean().default(true)
+  migrate: z.boolean().default(true),
+  /** Named prepared statements; turn off behind PgBouncer in transaction mode. */
+  prepare: z.boolean().default(true),
+  /**
+   * The embedded PostgreSQL (PGlite) for a first run: auto = only when DATABASE_URL is unset and
+   * nothing listens on the configured local port (src/first-run.ts); always; never.
+   */
+  embedded: z.enum(['auto', 'always', 'never']).default('auto'),
+  /** Where the embedded PostgreSQL keeps its files (relative to the working directory). */
+  embeddedDir: z.string().min(1).default('data/pglite')
 })
 
 const redis = z.strictObject({
   enabled: z.boolean().default(true),
-  url: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  /** One server, a cluster (redis+cluster://) or Sentinel (redis+sentinel://): see redis-url.ts. */
+  url: z.string().superRefine((value, ctx) => {
+    try {
+      parseRedisUrl(value)
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message })
+    }
+  }).default('redis://127.0.0.1:6379'),
   keyPrefix: z.string().default('rl:'),
   /** A Redis read slower than this is treated as a miss. */
   commandTimeoutMs: z.number().int().positive().default(50),
   connectTimeoutMs: z.number().int().positive().default(1_000)
+})
+
+/** What happens when a store is unreachable (docs/reliability.md). */
+const fallback = z.strictObject({
+  /** PostgreSQL down: Redis decides atomically (Lua, Redis clock) and is written back later. */
+  redisDecides: z.boolean().default(true),
+  /**
+   * How long a decision by Redis may take while PostgreSQL is down (the cache's 50 ms would
+   * send a merely late reply to the fail mode).
+   */
+  redisTimeoutMs: z.number().int().positive().default(500),
+  /** Both stores down: local in-process buckets, forward unlimited, or answer 503. */
+  mode: z.enum(['local', 'open', 'closed']).default('local'),
+  /** Gateways sharing the traffic: each local bucket gets capacity and rate divided by this. */
+  localReplicas: z.number().int().positive().default(1),
+  /** Most callers held in local buckets; beyond it the fullest are forgotten first. */
+  localMaxKeys: z.number().int().positive().default(100_000),
+  /** How often PostgreSQL is probed while it is down. */
+  probeIntervalMs: z.number().int().positive().max(60_000).default(500),
+  /** Retry-After (seconds) on the 503 of the closed mode. */
+  closedRetryAfterSeconds: z.number().int().positive().default(1)
 })
 
 const log = z.strictObject({
@@ -104,6 +142,7 @@ export const configSchema = z.strictObject({
   postgres: postgres.prefault({}),
   redis: redis.prefault({}),
   localDenyCache: localDenyCache.prefault({}),
+  fallback: fallback.prefault({}),
   log: log.prefault({}),
   // Policies (docs/policies.md); all of these can be hot-reloaded.
   ...policySections

@@ -71,7 +71,11 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
-  app.setErrorHandler((err: Error & { statusCode?: number, validation?: unknown }, request, reply) => {
+  app.setErrorHandler((err: Error & { statusCode?: number, validation?: unknown, retryAfterSeconds?: number }, request, reply) => {
+    if (err.statusCode === 503 && err.retryAfterSeconds !== undefined) {
+      reply.code(503).header('retry-after', String(err.retryAfterSeconds)).type(PROBLEM_TYPE).send(problem(503, err.message))
+      return
+    }
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500
     if (status === 500) request.log.error({ err }, 'control request failed')
     reply.code(status).type(PROBLEM_TYPE).send(problem(status, status === 500 ? 'Internal error; see the gateway log.' : err.message))
@@ -94,7 +98,7 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     try {
       return await Promise.all(resolved.map((r) => limiter.check(r.policy, r.key, r.cost, log)))
     } catch (err) {
-      if (err instanceof StoreUnavailableError) throw Object.assign(new Error('The rate limiter cannot reach its store; retry shortly.'), { statusCode: 503 })
+      if (err instanceof StoreUnavailableError) throw Object.assign(new Error('The rate limiter cannot reach its stores; retry shortly.'), { statusCode: 503, retryAfterSeconds: err.retryAfterSeconds })
       throw err
     }
   }

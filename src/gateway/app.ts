@@ -12,6 +12,7 @@ import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
+import { FORWARD_TOKEN_HEADER, UpstreamDispatcher } from './upstream-dispatcher.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
@@ -22,6 +23,8 @@ import type { Runtime } from './runtime.ts'
 declare module 'fastify' {
   interface FastifyRequest {
     decision: Decision | null
+    /** Ties the upstream request to this request's client (upstream-dispatcher.ts). */
+    forwardToken: string
     upstreamStartedAt: bigint
     /** Set for shadow-mode policies: what enforcement would have done. */
     shadow: 'allowed' | 'would-block' | 'unavailable' | null
@@ -57,6 +60,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.decorateRequest('upstreamStartedAt', 0n)
   app.decorateRequest('shadow', null)
   app.decorateRequest('upstreamOrigin', '')
+  app.decorateRequest('forwardToken', '')
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500
@@ -99,8 +103,9 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       } catch (err) {
         if (!(err instanceof StoreUnavailableError)) throw err
         if (!policy.shadow) {
-          reply.header('retry-after', '1')
-          sendProblem(reply, 503, 'The rate limiter cannot reach its store; retry shortly.', null)
+          // Both stores down and FAIL_MODE=closed (docs/reliability.md).
+          reply.header('retry-after', String(err.retryAfterSeconds))
+          sendProblem(reply, 503, 'The rate limiter cannot reach its stores; retry shortly.', null)
           return reply
         }
       }
@@ -133,24 +138,27 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
 
   app.addHook('onResponse', async (request, reply) => {
     if (request.upstreamStartedAt !== 0n) {
+      if (request.forwardToken !== '') upstream.forget(request.forwardToken)
       metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
     }
   })
 
   const tlsVerify = config.proxy.upstreamTlsVerify
+  // Our own pool, so that a client that disconnects aborts its upstream request too.
+  const upstream = new UpstreamDispatcher({
+    connections: config.proxy.upstreamConnections,
+    pipelining: 1,
+    keepAliveTimeout: 60_000,
+    // reply-from's default disables certificate checks; a gateway must verify them.
+    connect: { rejectUnauthorized: tlsVerify }
+  })
+  app.addHook('onClose', async () => { await upstream.close() })
   const proxyOptions: FastifyHttpProxyOptions = {
     // The upstream is chosen per request (path prefix, hot-reloadable): see getUpstream.
     upstream: '',
     // reply-from logs two info lines per request on its own; per-request logs are debug-only.
     disableRequestLogging: !deps.log.isLevelEnabled('debug'),
-    undici: {
-      connections: config.proxy.upstreamConnections,
-      pipelining: 1,
-      keepAliveTimeout: 60_000,
-      // reply-from's default disables certificate checks; a gateway must verify them.
-      connect: { rejectUnauthorized: tlsVerify },
-      tls: { rejectUnauthorized: tlsVerify }
-    } as object,
+    undici: upstream as object,
     replyOptions: {
       timeout: config.proxy.upstreamTimeoutMs,
       getUpstream: (request) => (request as FastifyRequest).upstreamOrigin,
@@ -163,6 +171,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       rewriteRequestHeaders: (request, headers) => {
         headers[REQUEST_ID_HEADER] = request.id
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
+        request.forwardToken = upstream.watch(request.raw.socket)
+        headers[FORWARD_TOKEN_HEADER] = request.forwardToken
         return headers
       },
       rewriteHeaders: (headers, request) => {
@@ -174,6 +184,11 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         return headers
       },
       onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
+        if (reply.request.raw.socket.destroyed) {
+          // The client left (and the upstream request was aborted with it): nobody to answer.
+          reply.log.debug({ err: error }, 'client disconnected; upstream request aborted')
+          return
+        }
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
         metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
         reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')

@@ -7,15 +7,22 @@
  *    fewer tokens than the truth, and a denial read from it is always right.
  * 3. Otherwise PostgreSQL decides atomically; every allowance is decided there.
  * 4. The resulting snapshot is written back to Redis, best effort, off the response path.
+ *
+ * When PostgreSQL cannot decide, or Redis owns the bucket because it decided it while
+ * PostgreSQL was down, failover.ts takes over (Redis decides, else the fail mode).
  */
 import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
-import type { Decision, DecisionSource, Policy } from '../domain.ts'
+import type { Config } from '../config/schema.ts'
+import type { BucketSnapshot, Decision, DecisionSource, Policy } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
 import type { PostgresStore } from '../stores/postgres.ts'
-import type { RedisCache } from '../stores/redis.ts'
+import type { CacheMiss, NotOwnedByPostgres, RedisCache } from '../stores/redis.ts'
 import { DbClock } from './db-clock.ts'
 import { DenyCache } from './deny-cache.ts'
+import { Failover } from './failover.ts'
+
+export { StoreUnavailableError } from './fail-mode.ts'
 
 /**
  * Redis denies only if the bucket could not pay even this much later than our estimate of
@@ -23,11 +30,6 @@ import { DenyCache } from './deny-cache.ts'
  * Anything closer is left to PostgreSQL, which is always right.
  */
 const REDIS_DENY_MARGIN_MS = 2
-
-/** PostgreSQL could not decide; the caller gets 503 (the fail modes of issue 5 build on this). */
-export class StoreUnavailableError extends Error {
-  override name = 'StoreUnavailableError'
-}
 
 export function makeDecision (policy: Policy, cost: number, allowed: boolean, tokens: number, source: DecisionSource): Decision {
   return {
@@ -46,24 +48,23 @@ export interface LimiterStores {
   readonly redis: RedisCache
 }
 
-export interface LimiterOptions {
-  /** Keep up to this many refusing snapshots in process (the over-limit cache); 0 turns it off. */
-  readonly localDenyCacheSize?: number
-}
-
 export class Limiter {
   readonly clock = new DbClock()
+  readonly failover: Failover
   readonly #stores: LimiterStores
   readonly #metrics: Metrics
   readonly #log: Logger
+  /** The over-limit cache (deny-cache.ts), when configured. */
   readonly #local: DenyCache | null
 
-  constructor (stores: LimiterStores, metrics: Metrics, log: Logger, options: LimiterOptions = {}) {
+  constructor (stores: LimiterStores, metrics: Metrics, log: Logger,
+    config: Pick<Config, 'fallback' | 'redis'> & { readonly localDenyCache?: Config['localDenyCache'] }) {
     this.#stores = stores
     this.#metrics = metrics
     this.#log = log
-    const size = options.localDenyCacheSize ?? 0
-    this.#local = size > 0 ? new DenyCache(size, REDIS_DENY_MARGIN_MS) : null
+    this.failover = new Failover({ ...stores, clock: this.clock, config, metrics, log })
+    const local = config.localDenyCache
+    this.#local = local?.enabled === true ? new DenyCache(local.maxEntries, REDIS_DENY_MARGIN_MS) : null
   }
 
   /** A bucket was raised (admin reset): forget what this process remembers of it. */
@@ -76,6 +77,8 @@ export class Limiter {
     const started = process.hrtime.bigint()
     const { redis, postgres } = this.#stores
     const key = redis.key(policy.cacheName ?? policy.name, userId)
+    // Snapshots kept here are on the database clock (PostgreSQL's decisions and its cached
+    // snapshots, never Redis's own while it decides), so they are projected with this.clock.
     const local = this.#local
     if (local !== null) {
       const tokens = local.refuse(key, policy, cost, this.clock.nowMs())
@@ -85,27 +88,48 @@ export class Limiter {
         return refused
       }
     }
-    const cached = await redis.read(key)
+    const failover = this.failover
     let decision: Decision
-    if (typeof cached === 'object' &&
-        !canPay(tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS), cost)) {
-      decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
-      local?.remember(key, cached, policy, cost, this.clock.nowMs())
+    if (failover.postgresDown) {
+      decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
     } else {
-      let result
-      try {
-        result = await postgres.decide({ policy, userId, cost })
-      } catch (err) {
-        throw new StoreUnavailableError('PostgreSQL could not decide: ' + (err as Error).message, { cause: err })
+      const cached = await redis.read(key)
+      if (typeof cached === 'object' &&
+          !canPay(tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS), cost)) {
+        decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
+        local?.remember(key, cached, policy, cost, this.clock.nowMs())
+      } else if (cached === 'redis-owned') {
+        failover.redisOwnedSeen()
+        decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
+      } else {
+        // 'handing-back': PostgreSQL decides, waiting on the row lock for the merged state.
+        if (cached === 'handing-back') failover.redisOwnedSeen()
+        try {
+          decision = await this.#askPostgres(policy, userId, cost, key, cached)
+        } catch {
+          failover.postgresFailed()
+          decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
+        }
       }
-      this.clock.observe(result.snapshot.atMs)
-      redis.write(key, result.snapshot, fullRefillSeconds(policy))
-      local?.remember(key, result.snapshot, policy, cost, this.clock.nowMs())
-      const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
-      decision = makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
     }
     this.#record(decision, userId, started, log)
     return decision
+  }
+
+  /** Stops background work (PostgreSQL probes, hand-backs). */
+  async close (): Promise<void> {
+    await this.failover.close()
+  }
+
+  /** PostgreSQL decides; throws when it cannot. */
+  async #askPostgres (policy: Policy, userId: string, cost: number, key: string,
+    cached: BucketSnapshot | CacheMiss | NotOwnedByPostgres): Promise<Decision> {
+    const result = await this.#stores.postgres.decide({ policy, userId, cost })
+    this.clock.observe(result.snapshot.atMs)
+    this.#stores.redis.write(key, result.snapshot, fullRefillSeconds(policy), result.allowed ? cost : 0)
+    this.#local?.remember(key, result.snapshot, policy, cost, this.clock.nowMs())
+    const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
+    return makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
   }
 
   #record (decision: Decision, userId: string, started: bigint, log: Logger): void {

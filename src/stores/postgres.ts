@@ -46,6 +46,7 @@ export class PostgresStore {
       max: config.poolSize,
       connect_timeout: config.connectTimeoutSeconds,
       idle_timeout: 60,
+      prepare: config.prepare,
       onnotice: () => {},
       // postgres.js has no client-side query timeout: bound every statement server-side.
       connection: {

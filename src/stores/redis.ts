@@ -3,12 +3,11 @@
  * construction: no method throws, a slow or failing Redis reads as a miss, and a circuit
  * breaker stops paying the timeout on every request while Redis is failing.
  *
- * Reads and write-backs are coalesced per turn of the event loop: all reads waiting go as one
- * MGET, all write-backs as one script call, so a busy gateway pays one command per turn
- * rather than one per request (docs/performance.md). Both assume a standalone Redis, as the
- * client here is: on a Cluster, keys of different buckets live in different slots.
+ * On one server (or Sentinel's master), the reads and the write-backs of one turn of the event
+ * loop are coalesced: one MGET, one WRITE_MANY script call, instead of a command per request
+ * (docs/performance.md). On a Cluster, where the buckets' keys live in different slots, each
+ * goes alone, and ioredis pipelines them per node.
  */
-import { Redis } from 'ioredis'
 import type { Config } from '../config/schema.ts'
 import type { BucketSnapshot } from '../domain.ts'
 import type { Logger } from '../log.ts'
@@ -16,30 +15,29 @@ import type { Metrics } from '../metrics.ts'
 import { Batcher } from './batcher.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { StoreHealth } from './health.ts'
+import { createRedisClient } from './redis-client.ts'
+import { defineScripts, ownerOf, type ScriptedRedis } from './redis-scripts.ts'
 
 /** Why a read produced no snapshot. */
 export type CacheMiss = 'miss' | 'error' | 'skipped'
+/** The bucket is not PostgreSQL's right now (src/stores/redis-scripts.ts, value format). */
+export type NotOwnedByPostgres = 'redis-owned' | 'handing-back'
 
-/** SET ... EX for every key, each with its own value and TTL, in one round trip. */
-const WRITE_SNAPSHOTS = `local n = #KEYS
-for i = 1, n do redis.call('SET', KEYS[i], ARGV[i], 'EX', ARGV[n + i]) end
-return n`
+interface SnapshotWrite { readonly key: string, readonly value: string, readonly ttlSeconds: number, readonly charge: number }
 
-interface SnapshotWrite { readonly key: string, readonly value: string, readonly ttlSeconds: number }
-type WithWriteSnapshots = Redis & { rlWriteSnapshots: (keyCount: number, ...args: Array<string | number>) => Promise<number> }
-
-/** Most keys in one MGET or one write-back call. */
+/** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
 
 export class RedisCache {
-  readonly client: Redis | null
+  readonly client: ScriptedRedis | null
   readonly health: StoreHealth
   readonly #prefix: string
   readonly #metrics: Metrics
   #closing = false
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
-  readonly #reads = new Batcher<string, string | null>((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
-  readonly #writes = new Batcher<SnapshotWrite, void>((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
+  /** Coalescing, for a single server; null on a Cluster. */
+  readonly #reads: Batcher<string, string | null> | null = null
+  readonly #writes: Batcher<SnapshotWrite, void> | null = null
 
   constructor (config: Config['redis'], log: Logger, metrics: Metrics) {
     this.#prefix = config.keyPrefix
@@ -50,23 +48,26 @@ export class RedisCache {
       this.client = null
       return
     }
-    this.client = new Redis(config.url, {
+    this.client = defineScripts(createRedisClient(config.url, {
       // Fail fast: a cache that queues or retries commands only adds latency.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       commandTimeout: config.commandTimeoutMs,
       connectTimeout: config.connectTimeoutMs,
       enableAutoPipelining: true,
-      // Reads and write-backs are batched here already; another turn of the loop adds only latency.
-      autoPipeliningIgnoredCommands: ['get', 'mget', 'set', 'rlWriteSnapshots'],
+      // Already one per turn of the loop (below); another turn would only add latency.
+      autoPipeliningIgnoredCommands: ['mget', 'rlWriteMany'],
       lazyConnect: true,
       retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000)
-    })
-    this.client.defineCommand('rlWriteSnapshots', { lua: WRITE_SNAPSHOTS })
+    }))
     // ioredis emits 'error' on every failed reconnect; StoreHealth logs only the transition.
     this.client.on('error', (err) => this.health.failed(err))
     this.client.on('ready', () => { this.#breaker.success(); this.health.succeeded() })
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
+    if ((this.client as { isCluster?: boolean }).isCluster !== true) {
+      this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
+      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
+    }
   }
 
   /** Connects, waiting at most the connect timeout. Never throws: Redis is optional. */
@@ -79,37 +80,68 @@ export class RedisCache {
     }
   }
 
+  get prefix (): string { return this.#prefix }
+
   key (policy: string, userId: string): string {
     // One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot.
     return `${this.#prefix}{${policy}:${userId}}`
   }
 
-  async read (key: string): Promise<BucketSnapshot | CacheMiss> {
-    const client = this.client
-    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) {
+  async read (key: string): Promise<BucketSnapshot | CacheMiss | NotOwnedByPostgres> {
+    const client = this.usable()
+    if (client === null) {
       this.#metrics.cacheLookups.inc({ result: 'skipped' })
       return 'skipped'
     }
     let value: string | null
-    try {
-      value = await this.#reads.submit(key)
-    } catch {
-      this.#metrics.cacheLookups.inc({ result: 'error' })
-      return 'error'
+    if (this.#reads !== null) {
+      try {
+        value = await this.#reads.submit(key)
+      } catch {
+        this.#metrics.cacheLookups.inc({ result: 'error' }) // the round trip's failure is recorded once, in #readMany
+        return 'error'
+      }
+    } else {
+      this.#metrics.storeOperations.inc({ store: 'redis', operation: 'get' })
+      try {
+        value = await client.get(key)
+      } catch (err) {
+        this.failed('get', err)
+        this.#metrics.cacheLookups.inc({ result: 'error' })
+        return 'error'
+      }
+      this.succeeded()
+    }
+    if (value !== null) {
+      const owner = ownerOf(value)
+      if (owner !== 'postgres') {
+        const result = owner === 'redis' ? 'redis-owned' : 'handing-back'
+        this.#metrics.cacheLookups.inc({ result })
+        return result
+      }
     }
     const snapshot = value === null ? null : decode(value)
     this.#metrics.cacheLookups.inc({ result: snapshot === null ? 'miss' : 'hit' })
     return snapshot ?? 'miss'
   }
 
-  /** Stores a snapshot for `ttlSeconds`; fire and forget, never on the response's path. */
-  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number): void {
+  /**
+   * Stores a snapshot for `ttlSeconds`; fire and forget, never on the response's path.
+   * `charge` is the cost PostgreSQL just granted (0 for a denial): if Redis owns the bucket the
+   * snapshot is not written and the charge is applied there instead (redis-scripts.ts WRITE).
+   */
+  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge = 0): void {
     const client = this.client
     if (client === null || client.status !== 'ready' || this.#breaker.open) return
-    this.#writes.submit({ key, value: encode(snapshot), ttlSeconds }).catch(() => {}) // recorded in #writeMany
+    if (this.#writes !== null) {
+      this.#writes.submit({ key, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
+      return
+    }
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
+    client.rlWrite(key, encode(snapshot), ttlSeconds, charge).catch((err: unknown) => this.failed('set', err))
   }
 
-  /** One round trip for every read waiting. */
+  /** One round trip for every read waiting (single server). */
   async #readMany (keys: string[]): Promise<Array<string | null>> {
     const client = this.client!
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'get' })
@@ -117,37 +149,51 @@ export class RedisCache {
     try {
       values = keys.length === 1 ? [await client.get(keys[0]!)] : await client.mget(keys)
     } catch (err) {
-      this.#failed('get', err)
+      this.failed('get', err)
       throw err
     }
-    this.#breaker.success()
-    this.health.succeeded()
+    this.succeeded()
     return values
   }
 
-  /** One round trip for every write-back waiting; the later of two writes to a key wins. */
+  /** One round trip for every write-back waiting, applied in order (single server). */
   async #writeMany (items: SnapshotWrite[]): Promise<void[]> {
     const client = this.client!
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
     try {
       if (items.length === 1) {
-        await client.set(items[0]!.key, items[0]!.value, 'EX', items[0]!.ttlSeconds)
+        const w = items[0]!
+        await client.rlWrite(w.key, w.value, w.ttlSeconds, w.charge)
       } else {
         const n = items.length
-        const args = new Array<string | number>(3 * n)
+        const args = new Array<string | number>(4 * n)
         for (let i = 0; i < n; i++) {
-          const item = items[i]!
-          args[i] = item.key
-          args[n + i] = item.value
-          args[2 * n + i] = item.ttlSeconds
+          const w = items[i]!
+          args[i] = w.key
+          args[n + 3 * i] = w.value
+          args[n + 3 * i + 1] = w.ttlSeconds
+          args[n + 3 * i + 2] = w.charge
         }
-        await (client as WithWriteSnapshots).rlWriteSnapshots(n, ...args)
+        await client.rlWriteMany(n, ...args)
       }
     } catch (err) {
-      this.#failed('set', err)
+      this.failed('set', err)
       throw err
     }
     return new Array<void>(items.length)
+  }
+
+  /** The client, if Redis may be used now: connected and not skipped by the circuit breaker. */
+  usable (): ScriptedRedis | null {
+    const client = this.client
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return null
+    return client
+  }
+
+  /** Reports an operation that worked, closing the breaker (for callers of `usable()`). */
+  succeeded (): void {
+    this.#breaker.success()
+    this.health.succeeded()
   }
 
   /** Removes a snapshot; used when a bucket is raised (reset), where a stale one would be wrong. */
@@ -174,7 +220,8 @@ export class RedisCache {
     }
   }
 
-  #failed (operation: string, err: unknown): void {
+  /** Reports an operation that failed or timed out (for callers of `usable()`). */
+  failed (operation: string, err: unknown): void {
     this.#metrics.storeErrors.inc({ store: 'redis', operation })
     this.#breaker.failure(Date.now())
     this.health.failed(err)

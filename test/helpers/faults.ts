@@ -1,53 +1,12 @@
 /**
- * Faults on servers the test owns: a private redis-server it can kill and restart, and a TCP
- * relay in front of the shared PostgreSQL that it can cut (a network partition: every
- * connection dropped and new ones refused) and restore. The shared servers are never touched.
+ * A network fault the test owns: a TCP relay in front of the shared PostgreSQL that it can cut
+ * (a partition: every connection dropped and new ones refused) and restore. The shared server
+ * itself is never touched. Private servers to kill or pause are in private-stores.ts.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
-import { Redis } from 'ioredis'
-import { waitFor } from './http.ts'
-import { freePort } from './prometheus.ts'
+import { freePort } from './private-stores.ts'
 
 interface TapLike { teardown: (fn: () => unknown) => void }
-
-export interface PrivateRedis {
-  readonly url: string
-  readonly port: number
-  start: () => Promise<void>
-  kill: () => Promise<void>
-}
-
-export async function startPrivateRedis (t: TapLike): Promise<PrivateRedis> {
-  const port = await freePort()
-  let child: ChildProcess | null = null
-  const kill = async (): Promise<void> => {
-    const c = child
-    child = null
-    if (c === null || c.exitCode !== null || c.signalCode !== null) return
-    c.kill('SIGKILL')
-    await once(c, 'exit')
-  }
-  const start = async (): Promise<void> => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-    await waitFor(async () => {
-      const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-      probe.on('error', () => {})
-      try {
-        await probe.connect()
-        return (await probe.ping()) === 'PONG'
-      } catch {
-        return false
-      } finally {
-        probe.disconnect()
-      }
-    }, { what: `redis-server on :${port}` })
-  }
-  t.teardown(kill)
-  await start()
-  return { url: `redis://127.0.0.1:${port}`, port, start, kill }
-}
 
 export interface TcpRelay {
   readonly port: number

@@ -92,7 +92,7 @@ export interface SpawnedGateway {
 }
 
 /** Runs the built gateway (npm test builds first) with the given environment. */
-export async function spawnGateway (t: TapLike, env: Record<string, string>): Promise<SpawnedGateway> {
+export async function spawnGateway (t: TapLike, env: Record<string, string>, { startTimeoutMs = 20_000 } = {}): Promise<SpawnedGateway> {
   const child = spawn(process.execPath, [join(packageRoot(), 'dist', 'src', 'main.js')], {
     env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
@@ -100,7 +100,7 @@ export async function spawnGateway (t: TapLike, env: Record<string, string>): Pr
   const output: string[] = []
   let buffered = ''
   const ready = new Promise<{ port: number, control_port: number }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('gateway did not start within 20 s:\n' + output.join('\n'))), 20_000)
+    const timer = setTimeout(() => reject(new Error(`gateway did not start within ${startTimeoutMs / 1000} s:\n` + output.join('\n'))), startTimeoutMs)
     child.stdout!.on('data', (chunk: Buffer) => {
       buffered += chunk.toString('utf8')
       let nl

@@ -1,0 +1,180 @@
+/**
+ * Lua scripts run atomically inside Redis. They share one value format per bucket key:
+ *
+ *   "tokens|atMs"    a cache snapshot of PostgreSQL's row, stamped on the DATABASE clock;
+ *                    PostgreSQL is the authority for the bucket.
+ *   "tokens|atMs|r"  Redis owns the bucket: it decided while PostgreSQL was unreachable.
+ *                    Stamped on the REDIS clock (TIME). Every gateway that reads this value
+ *                    lets Redis decide (through `decide` below) until it is handed back.
+ *   "tokens|atMs|m"  Being handed back: a gateway holds the PostgreSQL row locked and is
+ *                    merging this state into it. Redis clock.
+ *
+ * Keeping the owner in the bucket's own value is what makes the switch back safe with many
+ * gateways: whichever gateway reads the key learns who decides, so no bucket is decided by both
+ * stores at once (docs/reliability.md, "Postgres down").
+ *
+ * The arithmetic is src/bucket/token-bucket.ts (and migrations/003) in Lua, EPSILON included:
+ * keep them in step. Numbers travel as strings ("%.17g", exact round trip) because ioredis 6
+ * speaks RESP3 and a Lua number returned to Redis is truncated to an integer.
+ */
+import type { Redis } from 'ioredis'
+
+const HELPERS = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function num(x) return string.format('%.17g', x) end
+local function parse(v)
+  if not v then return nil end
+  local a, b, kind = string.match(v, '^([^|]*)|([^|]*)|?(.*)$')
+  local tokens, at = tonumber(a), tonumber(b)
+  if tokens == nil or at == nil then return nil end
+  return tokens, at, kind
+end
+local function refill(tokens, at, now, cap, rate)
+  if now <= at then return math.min(tokens, cap) end
+  return math.min(cap, tokens + (now - at) * rate / 1000)
+end
+`
+
+/**
+ * Cache write-back after PostgreSQL decided.
+ * - A snapshot older than the one cached is dropped: concurrent decisions' write-backs can
+ *   land in any order, and a stale one would show tokens that were already spent. (PostgreSQL
+ *   stamps each bucket's decisions with non-decreasing times; at equal times fewer tokens is
+ *   later.) The cache alone would tolerate staleness, but Redis takes over from this snapshot
+ *   when PostgreSQL goes down, and must not start from a past state.
+ * - A bucket that Redis owns (or is handing back) is never overwritten, because that would
+ *   refund what Redis spent. Instead an allowance PostgreSQL granted meanwhile is charged to it
+ *   too, so neither store's spending is lost when the two are merged (the merge keeps the
+ *   lower of the two).
+ * KEYS[1] bucket. ARGV: snapshot "tokens|atMs", ttl seconds, charge (cost if allowed, else 0).
+ */
+const WRITE_ONE = `
+local function write_one(key, snapshot, ttl, charge)
+  local tokens, at, kind = parse(redis.call('GET', key))
+  if kind == 'r' or kind == 'm' then
+    charge = tonumber(charge)
+    if charge > 0 then
+      redis.call('SET', key, num(tokens - charge) .. '|' .. num(at) .. '|' .. kind, 'KEEPTTL')
+    end
+    return 0
+  end
+  if tokens ~= nil then
+    local new_tokens, new_at = parse(snapshot)
+    if at > new_at or (at == new_at and tokens <= new_tokens) then return 0 end
+  end
+  redis.call('SET', key, snapshot, 'EX', ttl)
+  return 1
+end
+`
+const WRITE = HELPERS + WRITE_ONE + `return write_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])`
+
+/**
+ * WRITE for several buckets in one call, in order (the gateway coalesces the write-backs of
+ * one turn of its event loop: docs/performance.md). Standalone Redis only: the buckets' keys
+ * live in different Cluster slots. KEYS: buckets. ARGV: snapshot, ttl, charge for each.
+ * Returns how many snapshots were written.
+ */
+const WRITE_MANY = HELPERS + WRITE_ONE + `
+local written = 0
+for i = 1, #KEYS do written = written + write_one(KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]) end
+return written`
+
+/**
+ * A decision by Redis (PostgreSQL unreachable, or the bucket is Redis-owned). KEYS[1] bucket.
+ * ARGV: cost, capacity, rate per second, ttl seconds, the gateway's estimate of the database
+ * clock (ms, to project a PostgreSQL snapshot), force (1: take the bucket back even while it is
+ * being handed back).
+ * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL), tokens, atMs}.
+ * Every script touches one key only, so each runs in one Redis Cluster slot; the set of
+ * Redis-owned buckets is kept by separate commands (redis-fallback.ts).
+ */
+const DECIDE = HELPERS + `
+local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if tokens == nil then
+  -- No snapshot: the bucket is full (snapshots live until a full refill).
+  tokens, at = cap, now
+elseif kind == 'm' then
+  if ARGV[6] ~= '1' then return {-1, num(tokens), num(at)} end
+elseif kind ~= 'r' then
+  -- A PostgreSQL snapshot (database clock): refill it to the database's "now" as the gateway
+  -- estimates it (an estimate that never runs ahead), then restamp it on the Redis clock.
+  tokens = refill(tokens, at, tonumber(ARGV[5]), cap, rate)
+  at = now
+end
+if now < at then now = at end
+tokens = refill(tokens, at, now, cap, rate)
+local allowed = 0
+if tokens + 1e-9 >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
+return {allowed, num(tokens), num(now)}
+`
+
+/**
+ * Hand-back, step 1 (the PostgreSQL row is locked by the caller): mark a Redis-owned bucket
+ * as being handed back and return its tokens refilled to now. KEYS[1] bucket.
+ * ARGV: capacity, rate, ttl. Returns {1, tokens} or {0, ''} when Redis does not own it.
+ */
+const HAND_BACK = HELPERS + `
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if kind ~= 'r' and kind ~= 'm' then return {0, ''} end
+local now = now_ms()
+if now < at then now = at end
+tokens = refill(tokens, at, now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|m', 'EX', ARGV[3])
+return {1, num(tokens)}
+`
+
+/**
+ * Hand-back, step 2 (after the merge committed): the bucket becomes an ordinary snapshot of
+ * the merged row. KEYS[1] bucket. ARGV: snapshot "tokens|atMs", ttl.
+ * Returns 1 when done (the caller then drops it from the set), 0 if Redis took it back meanwhile.
+ */
+const HANDED_BACK = HELPERS + `
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if kind == 'r' then return 0 end
+if kind == 'm' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 1
+`
+
+type Reply<T> = Promise<T>
+
+/** The client with the scripts defined (EVALSHA, falling back to EVAL after a restart). */
+export interface ScriptedRedis extends Redis {
+  rlWrite: (key: string, snapshot: string, ttl: number, charge: number) => Reply<number>
+  /** WRITE_MANY: the key count, the keys, then snapshot, ttl and charge per key. */
+  rlWriteMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<number>
+  rlDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number,
+    dbNowMs: number, force: 0 | 1) => Reply<[number, string, string]>
+  rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
+  rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
+}
+
+export function defineScripts (client: Redis): ScriptedRedis {
+  client.defineCommand('rlWrite', { numberOfKeys: 1, lua: WRITE })
+  client.defineCommand('rlWriteMany', { lua: WRITE_MANY })
+  client.defineCommand('rlDecide', { numberOfKeys: 1, lua: DECIDE })
+  client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
+  client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
+  return client as ScriptedRedis
+}
+
+/** Which store owns a bucket, read from its value's suffix (see the top of this file). */
+export type Owner = 'postgres' | 'redis' | 'handing-back'
+
+export function ownerOf (value: string): Owner {
+  const n = value.length
+  if (n > 2 && value.charCodeAt(n - 2) === 124 /* | */) {
+    const kind = value.charCodeAt(n - 1)
+    if (kind === 114 /* r */) return 'redis'
+    if (kind === 109 /* m */) return 'handing-back'
+  }
+  return 'postgres'
+}

@@ -1,0 +1,88 @@
+// The Lua scripts on a real Redis (shared server, own key prefix): the value format that says
+// who owns a bucket, and the arithmetic shared with src/bucket/token-bucket.ts.
+import t from 'tap'
+import { Redis } from 'ioredis'
+import { defineScripts, ownerOf } from '../src/stores/redis-scripts.ts'
+import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
+
+t.test('Lua scripts', async (t) => {
+  const prefix = createRedisPrefix(t)
+  const redis = defineScripts(new Redis(TEST_REDIS_URL)) // RESP3, as the gateway uses it
+  t.teardown(() => redis.disconnect())
+  const key = (name: string) => `${prefix}{default:${name}}`
+  const decide = (name: string, cost: number, opts: { cap?: number, rate?: number, dbNow?: number, force?: 0 | 1 } = {}) =>
+    redis.rlDecide(key(name), cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0)
+
+  await t.test('value owners', async (t) => {
+    t.equal(ownerOf('3|1700000000000'), 'postgres')
+    t.equal(ownerOf('3|1700000000000|r'), 'redis')
+    t.equal(ownerOf('3|1700000000000|m'), 'handing-back')
+    t.equal(ownerOf('r'), 'postgres')
+  })
+
+  await t.test('write-back: newer snapshots replace older ones, never the reverse', async (t) => {
+    t.equal(await redis.rlWrite(key('w'), '5|2000', 60, 1), 1, 'first write')
+    t.equal(await redis.rlWrite(key('w'), '7|1000', 60, 1), 0, 'an older snapshot landing late is dropped')
+    t.equal(await redis.get(key('w')), '5|2000')
+    t.equal(await redis.rlWrite(key('w'), '6|2000', 60, 0), 0, 'same instant, more tokens: older')
+    t.equal(await redis.rlWrite(key('w'), '4|2000', 60, 1), 1, 'same instant, fewer tokens: newer')
+    t.equal(await redis.rlWrite(key('w'), '9|3000', 60, 1), 1, 'later instant')
+    t.equal(await redis.get(key('w')), '9|3000')
+  })
+
+  await t.test('write-back never overwrites a Redis-owned bucket; it charges the allowance there', async (t) => {
+    await redis.set(key('o'), '4|5000|r')
+    t.equal(await redis.rlWrite(key('o'), '9|9000', 60, 1), 0)
+    t.equal(await redis.get(key('o')), '3|5000|r', 'charged 1, still owned by Redis')
+    t.equal(await redis.rlWrite(key('o'), '9|9000', 60, 0), 0, 'a denial charges nothing')
+    await redis.set(key('m'), '4|5000|m')
+    await redis.rlWrite(key('m'), '9|9000', 60, 2)
+    t.equal(await redis.get(key('m')), '2|5000|m', 'also while being handed back')
+  })
+
+  await t.test('decide: new, from a PostgreSQL snapshot, and Redis-owned buckets', async (t) => {
+    const first = await decide('d', 3)
+    t.same([first[0], Number(first[1])], [1, 7], 'a new bucket starts full; integers and strings come back intact over RESP3')
+    t.equal(typeof first[1], 'string')
+    t.match(await redis.get(key('d')), /^7\|[0-9.]+\|r$/, 'now Redis-owned')
+    t.same((await decide('d', 8))[0], 0, 'cannot pay 8 with 7')
+    const seven = await decide('d', 7)
+    t.ok(seven[0] === 1 && Number(seven[1]) < 0.01, 'pays 7 (plus the few ms of refill since)')
+
+    // A PostgreSQL snapshot at database time 1000 holding 2 tokens, projected to "now" = 3000
+    // at 1 token/s: 4 tokens.
+    await redis.set(key('p'), '2|1000')
+    const p = await decide('p', 1, { rate: 1, dbNow: 3000 })
+    t.same([p[0], Number(p[1])], [1, 3], 'refilled on the database clock, then charged')
+    t.ok(Math.abs(Number(p[2]) - Date.now()) < 5_000, 'restamped on the Redis clock')
+  })
+
+  await t.test('decide: fractions are carried; EPSILON lets a rounding shortfall pass', async (t) => {
+    await redis.set(key('f'), `${1 - 1e-12}|1000`)
+    t.equal((await decide('f', 1, { cap: 1, dbNow: 1000 }))[0], 1, '1 - 1e-12 tokens pay a cost of 1')
+    await redis.set(key('g'), '0.3|1000')
+    t.equal(Number((await decide('g', 0.1, { cap: 1, dbNow: 1000 }))[1]).toFixed(12), '0.200000000000', 'fractional cost, exact to 1e-12')
+    await redis.set(key('h'), '0.999|1000')
+    t.equal((await decide('h', 1, { cap: 1, dbNow: 1000 }))[0], 0, 'a real shortfall is refused')
+  })
+
+  await t.test('hand-back: mark, merge, finish', async (t) => {
+    await redis.set(key('b'), '4|1000|r')
+    const [status, tokens] = await redis.rlHandBack(key('b'), 10, 0.001, 60)
+    t.equal(status, 1)
+    t.ok(Number(tokens) >= 4 && Number(tokens) <= 10, 'refilled to now')
+    t.match(await redis.get(key('b')), /\|m$/, 'marked as being handed back')
+    t.same(await decide('b', 1), [-1, tokens, (await redis.get(key('b')))!.split('|')[1]], 'a decision is sent to PostgreSQL meanwhile')
+    t.equal((await decide('b', 1, { force: 1 }))[0], 1, 'unless PostgreSQL is unreachable: Redis takes it back')
+    t.match(await redis.get(key('b')), /\|r$/)
+    t.equal(await redis.rlHandedBack(key('b'), '3|9000', 60), 0, 'taken back: not finished')
+    t.match(await redis.get(key('b')), /\|r$/, 'still Redis-owned')
+
+    await redis.rlHandBack(key('b'), 10, 0.001, 60)
+    t.equal(await redis.rlHandedBack(key('b'), '3|9000', 60), 1)
+    t.equal(await redis.get(key('b')), '3|9000', 'now a snapshot of the merged row')
+    t.equal(await redis.rlHandedBack(key('b'), '2|9999', 60), 1, 'finishing twice is harmless')
+    t.equal(await redis.get(key('b')), '3|9000', 'and changes nothing')
+    t.same(await redis.rlHandBack(key('b'), 10, 0.001, 60), [0, ''], 'a snapshot is not Redis-owned: nothing to hand back')
+  })
+})
