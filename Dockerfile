@@ -35,4 +35,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # Exec form: node is the process that gets SIGTERM and drains in-flight requests (no npm or
 # shell in between). `docker run --init` / compose `init: true` adds a reaper as PID 1.
 STOPSIGNAL SIGTERM
-CMD ["node", "dist/src/main.js"]
+# The heap flags are npm start's (docs/performance.md, "Memory"); a test keeps them equal.
+CMD ["node", "--max-semi-space-size=8", "--heap-growing-percent=50", "dist/src/main.js"]
