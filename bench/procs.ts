@@ -1,4 +1,5 @@
 /** Child processes for the benchmark: start, wait for the ready line, measure, stop. */
+import { createInterface } from 'node:readline'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
@@ -18,21 +19,14 @@ export interface Child {
 export async function startChild (name: string, script: string, env: NodeJS.ProcessEnv, isReady: (line: Record<string, unknown>) => boolean, nodeArgs: string[] = []): Promise<Child> {
   const proc = spawn(process.execPath, [...nodeArgs, script], { env, stdio: ['ignore', 'pipe', 'pipe'] })
   const output: string[] = []
-  let buffered = ''
   const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s:\n${output.join('\n')}`)), 30_000)
-    proc.stdout!.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('utf8')
-      let nl
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl)
-        buffered = buffered.slice(nl + 1)
-        if (output.length < 200) output.push(line)
-        try {
-          const parsed = JSON.parse(line) as Record<string, unknown>
-          if (isReady(parsed)) { clearTimeout(timer); resolve(parsed) }
-        } catch { /* not JSON */ }
-      }
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      if (output.length < 200) output.push(line)
+      try {
+        const parsed = JSON.parse(line) as Record<string, unknown>
+        if (isReady(parsed)) { clearTimeout(timer); resolve(parsed) }
+      } catch { /* not JSON */ }
     })
     proc.stderr!.on('data', (chunk: Buffer) => { if (output.length < 200) output.push(chunk.toString('utf8')) })
     proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`${name} exited with ${code}:\n${output.join('\n')}`)) })

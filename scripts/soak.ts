@@ -17,6 +17,7 @@
  * 400. "Errors" are failures the gateway caused: network errors and 5xx that the upstream did
  * not send. Exits 1 if there were any.
  */
+import { createInterface } from 'node:readline'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { Agent, createServer, request, type Server } from 'node:http'
@@ -78,16 +79,9 @@ async function startOwnGateway (): Promise<Target> {
     stdio: ['ignore', 'pipe', 'inherit']
   })
   const ports = await new Promise<{ port: number, control_port: number }>((resolve, reject) => {
-    let buffered = ''
-    child.stdout!.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('utf8')
-      let nl
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl)
-        buffered = buffered.slice(nl + 1)
-        if (line.includes('Starting server on')) resolve(JSON.parse(line) as { port: number, control_port: number })
-        else if (/"level":(40|50|60)/.test(line)) process.stderr.write('gateway: ' + line + '\n')
-      }
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.includes('Starting server on')) resolve(JSON.parse(line) as { port: number, control_port: number })
+      else if (/"level":(40|50|60)/.test(line)) process.stderr.write('gateway: ' + line + '\n')
     })
     child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)))
   })

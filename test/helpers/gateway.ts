@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { Writable } from 'node:stream'
 import { packageRoot, loadConfig } from '../../src/config/load.ts'
 import type { Config } from '../../src/config/schema.ts'
@@ -98,20 +99,13 @@ export async function spawnGateway (t: TapLike, env: Record<string, string>, { s
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const output: string[] = []
-  let buffered = ''
   const ready = new Promise<{ port: number, control_port: number }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`gateway did not start within ${startTimeoutMs / 1000} s:\n` + output.join('\n'))), startTimeoutMs)
-    child.stdout!.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('utf8')
-      let nl
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl)
-        buffered = buffered.slice(nl + 1)
-        output.push(line)
-        if (line.includes('Starting server on')) {
-          clearTimeout(timer)
-          resolve(JSON.parse(line) as { port: number, control_port: number })
-        }
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      output.push(line)
+      if (line.includes('Starting server on')) {
+        clearTimeout(timer)
+        resolve(JSON.parse(line) as { port: number, control_port: number })
       }
     })
     child.stderr!.on('data', (chunk: Buffer) => output.push(chunk.toString('utf8')))
