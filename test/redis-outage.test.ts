@@ -116,9 +116,10 @@ t.test('Redis killed during steady load, then restarted empty', async (t) => {
   // No Redis timeout is paid per request while Redis is down: p99 within a few ms of the
   // healthy twin's. (On a starved machine the figures are hundreds of ms and noisier, hence
   // the 10% there. The median may rise a little: blocked requests now need PostgreSQL too.)
-  // ~40 samples a side make p99 their maximum: one scheduler hiccup on a shared 2-core machine
-  // moved it by 6 ms in CI. A Redis timeout paid per request would add hundreds of ms.
-  const slack = Math.max(10, 0.25 * percentile(twinDown, 99))
+  // ~40 samples a side make p99 their maximum, and while Redis is down refusals need a
+  // PostgreSQL round trip too: on CI's 2 shared cores that moved it by 6-16 ms. What must never
+  // happen is paying the Redis timeout (500 ms here) per request; the slack stays far below it.
+  const slack = Math.max(25, 0.5 * percentile(twinDown, 99))
   t.ok(percentile(down, 99) <= percentile(twinDown, 99) + slack,
     `p99 with Redis down (${fmt(percentile(down, 99))}) within ${fmt(slack)} of Redis up (${fmt(percentile(twinDown, 99))})`)
 
