@@ -58,17 +58,11 @@ export class UpstreamDispatcher {
       this.#agent.request(options, callback)
       return
     }
-    const controller = new AbortController()
-    const abort = (): void => controller.abort(new ClientGoneError('the client disconnected'))
-    if (socket.destroyed) abort()
-    else socket.once('close', abort)
-    this.#agent.request({ ...options, signal: controller.signal }, (err, data) => {
-      if (err !== null) {
-        socket.off('close', abort)
-      } else {
-        // The signal stays armed while the body streams: a client leaving mid-body aborts it.
-        data.body.once('close', () => socket.off('close', abort))
-      }
+    const signal = new ClientGoneSignal(socket)
+    this.#agent.request({ ...options, signal }, (err, data) => {
+      // The signal stays armed while the body streams: a client leaving mid-body aborts it.
+      if (err !== null) signal.disarm()
+      else data.body.once('close', signal.disarm)
       callback(err, data)
     })
   }
@@ -79,5 +73,51 @@ export class UpstreamDispatcher {
 
   async destroy (): Promise<void> {
     await this.#agent.destroy()
+  }
+}
+
+/**
+ * The abort signal of one forwarded request, tied to its client's socket. undici accepts an
+ * EventEmitter-style signal (`once`/`removeListener` of 'abort', `aborted`, `reason`); this one
+ * object replaces an AbortController, its AbortSignal and their EventTarget machinery, which
+ * cost about a tenth of a forwarded request's CPU in a profile of the proxy.
+ */
+class ClientGoneSignal {
+  aborted = false
+  reason: Error | undefined = undefined
+  #listener: (() => void) | null = null
+  readonly #socket: Socket
+
+  constructor (socket: Socket) {
+    this.#socket = socket
+    if (socket.destroyed) this.#abort()
+    else socket.on('close', this.#abort)
+  }
+
+  readonly #abort = (): void => {
+    this.aborted = true
+    this.reason = new ClientGoneError('the client disconnected')
+    const listener = this.#listener
+    this.#listener = null
+    listener?.()
+  }
+
+  readonly disarm = (): void => {
+    this.#listener = null
+    this.#socket.off('close', this.#abort)
+  }
+
+  once (_event: 'abort', listener: () => void): this {
+    this.#listener = listener
+    return this
+  }
+
+  on (event: 'abort', listener: () => void): this {
+    return this.once(event, listener)
+  }
+
+  removeListener (_event: 'abort', listener: () => void): this {
+    if (this.#listener === listener) this.#listener = null
+    return this
   }
 }
