@@ -69,6 +69,6 @@ await app.register(httpProxy, {
   undici: { connections: 128, pipelining: 1, keepAliveTimeout: 60_000 } as object,
   replyOptions: { retryDelay: () => null }
 })
-await app.listen({ port: 0, host: '127.0.0.1' })
+await app.listen({ port: Number(process.env.PORT ?? 0), host: '127.0.0.1' })
 process.stdout.write(JSON.stringify({ ready: true, port: (app.server.address() as AddressInfo).port }) + '\n')
 process.on('SIGTERM', () => { void app.close().then(close).then(() => process.exit(0)) })

@@ -60,6 +60,8 @@ interface Row {
   perRequest?: number
   notes: string[]
   ratios?: boolean
+  /** CPU µs per request: the server under test, and the whole machine (every process). */
+  cpu?: { serverUs: number, machineUs: number }
 }
 
 const rows: Row[] = []
@@ -164,12 +166,16 @@ async function cpuSnapshot (server: number, database: string | null, sql: postgr
   return out
 }
 
-function describeCpu (before: Map<string, number>, after: Map<string, number>, requests: number): string {
+function describeCpu (before: Map<string, number>, after: Map<string, number>, requests: number): { text: string, serverUs: number, machineUs: number } {
   const d = (k: string): number => (after.get(k) ?? 0) - (before.get(k) ?? 0)
   const us = (k: string): string => fmt((d(k) * 1e6) / requests)
   const ours = ['server', 'upstream', 'postgres', 'redis'].filter((k) => after.has(k))
   const others = d('machine busy') - ours.reduce((sum, k) => sum + d(k), 0)
-  return `CPU µs/req: ${ours.map((k) => `${k === 'server' ? 'server' : k} ${us(k)}`).join(', ')}; machine ${fmt((100 * d('machine busy')) / d('machine total'))}% busy, others ${fmt((100 * Math.max(0, others)) / d('machine total'))}%`
+  return {
+    text: `CPU µs/req: ${ours.map((k) => `${k === 'server' ? 'server' : k} ${us(k)}`).join(', ')}; machine ${fmt((100 * d('machine busy')) / d('machine total'))}% busy, others ${fmt((100 * Math.max(0, others)) / d('machine total'))}%`,
+    serverUs: (d('server') * 1e6) / requests,
+    machineUs: (d('machine busy') * 1e6) / requests
+  }
 }
 
 let benchSql: postgres.Sql
@@ -186,11 +192,16 @@ async function measure (id: string, label: string, url: string, workload: Worklo
   const result = await saturate(url, workload, CONNECTIONS, SECONDS)
   const cpuAfter = opts.cpu === undefined ? null : await cpuSnapshot(opts.cpu.server, opts.cpu.database, benchSql)
   const notes = [...(opts.notes ?? [])]
-  if (cpuBefore !== null && cpuAfter !== null) notes.push(describeCpu(cpuBefore, cpuAfter, result.requests))
+  const cpu = cpuBefore !== null && cpuAfter !== null ? describeCpu(cpuBefore, cpuAfter, result.requests) : null
+  if (cpu !== null) notes.push(cpu.text)
   if (opts.controlUrl !== undefined && before !== null) notes.push(...describeDecisions(before, await decisionCounts(opts.controlUrl)))
   else if (result.non2xx > 0) notes.push(`non-2xx ${((100 * result.non2xx) / result.requests).toFixed(1)}%`)
   if (result.errors > 0) notes.push(`${result.errors} socket errors/timeouts`)
-  const row: Row = { id, label, result, notes, ratios: opts.ratios ?? true, ...(opts.perRequest === undefined ? {} : { perRequest: opts.perRequest }) }
+  const row: Row = {
+    id, label, result, notes, ratios: opts.ratios ?? true,
+    ...(opts.perRequest === undefined ? {} : { perRequest: opts.perRequest }),
+    ...(cpu === null ? {} : { cpu: { serverUs: cpu.serverUs, machineUs: cpu.machineUs } })
+  }
   rows.push(row)
   log(`  ${Math.round(result.rps)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms  ${notes.join('; ')}`)
   return row
@@ -203,7 +214,7 @@ async function measurePaced (id: string, label: string, url: string, workload: W
   const result = await paced(url, workload, CONNECTIONS, SECONDS, rate)
   const notes = [`paced at ${Math.round(rate)} req/s (autocannon)`]
   if (result.rps < rate * 0.95) notes.push(`could not keep up with that rate: its latency here is queueing`)
-  if (cpu !== undefined && cpuBefore !== null) notes.push(describeCpu(cpuBefore, await cpuSnapshot(cpu.server, cpu.database, benchSql), result.requests))
+  if (cpu !== undefined && cpuBefore !== null) notes.push(describeCpu(cpuBefore, await cpuSnapshot(cpu.server, cpu.database, benchSql), result.requests).text)
   const row: Row = { id, label, result, notes, ratios: false }
   rows.push(row)
   log(`  ${Math.round(result.rps)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms`)
@@ -297,6 +308,28 @@ function printTargets (): void {
   check('gateway RSS after case 5', mem === undefined ? undefined : mem / 2 ** 20, 150, 'MB', false)
   console.log('\nTargets (issue 4):')
   for (const l of lines) console.log('  ' + l)
+  printBudget(c2, c3, peer)
+}
+
+/**
+ * Why case 3 is where it is: the ceiling that CPU alone puts on it on this machine. Every
+ * process shares the cores (load generator, upstream, PostgreSQL, Redis), and the gateway's
+ * own work runs on one event loop, so case 3 cannot exceed either
+ *   cores / (machine CPU per request)   or   1 s / (gateway CPU per request).
+ */
+function printBudget (c2: Row | undefined, c3: Row | undefined, peer: Row | undefined): void {
+  if (c3?.cpu === undefined) return
+  const cores = cpus().length
+  const byMachine = (cores * 1e6) / c3.cpu.machineUs
+  const byLoop = 1e6 / c3.cpu.serverUs
+  const ceiling = Math.min(byMachine, byLoop)
+  console.log('\nCPU budget of case 3 (what its CPU per request allows at most, on this machine):')
+  console.log(`  machine CPU per request, every process: case 3 ${fmt(c3.cpu.machineUs)} µs` +
+    (c2?.cpu === undefined ? '' : `, case 2 ${fmt(c2.cpu.machineUs)} µs`) + (peer?.cpu === undefined ? '' : `, peer ${fmt(peer.cpu.machineUs)} µs`))
+  console.log(`  gateway CPU per request: ${fmt(c3.cpu.serverUs)} µs` + (c2?.cpu === undefined ? '' : ` (case 2's proxy alone: ${fmt(c2.cpu.serverUs)} µs)`))
+  console.log(`  ceiling: ${cores} cores / machine CPU = ${fmt(byMachine)} req/s; one event loop / gateway CPU = ${fmt(byLoop)} req/s` +
+    (c2 === undefined ? '' : `; the lower is ${fmt(ceiling / c2.result.rps, 2)}x case 2`) +
+    (peer === undefined ? '' : `, ${fmt(ceiling / peer.result.rps, 2)}x the peer`))
 }
 
 const memory = new Map<string, number>()
