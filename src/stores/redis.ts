@@ -61,7 +61,8 @@ export class RedisCache {
       retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000)
     }))
     // ioredis emits 'error' on every failed reconnect; StoreHealth logs only the transition.
-    this.client.on('error', (err) => this.health.failed(err))
+    // (While closing, a quit racing the last commands is not an outage.)
+    this.client.on('error', (err) => { if (!this.#closing) this.health.failed(err) })
     this.client.on('ready', () => { this.#breaker.success(); this.health.succeeded() })
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if ((this.client as { isCluster?: boolean }).isCluster !== true) {
