@@ -10,7 +10,7 @@
  * the hand-over is one field, consumed by the next `request` and cleared at the end of the
  * current turn in case nothing consumed it. (An earlier version passed a token in a header and
  * deleted it here: that `delete` put every forwarded header object in V8's slow dictionary
- * mode, about 4 µs per request.)
+ * mode.)
  */
 import type { Socket } from 'node:net'
 import { Agent, type Dispatcher } from 'undici'
@@ -66,8 +66,8 @@ export class UpstreamDispatcher {
 /**
  * The abort signal of one forwarded request, tied to its client's socket. undici accepts an
  * EventEmitter-style signal (`once`/`removeListener` of 'abort', `aborted`, `reason`); this one
- * object replaces an AbortController, its AbortSignal and their EventTarget machinery, which
- * cost about a tenth of a forwarded request's CPU in a profile of the proxy.
+ * object replaces an AbortController, its AbortSignal and their EventTarget machinery: gateway
+ * CPU per allowed request fell from 86 to 76 µs in the benchmark's case 3.
  */
 class ClientGoneSignal {
   aborted = false
