@@ -3,7 +3,7 @@
  * Sentinel watching a private master. Each lives in a temp dir on free ports, keeps nothing on
  * disk beyond its node/sentinel config, and is torn down (SIGKILL, dir removed) at teardown.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -84,9 +84,15 @@ export async function startRedisCluster (t: Teardown, size = 3): Promise<RedisCl
       '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir, '--save', '', '--appendonly', 'no'], `cluster node ${port}`)
   }
   for (const port of ports) await waitFor(() => ping(port), { what: `redis-server on ${port}` })
-  const create = spawnSync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
-    { encoding: 'utf8', timeout: 30_000 })
-  if (create.status !== 0) throw new Error(`redis-cli --cluster create failed (${create.status}):\n${create.stdout}\n${create.stderr}`)
+  // Asynchronously: a synchronous spawn would freeze this process's event loop, and with it
+  // whatever the test started next to the cluster (a private PostgreSQL, say).
+  await new Promise<void>((resolve, reject) => {
+    execFile('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
+      { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => {
+        if (err === null) resolve()
+        else reject(new Error(`redis-cli --cluster create failed (${err.code ?? err.signal ?? err.message}):\n${stdout}\n${stderr}`))
+      })
+  })
   // Every node must agree the cluster is up and see all masters before a client can rely on it.
   for (const port of ports) {
     await waitFor(async () => {
