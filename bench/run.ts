@@ -302,6 +302,10 @@ function printTargets (): void {
     check('case 4 / case 2 (refusals from the local cache)', c4l && c4l.result.rps / c2.result.rps, 1.5, 'x')
   }
   if (half2 !== undefined && half3 !== undefined) check('p99 added by the gateway at half of case 2\'s saturation rate', half3.result.p99Ms - half2.result.p99Ms, 2, 'ms', false)
+  const own2 = get('2q'); const own3 = get('3q')
+  if (own2 !== undefined && own3 !== undefined) {
+    lines.push(`info  p99 added by the gateway at half of case 3's own saturation (${fmt(own3.result.rps)} req/s, not a target): ${fmt(own3.result.p99Ms - own2.result.p99Ms, 2)} ms (p50 ${fmt(own3.result.p50Ms - own2.result.p50Ms, 2)} ms)`)
+  }
   check('case 3 / rate-limiter-flexible Redis peer', c3 && peer && c3.result.rps / peer.result.rps, 1.0, 'x')
   check('/v1/check batched', batched && batched.result.rps * BATCH, 20_000, 'decisions/s')
   const mem = memory.get('5')
@@ -354,6 +358,7 @@ async function main (): Promise<void> {
     if (wants('1')) await measure('1', 'upstream directly', upstreamUrl, { kind: 'proxy', prefix: 'd', callers: 1 }, { ratios: true })
 
     let saturation2 = NaN
+    let saturation3 = NaN
     if (wants('2')) {
       const floor = await startServer('floor', 'none', upstreamUrl)
       await warmProcess('floor', floor.url, callers)
@@ -370,6 +375,10 @@ async function main (): Promise<void> {
     if (wants('3')) {
       await measure('3', `gateway, all allowed, ${CALLERS} callers`, gw.url, callers, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
       if (Number.isFinite(saturation2)) await measurePaced('3h', 'case 3 at half of case 2\'s saturation rate', gw.url, { kind: 'proxy', prefix: 'c', callers: CALLERS }, saturation2 / 2, cpuOf(gw.child))
+      // Case 3 may not sustain half of case 2's rate (3h is then queueing): the latency it adds
+      // below its own saturation is measured at half of that, against the floor at the same rate.
+      saturation3 = rows.find((r) => r.id === '3')!.result.rps
+      await measurePaced('3q', 'case 3 at half of its own saturation rate', gw.url, callers, saturation3 / 2, cpuOf(gw.child))
     }
     if (wants('4')) await measure('4', 'gateway, one caller flooding (refused via Redis)', gw.url, { kind: 'proxy', prefix: 'flood', callers: 1 }, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
     if (wants('6')) {
@@ -378,6 +387,12 @@ async function main (): Promise<void> {
     }
     facts.push(`gateway RSS after cases 3, 4 and 6: ${(await memoryOf(gw)).text}`)
     await stop(gw.child)
+    if (wants('2') && Number.isFinite(saturation3)) {
+      const floor = await startServer('floor', 'none', upstreamUrl)
+      await warmProcess('floor', floor.url, callers)
+      await measurePaced('2q', 'case 2 at the rate of 3q', floor.url, callers, saturation3 / 2, cpuOf(floor.child, false))
+      await stop(floor.child)
+    }
 
     // Case 5: 1,000 callers, about half of the requests refused, whatever the throughput:
     // every other request comes from one of 10 heavy callers (far above 20/s each, so nearly
