@@ -7,6 +7,7 @@ import { compilePathRule, normalizePath, pathOf } from '../src/policy/path.ts'
 import { PolicySet, upstreamUrl } from '../src/policy/policy-set.ts'
 import { OverrideTable } from '../src/policy/overrides.ts'
 import { clientAddress, trustList } from '../src/gateway/client-address.ts'
+import { addForwardedHeaders } from '../src/gateway/forwarded.ts'
 
 const config = (overrides: Record<string, unknown>) => loadConfig({ env: {}, skipDefaultFile: true, overrides })
 const set = (overrides: Record<string, unknown>) => new PolicySet(config(overrides), { defaultUpstream: 'http://127.0.0.1:1', generation: 1 })
@@ -136,6 +137,20 @@ t.test('client address: X-Forwarded-For believed only from trusted proxies', asy
   t.same(clientAddress('10.0.0.2', undefined, trusted), { ok: true, address: '10.0.0.2' })
   t.same(clientAddress('10.0.0.2', '1.2.3.4', null), { ok: true, address: '10.0.0.2' }, 'no trusted proxies: the header is ignored')
   t.match(clientAddress('10.0.0.2', 'not-an-ip', trusted), { ok: false })
+})
+
+t.test('X-Forwarded-* headers: appended, canonical addresses, claims kept only from trusted peers', async (t) => {
+  const trusted = trustList(['10.0.0.0/8', 'fd00::/8'])
+  const h1: Record<string, string | string[] | undefined> = { 'x-forwarded-for': ['198.51.100.1', '198.51.100.2'], 'x-forwarded-proto': 'https' }
+  addForwardedHeaders(h1, '::ffff:10.1.2.3', 'api.example', trusted)
+  t.same(h1, { 'x-forwarded-for': '198.51.100.1, 198.51.100.2, 10.1.2.3', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'api.example' },
+    'an IPv4 peer on a dual-stack socket is written as IPv4; a trusted peer keeps its scheme')
+  const h2: Record<string, string | string[] | undefined> = { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example' }
+  addForwardedHeaders(h2, '2001:db8::1', undefined, trusted)
+  t.same(h2, { 'x-forwarded-proto': 'http', 'x-forwarded-for': '2001:db8::1' }, 'an untrusted IPv6 peer: claims replaced, no Host to forward')
+  const h3: Record<string, string | string[] | undefined> = {}
+  addForwardedHeaders(h3, undefined, 'h', null)
+  t.same(h3, { 'x-forwarded-proto': 'http', 'x-forwarded-host': 'h' }, 'an unknown peer adds no address')
 })
 
 t.test('policy config errors name the field', async (t) => {

@@ -27,6 +27,40 @@ t.test('method, path, query, body, status and headers pass through', async (t) =
   }
 })
 
+t.test('the upstream learns the client address, scheme and host (X-Forwarded-*)', async (t) => {
+  const gw = await startTestGateway(t)
+  const host = new URL(gw.proxyUrl).host
+  await send(`${gw.proxyUrl}/fwd`, { user: 'fwd' })
+  let seen = gw.upstream!.received.at(-1)!.headers
+  t.equal(seen['x-forwarded-for'], '127.0.0.1', 'the client address')
+  t.equal(seen['x-forwarded-proto'], 'http')
+  t.equal(seen['x-forwarded-host'], host, 'the Host the client used (the upstream request carries its own)')
+  t.not(seen.host, host, 'while Host names the upstream')
+
+  // A client that is not a trusted proxy: its X-Forwarded-For is kept and appended to (the
+  // upstream decides how far to believe it), its scheme and host claims are replaced.
+  const claims = { 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example' }
+  await send(`${gw.proxyUrl}/fwd`, { user: 'fwd', headers: claims })
+  seen = gw.upstream!.received.at(-1)!.headers
+  t.equal(seen['x-forwarded-for'], '203.0.113.7, 127.0.0.1', 'appended to')
+  t.equal(seen['x-forwarded-proto'], 'http', 'an untrusted scheme claim is replaced')
+  t.equal(seen['x-forwarded-host'], host, 'an untrusted host claim is replaced')
+
+  // From a trusted proxy, what it says about the original request is passed on.
+  const behind = await startTestGateway(t, { config: { identity: { trustedProxies: ['127.0.0.1/32'] } } })
+  await send(`${behind.proxyUrl}/fwd`, { user: 'fwd', headers: claims })
+  seen = behind.upstream!.received.at(-1)!.headers
+  t.equal(seen['x-forwarded-for'], '203.0.113.7, 127.0.0.1')
+  t.equal(seen['x-forwarded-proto'], 'https', 'a trusted proxy\'s scheme is kept')
+  t.equal(seen['x-forwarded-host'], 'evil.example', 'a trusted proxy\'s host is kept')
+
+  const off = await startTestGateway(t, { config: { proxy: { forwardedHeaders: false } } })
+  await send(`${off.proxyUrl}/fwd`, { user: 'fwd', headers: { 'x-forwarded-proto': 'https' } })
+  seen = off.upstream!.received.at(-1)!.headers
+  t.equal(seen['x-forwarded-for'], undefined, 'forwardedHeaders: false adds nothing')
+  t.equal(seen['x-forwarded-proto'], 'https', 'and passes what the client sent untouched')
+})
+
 t.test('large bodies stream both ways unchanged', async (t) => {
   const gw = await startTestGateway(t)
   const big = 'x'.repeat(3 * 1024 * 1024)

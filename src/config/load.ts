@@ -17,6 +17,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['UPSTREAM_URL', 'proxy.upstreamUrl', 'string'],
   ['UPSTREAM_TIMEOUT_MS', 'proxy.upstreamTimeoutMs', 'number'],
   ['UPSTREAM_TLS_VERIFY', 'proxy.upstreamTlsVerify', 'boolean'],
+  ['FORWARDED_HEADERS', 'proxy.forwardedHeaders', 'boolean'],
   ['CONTROL_PORT', 'control.port', 'int'],
   ['CONTROL_HOST', 'control.host', 'string'],
   ['ADMIN_TOKEN', 'control.adminToken', 'string'],

@@ -24,6 +24,8 @@ const proxy = z.strictObject({
   upstreamConnections: z.number().int().positive().default(128),
   /** Verify HTTPS upstream certificates. Turn off only for self-signed test upstreams. */
   upstreamTlsVerify: z.boolean().default(true),
+  /** Add X-Forwarded-For/-Proto/-Host to upstream requests (src/gateway/forwarded.ts). */
+  forwardedHeaders: z.boolean().default(true),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384)
 })

@@ -12,6 +12,7 @@ import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
+import { addForwardedHeaders } from './forwarded.ts'
 import { UpstreamDispatcher } from './upstream-dispatcher.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
 import type { Holder } from '../policy/holder.ts'
@@ -144,6 +145,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   const tlsVerify = config.proxy.upstreamTlsVerify
+  const forwardedHeaders = config.proxy.forwardedHeaders
   // Our own pool, so that a client that disconnects aborts its upstream request too.
   const upstream = new UpstreamDispatcher({
     connections: config.proxy.upstreamConnections,
@@ -171,6 +173,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       rewriteRequestHeaders: (request, headers) => {
         headers[REQUEST_ID_HEADER] = request.id
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
+        if (forwardedHeaders) addForwardedHeaders(headers, request.socket.remoteAddress, request.headers.host, deps.runtime.current.trustedProxies)
         upstream.forwarding(request.raw.socket)
         return headers
       },

@@ -1,0 +1,28 @@
+/**
+ * The X-Forwarded-* headers a reverse proxy adds, so the upstream still knows who called and
+ * how: the client's address is appended to X-Forwarded-For (the upstream decides how far to
+ * believe the hops before it, as every proxy does); X-Forwarded-Proto and X-Forwarded-Host say
+ * what the client used, since the upstream request carries the upstream's Host. Values a client
+ * sent for those two are kept only from a trusted proxy (`identity.trustedProxies`): from
+ * anyone else they would let a client claim to have come over HTTPS or through another host.
+ * Pure: edits the outgoing header object in place.
+ */
+import { isIP, type BlockList } from 'node:net'
+import { canonicalAddress } from './client-address.ts'
+
+type Headers = Record<string, string | string[] | undefined>
+
+export function addForwardedHeaders (headers: Headers, peer: string | undefined, host: string | undefined, trusted: BlockList | null): void {
+  const client = peer === undefined ? undefined : canonicalAddress(peer)
+  if (client !== undefined) {
+    const prior = headers['x-forwarded-for']
+    headers['x-forwarded-for'] = prior === undefined ? client : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${client}`
+  }
+  const fromTrusted = trusted !== null && client !== undefined && isIP(client) !== 0 &&
+    trusted.check(client, isIP(client) === 4 ? 'ipv4' : 'ipv6')
+  if (!fromTrusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = 'http'
+  if (!fromTrusted || headers['x-forwarded-host'] === undefined) {
+    if (host !== undefined) headers['x-forwarded-host'] = host
+    else if (headers['x-forwarded-host'] !== undefined) delete headers['x-forwarded-host']
+  }
+}
