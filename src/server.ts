@@ -54,6 +54,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
   const redis = new RedisCache(config.redis, log, metrics)
   const overrides = new OverrideStore(postgres.sql, log)
   let echo: EchoUpstream | undefined
+  const started: { limiter?: Limiter, proxy?: FastifyInstance, control?: FastifyInstance } = {}
   let unwatch = (): void => {}
   try {
     await postgres.start(config.postgres.migrate)
@@ -71,9 +72,9 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const runtime = new Holder(buildRuntime(config, defaultUpstream, 1))
     const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
     initPolicies(runtime.current)
-    const limiter = new Limiter({ postgres, redis }, metrics, log, config)
-    const proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
-    const control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
+    const limiter = started.limiter = new Limiter({ postgres, redis }, metrics, log, config)
+    const proxy = started.proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
+    const control = started.control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
 
     const reload = (reason: string): ReloadResult => {
       if (options.loadConfig === undefined) return { ok: false, error: 'no configuration source to reload from' }
@@ -116,7 +117,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       runtime,
       overrides,
       reload,
-      proxyUrl: `http://127.0.0.1:${proxyPort}`,
+      proxyUrl: `${config.proxy.tlsCertFile === undefined ? 'http' : 'https'}://127.0.0.1:${proxyPort}`,
       controlUrl: `http://${config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host}:${controlPort}`,
       close: () => {
         closing ??= (async () => {
@@ -134,7 +135,12 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       }
     }
   } catch (err) {
+    // Whatever started before the failure (a port already in use, an unreadable certificate)
+    // is stopped, so a caller that catches this is left with nothing running.
     unwatch()
+    await started.proxy?.close().catch(() => {})
+    await started.control?.close().catch(() => {})
+    await started.limiter?.close().catch(() => {})
     await echo?.close()
     await overrides.close().catch(() => {})
     await redis.close().catch(() => {})

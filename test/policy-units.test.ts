@@ -142,15 +142,15 @@ t.test('client address: X-Forwarded-For believed only from trusted proxies', asy
 t.test('X-Forwarded-* headers: appended, canonical addresses, claims kept only from trusted peers', async (t) => {
   const trusted = trustList(['10.0.0.0/8', 'fd00::/8'])
   const h1: Record<string, string | string[] | undefined> = { 'x-forwarded-for': ['198.51.100.1', '198.51.100.2'], 'x-forwarded-proto': 'https' }
-  addForwardedHeaders(h1, '::ffff:10.1.2.3', 'api.example', trusted)
+  addForwardedHeaders(h1, '::ffff:10.1.2.3', 'http', 'api.example', trusted)
   t.same(h1, { 'x-forwarded-for': '198.51.100.1, 198.51.100.2, 10.1.2.3', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'api.example' },
     'an IPv4 peer on a dual-stack socket is written as IPv4; a trusted peer keeps its scheme')
   const h2: Record<string, string | string[] | undefined> = { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example' }
-  addForwardedHeaders(h2, '2001:db8::1', undefined, trusted)
+  addForwardedHeaders(h2, '2001:db8::1', 'http', undefined, trusted)
   t.same(h2, { 'x-forwarded-proto': 'http', 'x-forwarded-for': '2001:db8::1' }, 'an untrusted IPv6 peer: claims replaced, no Host to forward')
   const h3: Record<string, string | string[] | undefined> = {}
-  addForwardedHeaders(h3, undefined, 'h', null)
-  t.same(h3, { 'x-forwarded-proto': 'http', 'x-forwarded-host': 'h' }, 'an unknown peer adds no address')
+  addForwardedHeaders(h3, undefined, 'https', 'h', null)
+  t.same(h3, { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'h' }, 'an unknown peer adds no address; the scheme is this hop\'s')
 })
 
 t.test('policy config errors name the field', async (t) => {

@@ -27,7 +27,13 @@ const proxy = z.strictObject({
   /** Add X-Forwarded-For/-Proto/-Host to upstream requests (src/gateway/forwarded.ts). */
   forwardedHeaders: z.boolean().default(true),
   /** Longest request head accepted; longer answers 431. */
-  maxHeaderBytes: z.number().int().min(1024).default(16_384)
+  maxHeaderBytes: z.number().int().min(1024).default(16_384),
+  /** PEM files: with both set, the proxy port speaks HTTPS (TLS terminated here). */
+  tlsCertFile: z.string().min(1).optional(),
+  tlsKeyFile: z.string().min(1).optional()
+}).refine((p) => (p.tlsCertFile === undefined) === (p.tlsKeyFile === undefined), {
+  message: 'tlsCertFile and tlsKeyFile go together: set both for HTTPS, or neither',
+  path: ['tlsKeyFile']
 })
 
 const control = z.strictObject({

@@ -4,6 +4,8 @@
  * body parsing and is never forwarded. Bodies stream through untouched.
  */
 import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
+import { readFileSync } from 'node:fs'
+import type { TLSSocket } from 'node:tls'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Config } from '../config/schema.ts'
 import type { Decision } from '../domain.ts'
@@ -53,8 +55,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     genReqId: requestIdFor,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
-    http: { maxHeaderSize: config.proxy.maxHeaderBytes }
-  })
+    ...serverOptions(config.proxy)
+  }) as unknown as FastifyInstance
   app.decorateRequest('decision', null)
   app.decorateRequest('upstreamStartedAt', 0n)
   app.decorateRequest('shadow', null)
@@ -173,7 +175,10 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       rewriteRequestHeaders: (request, headers) => {
         headers[REQUEST_ID_HEADER] = request.id
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
-        if (forwardedHeaders) addForwardedHeaders(headers, request.socket.remoteAddress, request.headers.host, deps.runtime.current.trustedProxies)
+        if (forwardedHeaders) {
+          addForwardedHeaders(headers, request.socket.remoteAddress, (request.socket as TLSSocket).encrypted === true ? 'https' : 'http',
+            request.headers.host, deps.runtime.current.trustedProxies)
+        }
         upstream.forwarding(request.raw.socket)
         return headers
       },
@@ -203,6 +208,20 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   }
   await app.register(httpProxy, proxyOptions)
   return app
+}
+
+/** Plain HTTP, or HTTPS when a certificate and key are configured (read once, at start). */
+function serverOptions (proxy: Config['proxy']): { http: { maxHeaderSize: number } } | { https: { cert: Buffer, key: Buffer, maxHeaderSize: number } } {
+  const maxHeaderSize = proxy.maxHeaderBytes
+  if (proxy.tlsCertFile === undefined || proxy.tlsKeyFile === undefined) return { http: { maxHeaderSize } }
+  const read = (path: string, field: string, variable: string): Buffer => {
+    try {
+      return readFileSync(path)
+    } catch (err) {
+      throw new Error(`proxy.${field} (${variable}): cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  }
+  return { https: { cert: read(proxy.tlsCertFile, 'tlsCertFile', 'TLS_CERT_FILE'), key: read(proxy.tlsKeyFile, 'tlsKeyFile', 'TLS_KEY_FILE'), maxHeaderSize } }
 }
 
 function sendProblem (reply: FastifyReply<any, any, any, any>, status: number, detail: string, decision: Decision | null): void {

@@ -12,7 +12,7 @@ import { canonicalAddress } from './client-address.ts'
 
 type Headers = Record<string, string | string[] | undefined>
 
-export function addForwardedHeaders (headers: Headers, peer: string | undefined, host: string | undefined, trusted: BlockList | null): void {
+export function addForwardedHeaders (headers: Headers, peer: string | undefined, scheme: 'http' | 'https', host: string | undefined, trusted: BlockList | null): void {
   const client = peer === undefined ? undefined : canonicalAddress(peer)
   if (client !== undefined) {
     const prior = headers['x-forwarded-for']
@@ -20,7 +20,7 @@ export function addForwardedHeaders (headers: Headers, peer: string | undefined,
   }
   const fromTrusted = trusted !== null && client !== undefined && isIP(client) !== 0 &&
     trusted.check(client, isIP(client) === 4 ? 'ipv4' : 'ipv6')
-  if (!fromTrusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = 'http'
+  if (!fromTrusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = scheme
   if (!fromTrusted || headers['x-forwarded-host'] === undefined) {
     if (host !== undefined) headers['x-forwarded-host'] = host
     else if (headers['x-forwarded-host'] !== undefined) delete headers['x-forwarded-host']
