@@ -18,6 +18,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['UPSTREAM_TIMEOUT_MS', 'proxy.upstreamTimeoutMs', 'number'],
   ['UPSTREAM_TLS_VERIFY', 'proxy.upstreamTlsVerify', 'boolean'],
   ['FORWARDED_HEADERS', 'proxy.forwardedHeaders', 'boolean'],
+  ['WEBSOCKET', 'proxy.websocket', 'boolean'],
   ['TLS_CERT_FILE', 'proxy.tlsCertFile', 'string'],
   ['TLS_KEY_FILE', 'proxy.tlsKeyFile', 'string'],
   ['CONTROL_PORT', 'control.port', 'int'],

@@ -26,6 +26,8 @@ const proxy = z.strictObject({
   upstreamTlsVerify: z.boolean().default(true),
   /** Add X-Forwarded-For/-Proto/-Host to upstream requests (src/gateway/forwarded.ts). */
   forwardedHeaders: z.boolean().default(true),
+  /** Proxy WebSocket upgrades; each upgrade is limited like a request (src/gateway/websocket.ts). */
+  websocket: z.boolean().default(true),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384),
   /** PEM files: with both set, the proxy port speaks HTTPS (TLS terminated here). */

@@ -15,6 +15,7 @@ import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { addForwardedHeaders } from './forwarded.ts'
+import { handshakeHeaders } from './websocket.ts'
 import { UpstreamDispatcher } from './upstream-dispatcher.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
 import type { Holder } from '../policy/holder.ts'
@@ -205,6 +206,13 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
           reply.request.decision)
       }
     }
+  }
+  if (config.proxy.websocket) {
+    const handshake = { forwardedHeaders, trustedProxies: () => deps.runtime.current.trustedProxies }
+    Object.assign(proxyOptions, {
+      websocket: true,
+      wsClientOptions: { rewriteRequestHeaders: (_defaults: unknown, request: FastifyRequest) => handshakeHeaders(request, handshake) }
+    })
   }
   await app.register(httpProxy, proxyOptions)
   return app

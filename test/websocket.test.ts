@@ -1,0 +1,91 @@
+// WebSocket upgrades through the gateway: limited like requests (one upgrade, one cost),
+// refused upgrades never reach the upstream, accepted ones carry messages both ways with the
+// client's headers, the request id and X-Forwarded-* in the upstream's handshake.
+import t from 'tap'
+import { once } from 'node:events'
+import { createServer, type IncomingHttpHeaders } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { WebSocket, WebSocketServer } from 'ws'
+import { startTestGateway } from './helpers/gateway.ts'
+
+interface WsUpstream { url: string, handshakes: IncomingHttpHeaders[] }
+
+async function startWsUpstream (t: { teardown: (fn: () => unknown) => void }): Promise<WsUpstream> {
+  const handshakes: IncomingHttpHeaders[] = []
+  const server = createServer((_req, res) => { res.writeHead(200).end('plain') })
+  const wss = new WebSocketServer({ server })
+  wss.on('connection', (socket, req) => {
+    handshakes.push(req.headers)
+    socket.on('message', (data) => socket.send(`echo:${data.toString()}`))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(async () => {
+    for (const c of wss.clients) c.terminate()
+    wss.close()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, handshakes }
+}
+
+type Outcome = { opened: true, socket: WebSocket } | { opened: false, status: number, headers: IncomingHttpHeaders }
+
+async function connect (url: string, headers: Record<string, string>): Promise<Outcome> {
+  const socket = new WebSocket(url, { headers })
+  return await new Promise((resolve, reject) => {
+    socket.once('open', () => resolve({ opened: true, socket }))
+    socket.once('unexpected-response', (_req, res) => { resolve({ opened: false, status: res.statusCode ?? 0, headers: res.headers }); res.resume() })
+    socket.once('error', reject)
+  })
+}
+
+async function roundTrip (socket: WebSocket, text: string): Promise<string> {
+  const reply = once(socket, 'message')
+  socket.send(text)
+  const [data] = await reply
+  return (data as Buffer).toString()
+}
+
+t.test('WebSocket upgrades are limited like requests and proxied both ways', async (t) => {
+  const upstream = await startWsUpstream(t)
+  const gw = await startTestGateway(t, { upstreamUrl: upstream.url, config: { limits: { capacity: 2, refillPerSecond: 0.01 } } })
+  const wsUrl = gw.proxyUrl.replace('http:', 'ws:') + '/live?room=1'
+
+  const first = await connect(wsUrl, { 'x-user-id': 'ws-user', 'x-request-id': 'ws-req-1', authorization: 'Bearer abc' })
+  t.ok(first.opened, 'first upgrade accepted')
+  if (!first.opened) return
+  t.teardown(() => first.socket.terminate())
+  t.equal(await roundTrip(first.socket, 'hello'), 'echo:hello', 'messages flow both ways')
+  const seen = upstream.handshakes.at(-1)!
+  t.equal(seen['x-user-id'], 'ws-user', 'the client\'s headers reach the upstream handshake')
+  t.equal(seen.authorization, 'Bearer abc')
+  t.equal(seen['x-request-id'], 'ws-req-1', 'with the request id')
+  t.equal(seen['x-forwarded-for'], '127.0.0.1', 'and X-Forwarded-For')
+
+  const second = await connect(wsUrl, { 'x-user-id': 'ws-user' })
+  t.ok(second.opened, 'second upgrade accepted (capacity 2)')
+  if (second.opened) second.socket.terminate()
+
+  const third = await connect(wsUrl, { 'x-user-id': 'ws-user' })
+  t.notOk(third.opened, 'third upgrade refused')
+  if (!third.opened) {
+    t.equal(third.status, 429, 'with 429')
+    t.ok(third.headers['retry-after'] !== undefined, 'and Retry-After')
+  }
+  t.equal(upstream.handshakes.length, 2, 'the refused upgrade never reached the upstream')
+
+  const anonymous = await connect(wsUrl, {})
+  t.notOk(anonymous.opened)
+  if (!anonymous.opened) t.equal(anonymous.status, 400, 'an upgrade without a caller id is refused with 400')
+
+  t.equal(await roundTrip(first.socket, 'still there'), 'echo:still there', 'an open connection is not cut by later refusals')
+})
+
+t.test('websocket: false: an upgrade goes upstream as a plain request, no WebSocket is opened', async (t) => {
+  const upstream = await startWsUpstream(t)
+  const gw = await startTestGateway(t, { upstreamUrl: upstream.url, config: { proxy: { websocket: false } } })
+  const socket = new WebSocket(gw.proxyUrl.replace('http:', 'ws:') + '/live', { headers: { 'x-user-id': 'ws-off' } })
+  const [err] = await once(socket, 'error') as [Error]
+  t.ok(err instanceof Error, `the upgrade fails (${err.message})`)
+  t.equal(upstream.handshakes.length, 0, 'no WebSocket reached the upstream')
+})
