@@ -162,7 +162,9 @@ t.test('Redis paused: requests are answered within the Redis timeout plus a marg
   const twinSlowest = percentile(twinPaused, 100)
   t.ok(slowest < twinSlowest + timeoutMs + 100, `every request answered within the ${timeoutMs} ms timeout plus a margin (slowest ${fmt(slowest)}, twin's slowest ${fmt(twinSlowest)})`)
   // Without the breaker every lookup during the pause would time out; with it, only the ones
-  // that open it (those in flight together) and the periodic probes (0.5 s, 1 s, 2 s ... apart).
-  t.ok(timeouts <= 15, `the breaker skips Redis: ${timeouts} lookups timed out out of ${paused.length} requests`)
-  t.ok(skipped >= paused.length - 15, 'the others skipped Redis')
+  // that open it and the periodic probes (0.5 s, 1 s, 2 s ... apart), each with the requests
+  // that shared its round trip (about 5 at 100 requests/s and a 50 ms timeout): a small share.
+  // The rest skipped Redis, give or take the few in flight at the window's edges.
+  t.ok(timeouts <= 0.15 * paused.length, `the breaker skips Redis: ${timeouts} lookups timed out out of ${paused.length} requests`)
+  t.ok(skipped >= paused.length - timeouts - 5, `the others skipped Redis (${skipped})`)
 })
