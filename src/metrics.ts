@@ -32,7 +32,9 @@ type RejectReason = Extract<IdentityResult, { ok: false }>['reason']
 const REASONS: Record<RejectReason, true> = { missing: true, 'too-long': true, 'control-characters': true, 'invalid-utf8': true }
 /** Refusals by the other identity sources and the deny list (docs/policies.md). */
 const POLICY_REJECT_REASONS = ['missing-token', 'invalid-token', 'bad-address', 'deny-list'] as const
-export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...POLICY_REJECT_REASONS]
+/** Requests Node's HTTP parser refused before Fastify saw them (src/gateway/client-error.ts). */
+export const CLIENT_ERROR_REASONS = ['header-too-large', 'malformed-request', 'client-timeout'] as const
+export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...POLICY_REJECT_REASONS, ...CLIENT_ERROR_REASONS]
 export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped', 'redis-owned', 'handing-back'] as const
 export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
   ['postgres', 'decide'], ['postgres', 'peek'], ['postgres', 'reset'], ['postgres', 'ping'],
@@ -120,7 +122,7 @@ export class Metrics {
 
   readonly rejectedRequests = new FastCounter({
     name: 'gateway_rejected_requests_total',
-    help: 'Requests refused before any bucket was touched, by reason: 400 for the caller id (missing, too-long, control-characters, invalid-utf8, bad-address), 401 for the JWT (missing-token, invalid-token), 403 for the deny list (deny-list).',
+    help: 'Requests refused before any bucket was touched, by reason: 400 for the caller id (missing, too-long, control-characters, invalid-utf8, bad-address), 401 for the JWT (missing-token, invalid-token), 403 for the deny list (deny-list), and requests the HTTP parser refused: 431 header-too-large, 400 malformed-request, 408 client-timeout.',
     labelNames: ['reason'] as const,
     registers: [this.registry]
   })

@@ -63,6 +63,15 @@ t.test('while Redis decides (PostgreSQL down): bad input is refused, odd ids sur
   }
   const huge = await rawStatus(port, `GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nx-user-id: a\r\nx-filler: ${'b'.repeat(20_000)}\r\n\r\n`)
   t.equal(huge.status, 431, 'header block over the limit: 431')
+  t.match(huge.text, /content-type: application\/problem\+json/i, 'as problem+json')
+  t.match(huge.text, /"status":431/)
+  const count = async (reason: string): Promise<number> =>
+    (await gw.metrics.registry.getSingleMetric('gateway_rejected_requests_total')!.get()).values.find((v) => v.labels.reason === reason)?.value ?? -1
+  t.equal(await count('header-too-large'), 1, 'the 431 is counted')
+  const malformedBefore = await count('malformed-request')
+  const garbage = await rawStatus(port, 'NOT HTTP AT ALL\r\n\r\n')
+  t.equal(garbage.status, 400, 'bytes that are not HTTP: 400')
+  t.equal(await count('malformed-request'), malformedBefore + 1, 'the malformed request is counted')
   const check = (body: string) => fetch(gw.controlUrl + '/v1/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body })
   for (const body of ['{"key": ', '{"cost": 1}', '{"key":"k","cost":0}', '{"key":"k","cost":-1}', '{"key":"k","cost":1.5}', '{"key":"k","cost":1e12}',
     JSON.stringify({ checks: Array.from({ length: 101 }, () => ({ key: 'k' })) })]) {

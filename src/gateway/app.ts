@@ -16,6 +16,7 @@ import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds, writeRateLimitHeaders }
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { addForwardedHeaders } from './forwarded.ts'
 import { handshakeHeaders } from './websocket.ts'
+import { clientErrorHandler } from './client-error.ts'
 import { UpstreamDispatcher } from './upstream-dispatcher.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
 import type { Holder } from '../policy/holder.ts'
@@ -56,6 +57,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     genReqId: requestIdFor,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
+    clientErrorHandler: clientErrorHandler(metrics, config.proxy.maxHeaderBytes),
     ...serverOptions(config.proxy)
   }) as unknown as FastifyInstance
   app.decorateRequest('decision', null)
