@@ -63,7 +63,7 @@ t.test('health, readiness, metrics and docs', async (t) => {
   t.same(await (await fetch(gw.controlUrl + '/healthz')).json(), { status: 'ok' })
   const ready = await fetch(gw.controlUrl + '/readyz')
   t.equal(ready.status, 200)
-  t.same(await ready.json(), { status: 'ready', postgres: 'up', redis: 'up' })
+  t.same(await ready.json(), { status: 'ready', postgres: 'up', redis: 'up', deciding: 'postgres' })
 
   await send(gw.proxyUrl + '/m', { user: 'metrics-user' })
   const metrics = await fetch(gw.controlUrl + '/metrics')
@@ -85,7 +85,7 @@ t.test('readiness needs Postgres but only reports Redis', async (t) => {
   const gw = await startTestGateway(t, { redisUrl: 'redis://127.0.0.1:1' })
   const ready = await fetch(gw.controlUrl + '/readyz')
   t.equal(ready.status, 200)
-  t.same(await ready.json(), { status: 'ready', postgres: 'up', redis: 'down' })
+  t.same(await ready.json(), { status: 'ready', postgres: 'up', redis: 'down', deciding: 'postgres' })
 })
 
 t.test('control routes are not reachable through the proxy port', async (t) => {

@@ -12,7 +12,7 @@ t.test('both stores down: local, open and closed fail modes', async (t) => {
     databaseUrl: pg.url,
     redisUrl: redis.url,
     upstreamUrl: upstream.url,
-    config: { limits: { capacity: 10, refillPerSecond: 0.01 }, fallback: { mode, localReplicas: 2, probeIntervalMs: 200 } }
+    config: { limits: { capacity: 10, refillPerSecond: 0.01 }, fallback: { mode, localReplicas: 2, probeIntervalMs: 200 }, control: { readiness: 'deciding' } }
   })
   const local = await start('local')
   const open = await start('open')
@@ -63,6 +63,12 @@ t.test('both stores down: local, open and closed fail modes', async (t) => {
     t.match(metrics, new RegExp(`gateway_fail_mode_events_total\\{mode="${mode}"\\} ${events}\\b`), `${mode}: every request counted`)
     t.match(metrics, new RegExp(`gateway_fail_mode_active\\{mode="${mode}"\\} 1`), `${mode}: shown as active`)
     t.equal(gw.logs.filter((l) => l.mode === mode && l.msg.startsWith('PostgreSQL and Redis unreachable')).length, 1, `${mode}: logged once, not per request`)
+  }
+  // Readiness "deciding": in service as long as the fail mode still answers requests.
+  for (const [gw, status, deciding] of [[local, 200, 'local-fallback'], [open, 200, 'fail-open'], [closed, 503, 'none']] as const) {
+    const ready = await send(gw.controlUrl + '/readyz')
+    t.same([ready.status, ready.json()], [status, { status: status === 200 ? 'ready' : 'not ready', postgres: 'down', redis: 'down', deciding }],
+      `${gw.config.fallback.mode}: readiness ${status} (${deciding})`)
   }
 
   await Promise.all([redis.start(), pg.start()])

@@ -27,6 +27,13 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   const gateways = await Promise.all([0, 1].map(() => startTestGateway(t, { databaseUrl: pg.url, redisPrefix: prefix, upstreamUrl: upstream.url, config })))
   const redis = new Redis(TEST_REDIS_URL)
   t.teardown(() => redis.disconnect())
+  // Not in the load: only its readiness is asked, with the "deciding" contract.
+  const watcher = await startTestGateway(t, { databaseUrl: pg.url, redisPrefix: prefix, upstreamUrl: upstream.url, config: { ...config, control: { readiness: 'deciding' } } })
+  const readiness = async (gw: TestGateway): Promise<[number, unknown]> => {
+    const res = await send(gw.controlUrl + '/readyz')
+    return [res.status, res.json()]
+  }
+  t.same(await readiness(watcher), [200, { status: 'ready', postgres: 'up', redis: 'up', deciding: 'postgres' }], 'deciding readiness, PostgreSQL up')
 
   const tallies = new Map<string, Tally>()
   let turn = 0
@@ -79,6 +86,10 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   for (const user of spent) t.equal(tallies.get(user)!.allowed, CAPACITY, `${user}: nothing more allowed while PostgreSQL is down`)
   for (const user of fresh) t.equal(tallies.get(user)!.allowed, CAPACITY, `${user}: exactly the capacity for a new caller`)
   t.ok(await redis.scard(prefix + 'redis-owned') > 0, 'the buckets Redis decided are recorded for hand-back')
+  t.same(await readiness(gateways[0]!), [503, { status: 'not ready', postgres: 'down', redis: 'up', deciding: 'redis-fallback' }],
+    'default readiness: not ready while PostgreSQL is down')
+  t.same(await readiness(watcher), [200, { status: 'ready', postgres: 'down', redis: 'up', deciding: 'redis-fallback' }],
+    'readiness "deciding": still ready, Redis decides')
   await until(performance.now() + 1000)
 
   // Phase 3, PostgreSQL back: every gateway hands back and PostgreSQL decides again.

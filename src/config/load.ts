@@ -24,6 +24,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['CONTROL_PORT', 'control.port', 'int'],
   ['CONTROL_HOST', 'control.host', 'string'],
   ['ADMIN_TOKEN', 'control.adminToken', 'string'],
+  ['READINESS', 'control.readiness', 'string'],
   ['USER_ID_HEADER', 'identity.header', 'string'],
   ['IDENTITY_SOURCE', 'identity.source', 'string'],
   ['JWT_SECRET', 'identity.jwt.secret', 'string'],

@@ -44,7 +44,13 @@ const control = z.strictObject({
   /** Most keys one POST /v1/check may ask about. */
   maxChecksPerRequest: z.number().int().positive().default(100),
   /** Bearer token for the admin routes; unset disables them. */
-  adminToken: z.string().min(16, 'must be at least 16 characters').optional()
+  adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
+  /**
+   * What GET /readyz requires. postgres: PostgreSQL answers (the original contract).
+   * deciding: this gateway can decide requests, with PostgreSQL or without it (Redis deciding,
+   * or FAIL_MODE local/open), so an orchestrator keeps it in service through a PostgreSQL outage.
+   */
+  readiness: z.enum(['postgres', 'deciding']).default('postgres')
 })
 
 const identity = z.strictObject({

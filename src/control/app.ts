@@ -122,7 +122,7 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
 
   app.get('/readyz', {
     schema: {
-      summary: 'Readiness: PostgreSQL reachable. Redis state is reported but not required.',
+      summary: 'Readiness: PostgreSQL reachable (control.readiness: postgres, the default), or able to decide without it (deciding). Redis state is reported.',
       tags: ['health'],
       response: {
         200: { $ref: 'readiness#' },
@@ -137,9 +137,10 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
       postgres = 'down'
     }
     const redis = deps.redis.client === null ? 'disabled' : (await deps.redis.ping()) ? 'up' : 'down'
-    const ready = postgres === 'up'
+    const deciding = postgres === 'up' ? 'postgres' : decidingWithoutPostgres(config, redis === 'up')
+    const ready = config.control.readiness === 'postgres' ? postgres === 'up' : deciding !== 'none'
     reply.code(ready ? 200 : 503)
-    return { status: ready ? 'ready' : 'not ready', postgres, redis }
+    return { status: ready ? 'ready' : 'not ready', postgres, redis, deciding }
   })
 
   app.get('/metrics', { schema: { summary: 'Prometheus metrics (text exposition format).', tags: ['metrics'], produces: ['text/plain'] } }, async (_request, reply) => {
@@ -150,10 +151,21 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   app.addSchema({
     $id: 'readiness',
     type: 'object',
-    properties: { status: { type: 'string' }, postgres: { type: 'string', enum: ['up', 'down'] }, redis: { type: 'string', enum: ['up', 'down', 'disabled'] } }
+    properties: {
+      status: { type: 'string' },
+      postgres: { type: 'string', enum: ['up', 'down'] },
+      redis: { type: 'string', enum: ['up', 'down', 'disabled'] },
+      deciding: { type: 'string', enum: ['postgres', 'redis-fallback', 'local-fallback', 'fail-open', 'none'], description: 'Who decides requests right now.' }
+    }
   })
   app.addSchema(problemSchema)
   return app
+}
+
+/** Who decides while PostgreSQL does not answer (docs/reliability.md). */
+function decidingWithoutPostgres (config: Config, redisUp: boolean): 'redis-fallback' | 'local-fallback' | 'fail-open' | 'none' {
+  if (config.fallback.redisDecides && redisUp) return 'redis-fallback'
+  return config.fallback.mode === 'local' ? 'local-fallback' : config.fallback.mode === 'open' ? 'fail-open' : 'none'
 }
 
 /** The named policy of the live configuration (default when unnamed); 400 when unknown. */
