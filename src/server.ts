@@ -8,7 +8,7 @@ import type { Config } from './config/schema.ts'
 import type { Logger } from './log.ts'
 import { Metrics } from './metrics.ts'
 import { Limiter } from './limiter/limiter.ts'
-import { PostgresStore } from './stores/postgres.ts'
+import { isUnreachable, PostgresStore } from './stores/postgres.ts'
 import { RedisCache } from './stores/redis.ts'
 import { buildProxy } from './gateway/app.ts'
 import { startEchoUpstream, type EchoUpstream } from './gateway/echo-upstream.ts'
@@ -57,9 +57,15 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
   const started: { limiter?: Limiter, proxy?: FastifyInstance, control?: FastifyInstance } = {}
   let unwatch = (): void => {}
   try {
-    await postgres.start(config.postgres.migrate)
+    let postgresMissing: unknown = null
+    try {
+      await postgres.start(config.postgres.migrate)
+    } catch (err) {
+      if (config.postgres.requiredAtStart || !isUnreachable(err)) throw err
+      postgresMissing = err
+    }
     await redis.start()
-    await overrides.start()
+    if (postgresMissing === null) await overrides.start()
 
     let upstreamUrl = config.proxy.upstreamUrl
     if (upstreamUrl === undefined) {
@@ -73,6 +79,14 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
     initPolicies(runtime.current)
     const limiter = started.limiter = new Limiter({ postgres, redis }, metrics, log, config)
+    if (postgresMissing !== null) {
+      log.warn({ err: postgresMissing }, 'PostgreSQL does not answer at start-up: starting without it (postgres.requiredAtStart: false); ' +
+        'Redis or the fail mode decides until it answers, then migrations run and the buckets are handed back')
+      limiter.failover.startWithoutPostgres(async () => {
+        await postgres.prepare(config.postgres.migrate)
+        await overrides.start()
+      })
+    }
     const proxy = started.proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
     const control = started.control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
 

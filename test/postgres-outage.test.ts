@@ -168,3 +168,33 @@ t.test('on a Redis Cluster: Redis decides across slots while PostgreSQL is down,
   for (const row of rows) t.ok(row.tokens < 0.2, `${row.user_id}: row handed back empty (${row.tokens.toFixed(3)})`)
   t.equal(rows.length, users.length)
 })
+
+t.test('started while PostgreSQL is down (requiredAtStart: false): Redis decides, then migrations run and the buckets are handed back', async (t) => {
+  const pg = await startPrivatePostgres(t)
+  await pg.stop() // a fresh cluster, never migrated, not answering
+  const config = {
+    limits: { capacity: 5, refillPerSecond: RATE },
+    postgres: { requiredAtStart: false },
+    control: { readiness: 'deciding' },
+    fallback: { probeIntervalMs: 200, redisTimeoutMs: 3000 }
+  }
+  await t.rejects(startTestGateway(t, { databaseUrl: pg.url }), /ECONNREFUSED/, 'by default a gateway does not start without PostgreSQL')
+  const gw = await startTestGateway(t, { databaseUrl: pg.url, config })
+  const ready = await send(gw.controlUrl + '/readyz')
+  t.same([ready.status, ready.json()], [200, { status: 'ready', postgres: 'down', redis: 'up', deciding: 'redis-fallback' }], 'ready: Redis decides')
+
+  const first = await Promise.all(Array.from({ length: 7 }, () => send(gw.proxyUrl + '/x', { user: 'early' })))
+  t.same(first.map((r) => r.status).sort(), [201, 201, 201, 201, 201, 429, 429], 'exactly the capacity allowed, decided atomically by Redis')
+  t.same([...new Set(first.map((r) => r.headers.get('x-data-source')))], ['redis-fallback'])
+
+  await pg.start()
+  await waitFor(() => !gw.limiter.failover.postgresDown && gw.limiter.failover.failMode.mode === 'postgres', { timeoutMs: 15_000, what: 'PostgreSQL deciding' })
+  t.ok(gw.logs.some((l) => l.msg === 'migrations applied'), 'migrations ran once PostgreSQL answered')
+  const rows = await pg.query<{ tokens: number }>('SELECT tokens FROM rate_limits WHERE user_id = $1', ['early'])
+  t.equal(rows.length, 1, 'the bucket Redis decided was handed back to PostgreSQL')
+  t.ok(rows[0]!.tokens < 0.2, `with what was spent (${rows[0]?.tokens.toFixed(3)} tokens left)`)
+  const after = await send(gw.proxyUrl + '/x', { user: 'early' })
+  t.equal(after.status, 429, 'no refund after the hand-back')
+  t.equal((await send(gw.proxyUrl + '/x', { user: 'late' })).headers.get('x-data-source'), 'new-user', 'PostgreSQL creates new callers again')
+  t.equal(gw.logs.filter((l) => /does not answer at start-up/.test(l.msg)).length, 1, 'the degraded start is logged once')
+})

@@ -41,6 +41,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['DATABASE_BATCH_MAX_IN_FLIGHT', 'postgres.batchMaxInFlight', 'int'],
   ['DATABASE_SYNCHRONOUS_COMMIT', 'postgres.synchronousCommit', 'boolean'],
   ['DATABASE_PREPARE', 'postgres.prepare', 'boolean'],
+  ['DATABASE_REQUIRED_AT_START', 'postgres.requiredAtStart', 'boolean'],
   ['DATABASE_EMBEDDED', 'postgres.embedded', 'string'],
   ['DATABASE_EMBEDDED_DIR', 'postgres.embeddedDir', 'string'],
   ['REDIS_URL', 'redis.url', 'string'],

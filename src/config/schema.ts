@@ -87,6 +87,13 @@ const postgres = z.strictObject({
   synchronousCommit: z.boolean().default(true),
   /** Apply migrations at start-up. */
   migrate: z.boolean().default(true),
+  /**
+   * true: a PostgreSQL that does not answer at start-up stops the gateway (exit 1). false: the
+   * gateway starts anyway, Redis (or the fail mode) decides, and migrations run and buckets are
+   * handed back once PostgreSQL answers. A PostgreSQL that answers with an error (bad password,
+   * missing database) stops it either way: that is configuration, not an outage.
+   */
+  requiredAtStart: z.boolean().default(true),
   /** Named prepared statements; turn off behind PgBouncer in transaction mode. */
   prepare: z.boolean().default(true),
   /**

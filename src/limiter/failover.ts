@@ -45,6 +45,8 @@ export class Failover {
   #timer: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
   #closed = false
+  /** What must succeed once PostgreSQL answers before it decides (a start without it). */
+  #prepare: (() => Promise<void>) | null = null
 
   constructor (deps: FailoverDeps) {
     this.#deps = deps
@@ -62,6 +64,16 @@ export class Failover {
     if (this.#postgresDown || this.#closed) return
     this.#postgresDown = true
     this.#schedule()
+  }
+
+  /**
+   * The gateway started while PostgreSQL did not answer: decide without it from the first
+   * request, and run `prepare` (migrations, the overrides' LISTEN) once it answers, before the
+   * hand-back.
+   */
+  startWithoutPostgres (prepare: () => Promise<void>): void {
+    this.#prepare = prepare
+    this.postgresFailed()
   }
 
   /** A Redis-owned bucket was met while PostgreSQL works: make sure a hand-back runs soon. */
@@ -144,6 +156,16 @@ export class Failover {
     } catch {
       this.#schedule()
       return
+    }
+    if (this.#prepare !== null) {
+      try {
+        await this.#prepare()
+        this.#prepare = null
+      } catch (err) {
+        log.warn({ err }, 'PostgreSQL answers but could not be prepared (migrations); retrying')
+        this.#schedule()
+        return
+      }
     }
     if (redis.client === null || !this.#deps.config.fallback.redisDecides) {
       this.#backToPostgres({})

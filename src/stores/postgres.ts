@@ -31,6 +31,11 @@ const FLOAT8 = 701
 
 interface DecideRow { o_idx: number, o_allowed: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
 
+/** PostgreSQL did not answer (as opposed to answering with an error: auth, missing database, SQL). */
+export function isUnreachable (err: unknown): boolean {
+  return err instanceof Error && !(err instanceof postgres.PostgresError)
+}
+
 export class PostgresStore {
   readonly sql: Sql
   readonly health: StoreHealth
@@ -66,10 +71,14 @@ export class PostgresStore {
   /** Checks the connection and applies migrations. Throws when PostgreSQL is unreachable. */
   async start (runMigrations: boolean): Promise<void> {
     await this.ping()
-    if (runMigrations) {
-      const applied = await migrate(this.sql)
-      if (applied.length > 0) this.#log.info({ applied }, 'migrations applied')
-    }
+    await this.prepare(runMigrations)
+  }
+
+  /** Applies the migrations (advisory-locked: several gateways may do it at once). */
+  async prepare (runMigrations: boolean): Promise<void> {
+    if (!runMigrations) return
+    const applied = await migrate(this.sql)
+    if (applied.length > 0) this.#log.info({ applied }, 'migrations applied')
   }
 
   async ping (): Promise<void> {
