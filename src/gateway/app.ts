@@ -5,7 +5,6 @@
  */
 import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import { readFileSync } from 'node:fs'
-import type { TLSSocket } from 'node:tls'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Config } from '../config/schema.ts'
 import type { Decision } from '../domain.ts'
@@ -14,7 +13,7 @@ import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
-import { addForwardedHeaders } from './forwarded.ts'
+import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
 import { UpstreamDispatcher } from './upstream-dispatcher.ts'
@@ -178,10 +177,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       rewriteRequestHeaders: (request, headers) => {
         headers[REQUEST_ID_HEADER] = request.id
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
-        if (forwardedHeaders) {
-          addForwardedHeaders(headers, request.socket.remoteAddress, (request.socket as TLSSocket).encrypted === true ? 'https' : 'http',
-            request.headers.host, deps.runtime.current.trustedProxies)
-        }
+        if (forwardedHeaders) addForwardedHeadersFor(headers, request, deps.runtime.current.trustedProxies)
         upstream.forwarding(request.raw.socket)
         return headers
       },

@@ -7,7 +7,9 @@
  * anyone else they would let a client claim to have come over HTTPS or through another host.
  * Pure: edits the outgoing header object in place.
  */
-import { isIP, type BlockList } from 'node:net'
+import type { IncomingHttpHeaders } from 'node:http'
+import { isIP, type BlockList, type Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import { canonicalAddress } from './client-address.ts'
 
 type Headers = Record<string, string | string[] | undefined>
@@ -25,4 +27,10 @@ export function addForwardedHeaders (headers: Headers, peer: string | undefined,
     if (host !== undefined) headers['x-forwarded-host'] = host
     else if (headers['x-forwarded-host'] !== undefined) delete headers['x-forwarded-host']
   }
+}
+
+/** The same, for the client request a proxied request or a WebSocket handshake is made for. */
+export function addForwardedHeadersFor (headers: Headers, client: { readonly socket: Socket, readonly headers: IncomingHttpHeaders }, trusted: BlockList | null): void {
+  const scheme = (client.socket as TLSSocket).encrypted === true ? 'https' : 'http'
+  addForwardedHeaders(headers, client.socket.remoteAddress, scheme, client.headers.host, trusted)
 }

@@ -7,8 +7,7 @@
  * client sets itself, plus the request id and X-Forwarded-*, as for a proxied request.
  */
 import type { FastifyRequest } from 'fastify'
-import type { TLSSocket } from 'node:tls'
-import { addForwardedHeaders } from './forwarded.ts'
+import { addForwardedHeadersFor } from './forwarded.ts'
 import { LIMIT_HEADERS } from './headers.ts'
 import { REQUEST_ID_HEADER } from './request-id.ts'
 import type { BlockList } from 'node:net'
@@ -32,9 +31,6 @@ export function handshakeHeaders (request: FastifyRequest, options: HandshakeOpt
     if (value !== undefined && !NOT_FORWARDED.has(name)) out[name] = value
   }
   out[REQUEST_ID_HEADER] = request.id
-  if (options.forwardedHeaders) {
-    addForwardedHeaders(out, request.socket.remoteAddress, (request.socket as TLSSocket).encrypted === true ? 'https' : 'http',
-      request.headers.host, options.trustedProxies())
-  }
+  if (options.forwardedHeaders) addForwardedHeadersFor(out, request, options.trustedProxies())
   return out as Record<string, string | string[]>
 }
