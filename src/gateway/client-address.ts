@@ -22,7 +22,7 @@ export function canonicalAddress (address: string): string {
   return address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address
 }
 
-function isTrusted (list: BlockList, address: string): boolean {
+export function isTrusted (list: BlockList, address: string): boolean {
   const family = isIP(address)
   return family !== 0 && list.check(address, family === 4 ? 'ipv4' : 'ipv6')
 }

@@ -8,9 +8,9 @@
  * Pure: edits the outgoing header object in place.
  */
 import type { IncomingHttpHeaders } from 'node:http'
-import { isIP, type BlockList, type Socket } from 'node:net'
+import type { BlockList, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
-import { canonicalAddress } from './client-address.ts'
+import { canonicalAddress, isTrusted } from './client-address.ts'
 
 type Headers = Record<string, string | string[] | undefined>
 
@@ -20,8 +20,7 @@ export function addForwardedHeaders (headers: Headers, peer: string | undefined,
     const prior = headers['x-forwarded-for']
     headers['x-forwarded-for'] = prior === undefined ? client : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${client}`
   }
-  const fromTrusted = trusted !== null && client !== undefined && isIP(client) !== 0 &&
-    trusted.check(client, isIP(client) === 4 ? 'ipv4' : 'ipv6')
+  const fromTrusted = trusted !== null && client !== undefined && isTrusted(trusted, client)
   if (!fromTrusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = scheme
   if (!fromTrusted || headers['x-forwarded-host'] === undefined) {
     if (host !== undefined) headers['x-forwarded-host'] = host
