@@ -10,7 +10,8 @@ import { Metrics } from './metrics.ts'
 import { Limiter } from './limiter/limiter.ts'
 import { isUnreachable, PostgresStore } from './stores/postgres.ts'
 import { RedisCache } from './stores/redis.ts'
-import { buildProxy } from './gateway/app.ts'
+import type { Server as HttpsServer } from 'node:https'
+import { buildProxy, readTlsFiles } from './gateway/app.ts'
 import { startEchoUpstream, type EchoUpstream } from './gateway/echo-upstream.ts'
 import { buildControl } from './control/app.ts'
 import { Holder } from './policy/holder.ts'
@@ -104,11 +105,24 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       }
       const fixed = RESTART_ONLY.filter((section) => JSON.stringify(next.config[section]) !== JSON.stringify(config[section]))
       if (fixed.length > 0) log.warn({ sections: fixed }, 'changed settings in these sections take effect only after a restart')
+      reloadCertificate(reason)
       initPolicies(next)
       runtime.swap(next)
       metrics.configReloads.inc({ result: 'applied' })
       log.info({ reason, generation: next.policies.generation, policies: [...next.policies.policies.keys()] }, 'configuration reloaded')
       return { ok: true, generation: next.policies.generation }
+    }
+    // A renewed certificate at the same paths is picked up by a reload: new connections get it,
+    // open ones keep theirs. A file that cannot be read or parsed leaves the current one in use.
+    const reloadCertificate = (reason: string): void => {
+      try {
+        const tls = readTlsFiles(config.proxy)
+        if (tls === null) return
+        (proxy.server as unknown as HttpsServer).setSecureContext(tls)
+        log.info({ reason, cert: config.proxy.tlsCertFile }, 'TLS certificate reloaded')
+      } catch (err) {
+        log.error({ reason, error: (err as Error).message }, 'TLS certificate reload failed; the current certificate stays')
+      }
     }
     if (options.watch !== undefined && options.watch.length > 0) {
       unwatch = watchFiles(options.watch, (path) => { reload(`file changed: ${path}`) })

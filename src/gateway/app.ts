@@ -216,10 +216,16 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   return app
 }
 
-/** Plain HTTP, or HTTPS when a certificate and key are configured (read once, at start). */
+/** Plain HTTP, or HTTPS when a certificate and key are configured. */
 function serverOptions (proxy: Config['proxy']): { http: { maxHeaderSize: number } } | { https: { cert: Buffer, key: Buffer, maxHeaderSize: number } } {
   const maxHeaderSize = proxy.maxHeaderBytes
-  if (proxy.tlsCertFile === undefined || proxy.tlsKeyFile === undefined) return { http: { maxHeaderSize } }
+  const tls = readTlsFiles(proxy)
+  return tls === null ? { http: { maxHeaderSize } } : { https: { ...tls, maxHeaderSize } }
+}
+
+/** The configured certificate and key (null for plain HTTP); the error names the field. */
+export function readTlsFiles (proxy: Config['proxy']): { cert: Buffer, key: Buffer } | null {
+  if (proxy.tlsCertFile === undefined || proxy.tlsKeyFile === undefined) return null
   const read = (path: string, field: string, variable: string): Buffer => {
     try {
       return readFileSync(path)
@@ -227,7 +233,7 @@ function serverOptions (proxy: Config['proxy']): { http: { maxHeaderSize: number
       throw new Error(`proxy.${field} (${variable}): cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
     }
   }
-  return { https: { cert: read(proxy.tlsCertFile, 'tlsCertFile', 'TLS_CERT_FILE'), key: read(proxy.tlsKeyFile, 'tlsKeyFile', 'TLS_KEY_FILE'), maxHeaderSize } }
+  return { cert: read(proxy.tlsCertFile, 'tlsCertFile', 'TLS_CERT_FILE'), key: read(proxy.tlsKeyFile, 'tlsKeyFile', 'TLS_KEY_FILE') }
 }
 
 function sendProblem (reply: FastifyReply<any, any, any, any>, status: number, detail: string, decision: Decision | null): void {
