@@ -31,6 +31,8 @@ async function main (): Promise<void> {
     // Hot reload re-reads the same sources: config/default.yaml, CONFIG_FILE, the environment.
     const watch = [join(packageRoot(), 'config', 'default.yaml')]
     if (process.env.CONFIG_FILE) watch.push(resolve(process.env.CONFIG_FILE))
+    // A renewed TLS certificate (certbot and the like) is picked up without a signal.
+    for (const file of [config.proxy.tlsCertFile, config.proxy.tlsKeyFile]) if (file !== undefined) watch.push(resolve(file))
     // No DATABASE_URL and no local PostgreSQL: the embedded one (src/first-run.ts).
     const dev = firstRun = await prepareFirstRun(config, process.env, log)
     gateway = await startGateway(dev.config, log, { loadConfig: () => dev.apply(loadConfig()), watch })

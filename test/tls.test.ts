@@ -9,8 +9,9 @@ import { promisify } from 'node:util'
 import { connect } from 'node:tls'
 import { Agent } from 'undici'
 import { ConfigError, loadConfig } from '../src/config/load.ts'
-import { startTestGateway } from './helpers/gateway.ts'
-import { send } from './helpers/http.ts'
+import { createTestDatabase, createRedisPrefix } from './helpers/stores.ts'
+import { spawnGateway, startTestGateway } from './helpers/gateway.ts'
+import { send, waitFor } from './helpers/http.ts'
 
 const run = promisify(execFile)
 
@@ -87,4 +88,17 @@ t.test('a renewed certificate is picked up by a reload; an unreadable one leaves
   gw.reload('test')
   t.ok(gw.logs.some((l) => l.msg === 'TLS certificate reload failed; the current certificate stays'), 'a broken file is refused')
   t.equal(await presented(gw.proxyUrl), after, 'the renewed certificate stays in use')
+})
+
+t.test('the running gateway watches its certificate files: a renewal needs no signal', async (t) => {
+  const files = await selfSigned(t)
+  const gw = await spawnGateway(t, {
+    DATABASE_URL: await createTestDatabase(t), REDIS_KEY_PREFIX: createRedisPrefix(t), TLS_CERT_FILE: files.cert, TLS_KEY_FILE: files.key
+  })
+  const url = gw.proxyUrl.replace('http:', 'https:')
+  const before = await presented(url)
+  await selfSigned(t, files)
+  await waitFor(async () => (await presented(url)) !== before, { timeoutMs: 10_000, what: 'the renewed certificate in use' })
+  t.pass('renewed certificate presented to new connections')
+  t.equal(await gw.stop(), 0, 'and the gateway shuts down cleanly')
 })
