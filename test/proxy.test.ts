@@ -1,8 +1,9 @@
 // Proxy fidelity: what the client sends reaches the upstream, what the upstream answers reaches
 // the client, with the gateway's rate-limit headers added and upstream failures mapped.
 import t from 'tap'
+import { request } from 'node:http'
 import { startTestGateway } from './helpers/gateway.ts'
-import { send } from './helpers/http.ts'
+import { rawStatus, send } from './helpers/http.ts'
 
 t.test('method, path, query, body, status and headers pass through', async (t) => {
   const gw = await startTestGateway(t)
@@ -59,6 +60,41 @@ t.test('the upstream learns the client address, scheme and host (X-Forwarded-*)'
   seen = off.upstream!.received.at(-1)!.headers
   t.equal(seen['x-forwarded-for'], undefined, 'forwardedHeaders: false adds nothing')
   t.equal(seen['x-forwarded-proto'], 'https', 'and passes what the client sent untouched')
+})
+
+t.test('hop-by-hop request headers are not forwarded (Keep-Alive, Expect: 100-continue, Upgrade, ...)', async (t) => {
+  const gw = await startTestGateway(t)
+  const port = Number(new URL(gw.proxyUrl).port)
+  // node:http, not fetch: these are headers fetch will not send.
+  const post = async (headers: Record<string, string>, body: string): Promise<{ status: number, body: string }> =>
+    await new Promise((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, method: 'POST', path: '/hop', headers: { 'x-user-id': 'hop', 'content-type': 'text/plain', ...headers } }, (res) => {
+        let text = ''
+        res.setEncoding('utf8').on('data', (c: string) => { text += c }).on('end', () => resolve({ status: res.statusCode ?? 0, body: text }))
+      })
+      req.on('error', reject)
+      if (headers.expect !== undefined) req.on('continue', () => req.end(body))
+      else req.end(body)
+    })
+  const cases: Array<Record<string, string>> = [
+    { 'keep-alive': 'timeout=5' },
+    { expect: '100-continue' },
+    { upgrade: 'h2c' },
+    { te: 'trailers', trailer: 'x-checksum' },
+    { 'proxy-authorization': 'Basic c2VjcmV0', 'proxy-connection': 'keep-alive' }
+  ]
+  for (const headers of cases) {
+    const names = Object.keys(headers)
+    const res = await post(headers, 'payload')
+    t.equal(res.status, 201, `${names.join(', ')}: forwarded, not a 502`)
+    const seen = gw.upstream!.received.at(-1)!
+    t.equal(seen.body, 'payload', `${names.join(', ')}: the body arrived`)
+    t.same(names.filter((n) => seen.headers[n] !== undefined), [], `${names.join(', ')}: not passed upstream`)
+  }
+  // As an HTTP/1.0-style client writes it (Node's own client above leaves Keep-Alive out).
+  const raw = await rawStatus(port, 'GET /hop HTTP/1.1\r\nHost: gw\r\nx-user-id: hop\r\nKeep-Alive: timeout=5\r\nConnection: close\r\n\r\n')
+  t.equal(raw.status, 201, 'a raw Keep-Alive header: forwarded, not a 502')
+  t.equal(gw.upstream!.received.at(-1)!.headers['keep-alive'], undefined, 'and not passed upstream')
 })
 
 t.test('large bodies stream both ways unchanged', async (t) => {

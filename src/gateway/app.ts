@@ -11,7 +11,7 @@ import type { Decision } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
-import { LIMIT_HEADERS, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
+import { LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders } from './websocket.ts'
@@ -176,7 +176,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       // as it slows every later use of the object.
       rewriteRequestHeaders: (request, headers) => {
         headers[REQUEST_ID_HEADER] = request.id
-        for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
+        for (const name of NOT_FORWARDED) if (headers[name] !== undefined) delete headers[name]
         if (forwardedHeaders) addForwardedHeadersFor(headers, request, deps.runtime.current.trustedProxies)
         upstream.forwarding(request.raw.socket)
         return headers

@@ -7,6 +7,18 @@ import type { Decision, Policy } from '../domain.ts'
 
 export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'x-ratelimit-shadow'] as const
 
+/**
+ * Hop-by-hop request headers (RFC 9110 §7.6.1) that are about the client's connection to us,
+ * not the request: never forwarded. undici refuses several of them outright (`Keep-Alive`,
+ * `Upgrade`, `Expect`), which turned an HTTP/1.0 client's `Keep-Alive` or curl's
+ * `Expect: 100-continue` on a large upload into a 502. (Node answers the `100 Continue` itself;
+ * reply-from already drops `Connection`, the headers it names, and `Transfer-Encoding`.)
+ */
+export const HOP_BY_HOP = ['keep-alive', 'upgrade', 'expect', 'proxy-connection', 'proxy-authorization', 'te', 'trailer'] as const
+
+/** Request headers the gateway never passes upstream. */
+export const NOT_FORWARDED = [...LIMIT_HEADERS, ...HOP_BY_HOP] as const
+
 /** The window a policy's quota refers to: the time to refill an empty bucket, whole seconds. */
 export function windowSeconds (policy: Policy): number {
   return Math.max(1, Math.ceil(policy.capacity / policy.refillPerSecond))

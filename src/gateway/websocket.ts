@@ -8,14 +8,14 @@
  */
 import type { FastifyRequest } from 'fastify'
 import { addForwardedHeadersFor } from './forwarded.ts'
-import { LIMIT_HEADERS } from './headers.ts'
+import { NOT_FORWARDED } from './headers.ts'
 import { REQUEST_ID_HEADER } from './request-id.ts'
 import type { BlockList } from 'node:net'
 
-const NOT_FORWARDED = new Set<string>([
-  'host', 'connection', 'upgrade', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'content-length',
+const NOT_IN_HANDSHAKE = new Set<string>([
+  'host', 'connection', 'transfer-encoding', 'content-length',
   'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions', 'sec-websocket-protocol', 'sec-websocket-accept',
-  ...LIMIT_HEADERS
+  ...NOT_FORWARDED
 ])
 
 export interface HandshakeOptions {
@@ -28,7 +28,7 @@ export interface HandshakeOptions {
 export function handshakeHeaders (request: FastifyRequest, options: HandshakeOptions): Record<string, string | string[]> {
   const out: Record<string, string | string[] | undefined> = {}
   for (const [name, value] of Object.entries(request.headers)) {
-    if (value !== undefined && !NOT_FORWARDED.has(name)) out[name] = value
+    if (value !== undefined && !NOT_IN_HANDSHAKE.has(name)) out[name] = value
   }
   out[REQUEST_ID_HEADER] = request.id
   if (options.forwardedHeaders) addForwardedHeadersFor(out, request, options.trustedProxies())
