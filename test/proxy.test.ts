@@ -97,6 +97,18 @@ t.test('hop-by-hop request headers are not forwarded (Keep-Alive, Expect: 100-co
   t.equal(gw.upstream!.received.at(-1)!.headers['keep-alive'], undefined, 'and not passed upstream')
 })
 
+t.test('hop-by-hop response headers stay between gateway and upstream: an upstream closing its connection does not close the client\'s', async (t) => {
+  const gw = await startTestGateway(t)
+  const port = Number(new URL(gw.proxyUrl).port)
+  const raw = await rawStatus(port, 'GET /conn-close HTTP/1.1\r\nHost: gw\r\nx-user-id: hop-res\r\n\r\n')
+  t.equal(raw.status, 200)
+  const head = raw.text.slice(0, raw.text.indexOf('\r\n\r\n')).toLowerCase()
+  t.match(head, /\r\nconnection: keep-alive\r\n/, 'the client connection stays open')
+  t.notMatch(head, /x-hop/, 'a header the upstream named in Connection is dropped')
+  t.notMatch(head, /keep-alive: timeout=1\b/, 'the upstream\'s Keep-Alive is not the client\'s')
+  t.match(head, /x-data-source: /, 'the rate-limit headers are there')
+})
+
 t.test('large bodies stream both ways unchanged', async (t) => {
   const gw = await startTestGateway(t)
   const big = 'x'.repeat(3 * 1024 * 1024)

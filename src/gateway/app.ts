@@ -11,7 +11,7 @@ import type { Decision } from '../domain.ts'
 import type { Logger } from '../log.ts'
 import { STATUS_CLASSES, type Metrics } from '../metrics.ts'
 import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
-import { LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
+import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders } from './websocket.ts'
@@ -184,6 +184,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       rewriteHeaders: (headers, request) => {
         if (request === undefined) return headers
         metrics.bound.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
+        dropHopByHop(headers)
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
         if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
         if (request.decision !== null) writeRateLimitHeaders(headers, request.decision)

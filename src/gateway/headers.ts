@@ -16,6 +16,26 @@ export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 
  */
 export const HOP_BY_HOP = ['keep-alive', 'upgrade', 'expect', 'proxy-connection', 'proxy-authorization', 'te', 'trailer'] as const
 
+/**
+ * Drops the hop-by-hop headers of an upstream response: they describe the gateway's connection
+ * to the upstream, and Node writes the client connection's own. Passed on, an upstream's
+ * `Connection: close` (nginx sends it every 100 requests by default) would close the client's
+ * keep-alive connection too. `Keep-Alive` goes first and `Connection` second: upstreams send them
+ * last, and deleting an object's last properties keeps V8's fast layout.
+ */
+export function dropHopByHop (headers: Record<string, unknown>): void {
+  if (headers['keep-alive'] !== undefined) delete headers['keep-alive']
+  const connection = headers.connection
+  if (connection === undefined) return
+  delete headers.connection
+  if (typeof connection !== 'string' || connection === 'keep-alive' || connection === 'close') return
+  // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+  for (const name of connection.split(',')) {
+    const n = name.trim().toLowerCase()
+    if (n !== '' && headers[n] !== undefined) delete headers[n]
+  }
+}
+
 /** Request headers the gateway never passes upstream. */
 export const NOT_FORWARDED = [...LIMIT_HEADERS, ...HOP_BY_HOP] as const
 
