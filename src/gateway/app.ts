@@ -140,11 +140,19 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     request.upstreamStartedAt = process.hrtime.bigint()
   })
 
+  // Graceful shutdown: Node closes the connections that are idle when the server closes, but a
+  // keep-alive connection whose response was still in flight would then stay open for the
+  // client to reuse (up to the keep-alive timeout), holding the shutdown. Once closing, each
+  // finished response closes the connections that have become idle.
+  let closing = false
+  app.addHook('preClose', (done) => { closing = true; done() })
+
   // Callback style: an async hook costs a promise per request for nothing to wait on.
   app.addHook('onResponse', (request, reply, done) => {
     if (request.upstreamStartedAt !== 0n) {
       metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
     }
+    if (closing) setImmediate(() => app.server.closeIdleConnections())
     done()
   })
 
