@@ -41,7 +41,7 @@ export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
   ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping'], ['redis', 'decide']
 ]
 export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
-export const UPSTREAM_ERROR_KINDS = ['unreachable', 'timeout'] as const
+export const UPSTREAM_ERROR_KINDS = ['unreachable', 'timeout', 'interrupted'] as const
 export const FAIL_MODES = ['local', 'open', 'closed'] as const
 /** Who decides (docs/reliability.md): the normal path, Redis while PostgreSQL is down, a fail mode. */
 export const DECIDING_MODES = ['postgres', 'redis-fallback', ...FAIL_MODES] as const
@@ -115,7 +115,7 @@ export class Metrics {
 
   readonly upstreamErrors = new FastCounter({
     name: 'gateway_upstream_errors_total',
-    help: 'Forwarded requests that failed at the upstream, by kind: unreachable (502) or timeout (504).',
+    help: 'Forwarded requests that failed at the upstream, by kind: unreachable (502), timeout (504), or interrupted (the response body failed after its head was sent: reset, or a pause longer than the upstream timeout; the client connection is aborted).',
     labelNames: ['kind'] as const,
     registers: [this.registry]
   })

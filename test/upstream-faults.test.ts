@@ -2,8 +2,14 @@
 // connection mid-response, and a client that goes away while the upstream is working.
 import { request } from 'node:http'
 import t from 'tap'
-import { startTestGateway } from './helpers/gateway.ts'
+import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
+
+/** gateway_upstream_errors_total{kind="interrupted"} */
+async function interrupted (gw: TestGateway): Promise<number> {
+  const metric = await gw.metrics.registry.getSingleMetric('gateway_upstream_errors_total')!.get()
+  return metric.values.find((v) => v.labels.kind === 'interrupted')?.value ?? -1
+}
 
 /** A raw GET that resolves with what arrived before the response ended or broke. */
 function rawGet (url: string, user: string): Promise<{ status: number, body: string, error: string | null }> {
@@ -34,6 +40,18 @@ t.test('an upstream that resets mid-response: the client response is aborted, th
   t.equal(after.status, 201, 'the next request is served normally')
   t.equal((await fetch(gw.controlUrl + '/healthz')).status, 200, 'healthy')
   t.notOk(gw.logs.some((l) => l.level >= 60), 'nothing fatal logged')
+  await waitFor(async () => await interrupted(gw) === 3, { what: 'three interrupted responses counted' })
+  t.equal(gw.logs.filter((l) => l.level === 40 && /upstream response interrupted/.test(l.msg)).length, 3, 'each logged once, at warn')
+})
+
+t.test('an upstream body that pauses longer than the timeout: cut short, logged and counted', async (t) => {
+  const gw = await startTestGateway(t, { config: { proxy: { upstreamTimeoutMs: 300 } } })
+  const res = await rawGet(gw.proxyUrl + '/stall/2000', 'staller')
+  t.equal(res.status, 200, 'the head had already gone out')
+  t.ok(res.error !== null, `the client sees an incomplete response (${res.error}), not an ending`)
+  t.notMatch(res.body, /last/)
+  await waitFor(async () => await interrupted(gw) === 1, { what: 'the interruption counted' })
+  t.ok(gw.logs.some((l) => l.level === 40 && /upstream response interrupted/.test(l.msg)), 'logged at warn')
 })
 
 t.test('a client that disconnects aborts the upstream request', async (t) => {
@@ -49,6 +67,7 @@ t.test('a client that disconnects aborts the upstream request', async (t) => {
   t.ok(Date.now() - abortedAt < 5_000, 'aborted at once, not when the upstream would have finished')
   const after = await send(gw.proxyUrl + '/fine', { user: 'quitter' })
   t.equal(after.status, 201, 'the gateway carries on')
+  t.equal(await interrupted(gw), 0, 'a client leaving is not an upstream fault')
 })
 
 t.test('connection refused and timeout leave the gateway healthy under repeated faults', async (t) => {

@@ -50,7 +50,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const { config, limiter, metrics } = deps
   const app = Fastify({
     loggerInstance: deps.log.child({ listener: 'proxy' }) as FastifyBaseLogger,
-    logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
+    logController: new ProxyLogController(metrics, { disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
     // requestIdFor reads x-request-id itself, keeping only well-formed ids.
     requestIdHeader: false,
     genReqId: requestIdFor,
@@ -223,6 +223,30 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   }
   await app.register(httpProxy, proxyOptions)
   return app
+}
+
+/**
+ * Per-request lines stay off at the default level, but a proxied body that fails after its head
+ * was sent (the upstream reset it, or paused longer than the upstream timeout) is an upstream
+ * fault an operator must see: Fastify would drop it with the request lines. A client that
+ * leaves mid-body is its own business (debug).
+ */
+class ProxyLogController extends LogController {
+  readonly #metrics: Metrics
+
+  constructor (metrics: Metrics, options: ConstructorParameters<typeof LogController>[0]) {
+    super(options)
+    this.#metrics = metrics
+  }
+
+  override streamError (error: Error & { code?: string }, request: FastifyRequest, reply: FastifyReply): void {
+    if (error.code === 'ERR_STREAM_PREMATURE_CLOSE' || request.raw.socket.destroyed) {
+      reply.log.debug({ err: error }, 'client left mid-response')
+      return
+    }
+    this.#metrics.bound.upstreamErrors.interrupted.inc()
+    reply.log.warn({ err: error }, 'upstream response interrupted after its head was sent; client connection aborted')
+  }
 }
 
 /** Plain HTTP, or HTTPS when a certificate and key are configured. */

@@ -2,7 +2,7 @@
  * A real upstream HTTP server for tests. Echoes what it received as JSON, and misbehaves on
  * request: /status/<code>, /slow/<ms>, /reset (drops the connection mid-response),
  * /headers (answers with rate-limit headers of its own, which the gateway must replace),
- * /conn-close (closes its connection, with hop-by-hop headers the gateway must not pass on).
+ * /stall/<ms> (a first chunk at once, the end after a pause), /conn-close (closes its connection, with hop-by-hop headers the gateway must not pass on).
  */
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -45,6 +45,12 @@ export async function startUpstream (t?: { teardown: (fn: () => unknown) => void
         res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '1000000' })
         res.write('partial')
         setTimeout(() => req.socket.destroy(), 20)
+      } else if ((m = /^\/stall\/(\d+)$/.exec(path)) !== null) {
+        // The head and a first chunk at once, the rest after a pause: a stream that goes quiet.
+        res.writeHead(200, { 'content-type': 'text/event-stream' })
+        res.write('data: first\n\n')
+        const timer = setTimeout(() => res.end('data: last\n\n'), Number(m[1]))
+        res.on('close', () => clearTimeout(timer))
       } else if (path === '/conn-close') {
         // Hop-by-hop headers of this connection, one of them named in Connection.
         res.writeHead(200, { 'content-type': 'text/plain', connection: 'close, x-hop', 'x-hop': 'upstream-only', 'keep-alive': 'timeout=1' })
