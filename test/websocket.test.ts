@@ -6,7 +6,8 @@ import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
-import { startTestGateway } from './helpers/gateway.ts'
+import { spawnGateway, startTestGateway } from './helpers/gateway.ts'
+import { createRedisPrefix, createTestDatabase } from './helpers/stores.ts'
 
 interface WsUpstream { url: string, handshakes: IncomingHttpHeaders[] }
 
@@ -88,4 +89,18 @@ t.test('websocket: false: an upgrade goes upstream as a plain request, no WebSoc
   const [err] = await once(socket, 'error') as [Error]
   t.ok(err instanceof Error, `the upgrade fails (${err.message})`)
   t.equal(upstream.handshakes.length, 0, 'no WebSocket reached the upstream')
+})
+
+t.test('SIGTERM with a WebSocket open: the connection is closed and the gateway exits 0 at once', async (t) => {
+  const upstream = await startWsUpstream(t)
+  const gw = await spawnGateway(t, { DATABASE_URL: await createTestDatabase(t), REDIS_KEY_PREFIX: createRedisPrefix(t), UPSTREAM_URL: upstream.url })
+  const open = await connect(gw.proxyUrl.replace('http:', 'ws:') + '/live', { 'x-user-id': 'ws-shutdown' })
+  t.ok(open.opened)
+  if (!open.opened) return
+  t.equal(await roundTrip(open.socket, 'before'), 'echo:before')
+  const closed = once(open.socket, 'close')
+  const started = Date.now()
+  t.equal(await gw.stop('SIGTERM'), 0, 'exit code 0')
+  await closed
+  t.ok(Date.now() - started < 10_000, `not held until the grace period ends (${Date.now() - started} ms)`)
 })
