@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
 import { spawnGateway, startTestGateway } from './helpers/gateway.ts'
 import { createRedisPrefix, createTestDatabase } from './helpers/stores.ts'
+import { rawStatus } from './helpers/http.ts'
 
 interface WsUpstream { url: string, handshakes: IncomingHttpHeaders[] }
 
@@ -103,4 +104,20 @@ t.test('SIGTERM with a WebSocket open: the connection is closed and the gateway 
   t.equal(await gw.stop('SIGTERM'), 0, 'exit code 0')
   await closed
   t.ok(Date.now() - started < 10_000, `not held until the grace period ends (${Date.now() - started} ms)`)
+})
+
+t.test('other upgrades (h2c) are served as plain requests, as Node does without WebSockets', async (t) => {
+  const gw = await startTestGateway(t)
+  const port = Number(new URL(gw.proxyUrl).port)
+  // What `curl --http2` or Java's HttpClient sends on an http:// URL.
+  const h2c = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n'
+  const get = await rawStatus(port, `GET /plain?q=1 HTTP/1.1\r\nHost: gw\r\nx-user-id: h2c\r\n${h2c}\r\n`)
+  t.equal(get.status, 201, 'answered by the upstream, in HTTP/1.1')
+  const seen = gw.upstream!.received.at(-1)!
+  t.equal(seen.url, '/plain?q=1')
+  t.equal(seen.headers.upgrade, undefined, 'the Upgrade header is not passed on')
+  t.match(get.text, /x-data-source: /i, 'limited like any request')
+  const post = await rawStatus(port, `POST /plain HTTP/1.1\r\nHost: gw\r\nx-user-id: h2c\r\n${h2c}Content-Length: 3\r\n\r\nabc`)
+  t.equal(post.status, 400, 'one with a body cannot be recovered: 400')
+  t.match(post.text, /send it without the Upgrade header/)
 })

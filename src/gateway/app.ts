@@ -14,7 +14,7 @@ import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
 import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from './request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
-import { handshakeHeaders } from './websocket.ts'
+import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
 import { UpstreamDispatcher } from './upstream-dispatcher.ts'
 import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from './problem.ts'
@@ -222,6 +222,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     })
   }
   await app.register(httpProxy, proxyOptions)
+  if (config.proxy.websocket) onlyWebSocketUpgrades(app.server)
   return app
 }
 

@@ -10,7 +10,11 @@ import type { FastifyRequest } from 'fastify'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { NOT_FORWARDED } from './headers.ts'
 import { REQUEST_ID_HEADER } from './request-id.ts'
-import type { BlockList } from 'node:net'
+import type { BlockList, Socket } from 'node:net'
+import { ServerResponse, type IncomingMessage, type Server as HttpServer } from 'node:http'
+import type { Server as HttpsServer } from 'node:https'
+import type { Duplex } from 'node:stream'
+import { PROBLEM_TYPE, problem } from './problem.ts'
 
 const NOT_IN_HANDSHAKE = new Set<string>([
   'host', 'connection', 'transfer-encoding', 'content-length',
@@ -34,3 +38,35 @@ export function handshakeHeaders (request: FastifyRequest, options: HandshakeOpt
   if (options.forwardedHeaders) addForwardedHeadersFor(out, request, options.trustedProxies())
   return out as Record<string, string | string[]>
 }
+
+/**
+ * Only `Upgrade: websocket` is a WebSocket. With an 'upgrade' listener installed, Node hands
+ * every upgrade request to it (an `Upgrade: h2c` from `curl --http2` or Java's HttpClient on an
+ * http:// URL, say), and the proxy plugin would refuse those with 400, where Node without the
+ * listener serves them as plain requests. This gate, put in front of the plugin's listener,
+ * serves other upgrades as plain requests again, on a connection closed after the response.
+ * Their bodies cannot be recovered once Node has stopped parsing, so one with a body is refused
+ * with a 400 that says to retry without `Upgrade` (clients attempt h2c on body-less requests).
+ */
+export function onlyWebSocketUpgrades (server: HttpServer | HttpsServer): void {
+  const listeners = server.listeners('upgrade') as UpgradeListener[]
+  server.removeAllListeners('upgrade')
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (/^websocket$/i.test(req.headers.upgrade ?? '')) {
+      for (const listener of listeners) listener.call(server, req, socket, head)
+      return
+    }
+    const res = new ServerResponse(req)
+    res.shouldKeepAlive = false
+    res.assignSocket(socket as Socket)
+    res.on('finish', () => { res.detachSocket(socket as Socket); socket.end() })
+    if (head.length > 0 || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') || req.headers['transfer-encoding'] !== undefined) {
+      const body = JSON.stringify(problem(400, `Upgrade to "${req.headers.upgrade ?? ''}" is not supported on a request with a body; send it without the Upgrade header.`))
+      res.writeHead(400, { 'content-type': PROBLEM_TYPE, 'content-length': Buffer.byteLength(body) }).end(body)
+      return
+    }
+    server.emit('request', req, res)
+  })
+}
+
+type UpgradeListener = (req: IncomingMessage, socket: Duplex, head: Buffer) => void
