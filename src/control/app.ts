@@ -137,7 +137,7 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
       postgres = 'down'
     }
     const redis = deps.redis.client === null ? 'disabled' : (await deps.redis.ping()) ? 'up' : 'down'
-    const deciding = postgres === 'up' ? 'postgres' : decidingWithoutPostgres(config, redis === 'up')
+    const deciding = postgres === 'up' ? 'postgres' : deps.limiter.failover.decidesWithoutPostgres(redis === 'up')
     const ready = config.control.readiness === 'postgres' ? postgres === 'up' : deciding !== 'none'
     reply.code(ready ? 200 : 503)
     return { status: ready ? 'ready' : 'not ready', postgres, redis, deciding }
@@ -160,12 +160,6 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   })
   app.addSchema(problemSchema)
   return app
-}
-
-/** Who decides while PostgreSQL does not answer (docs/reliability.md). */
-function decidingWithoutPostgres (config: Config, redisUp: boolean): 'redis-fallback' | 'local-fallback' | 'fail-open' | 'none' {
-  if (config.fallback.redisDecides && redisUp) return 'redis-fallback'
-  return config.fallback.mode === 'local' ? 'local-fallback' : config.fallback.mode === 'open' ? 'fail-open' : 'none'
 }
 
 /** The named policy of the live configuration (default when unnamed); 400 when unknown. */

@@ -126,6 +126,13 @@ export class Failover {
     return this.failMode.decide(policy, userId, cost, undefined)
   }
 
+  /** Who `decide` hands requests to while PostgreSQL does not answer (readiness reports it). */
+  decidesWithoutPostgres (redisUp: boolean): 'redis-fallback' | 'local-fallback' | 'fail-open' | 'none' {
+    const config = this.#deps.config.fallback
+    if (config.redisDecides && redisUp) return 'redis-fallback'
+    return config.mode === 'local' ? 'local-fallback' : config.mode === 'open' ? 'fail-open' : 'none'
+  }
+
   /** Waits for a hand-back in progress and stops probing. */
   async close (): Promise<void> {
     this.#closed = true
