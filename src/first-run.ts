@@ -11,8 +11,8 @@
  */
 import { connect } from 'node:net'
 import type { Config } from './config/schema.ts'
-import type { Logger } from './log.ts'
-import { startEmbeddedPostgres, type EmbeddedPostgres } from './stores/embedded-postgres.ts'
+import type { Logger } from './observability/log.ts'
+import { startEmbeddedPostgres, type EmbeddedPostgres } from './stores/postgres/embedded.ts'
 import { parseRedisUrl } from './config/redis-url.ts'
 
 export type ProbeResult = 'open' | 'refused' | 'unreachable'

@@ -3,7 +3,7 @@ import closeWithGrace from 'close-with-grace'
 import { join, resolve } from 'node:path'
 import { ConfigError, loadConfig, packageRoot } from './config/load.ts'
 import { prepareFirstRun, type FirstRun } from './first-run.ts'
-import { createLogger } from './log.ts'
+import { createLogger } from './observability/log.ts'
 import { startGateway } from './server.ts'
 
 async function main (): Promise<void> {

@@ -3,7 +3,7 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { SCENARIOS } from '../scripts/scenarios-lib.ts'
-import { defineScripts } from '../src/stores/redis-scripts.ts'
+import { defineScripts } from '../src/stores/redis/scripts.ts'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { burst, waitFor } from './helpers/http.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'

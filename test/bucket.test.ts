@@ -1,7 +1,7 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { consume, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../src/bucket/token-bucket.ts'
-import type { BucketSnapshot, Policy } from '../src/domain.ts'
+import { consume, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../src/core/token-bucket.ts'
+import type { BucketSnapshot, Policy } from '../src/core/domain.ts'
 
 const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1 }
 

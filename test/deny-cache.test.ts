@@ -1,8 +1,8 @@
 // The over-limit cache in isolation: time is a parameter, the truth is the pure bucket.
 import fc from 'fast-check'
 import t from 'tap'
-import { consume, tokensAt } from '../src/bucket/token-bucket.ts'
-import type { BucketSnapshot, Policy } from '../src/domain.ts'
+import { consume, tokensAt } from '../src/core/token-bucket.ts'
+import type { BucketSnapshot, Policy } from '../src/core/domain.ts'
 import { DenyCache } from '../src/limiter/deny-cache.ts'
 
 const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1 }

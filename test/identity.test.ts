@@ -1,7 +1,7 @@
 // Caller ids: what is refused with 400 before any bucket is touched, and what is accepted.
 import t from 'tap'
 import postgres from 'postgres'
-import { parseCallerId, parseKey } from '../src/gateway/identity.ts'
+import { parseCallerId, parseKey } from '../src/identity/caller-id.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { rawStatus, send } from './helpers/http.ts'
 

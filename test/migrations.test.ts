@@ -2,7 +2,7 @@
 // of the original service's table. Plus the decision function itself, called directly.
 import t from 'tap'
 import postgres from 'postgres'
-import { migrate, readMigrations } from '../src/stores/migrate.ts'
+import { migrate, readMigrations } from '../src/stores/postgres/migrate.ts'
 import { createTestDatabase } from './helpers/stores.ts'
 
 type Tap = { teardown: (fn: () => unknown) => void }

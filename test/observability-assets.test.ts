@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { parse as parseYaml } from 'yaml'
 import { packageRoot } from '../src/config/load.ts'
-import { Metrics } from '../src/metrics.ts'
+import { Metrics } from '../src/observability/metrics.ts'
 import { exportedNames, metricNames, promtool } from './helpers/prometheus.ts'
 
 const root = packageRoot()

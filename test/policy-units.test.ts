@@ -6,8 +6,8 @@ import { loadConfig } from '../src/config/load.ts'
 import { compilePathRule, normalizePath, pathOf } from '../src/policy/path.ts'
 import { PolicySet, upstreamUrl } from '../src/policy/policy-set.ts'
 import { OverrideTable } from '../src/policy/overrides.ts'
-import { clientAddress, trustList } from '../src/gateway/client-address.ts'
-import { addForwardedHeaders } from '../src/gateway/forwarded.ts'
+import { clientAddress, trustList } from '../src/identity/client-address.ts'
+import { addForwardedHeaders } from '../src/proxy/forwarded.ts'
 
 const config = (overrides: Record<string, unknown>) => loadConfig({ env: {}, skipDefaultFile: true, overrides })
 const set = (overrides: Record<string, unknown>) => new PolicySet(config(overrides), { defaultUpstream: 'http://127.0.0.1:1', generation: 1 })

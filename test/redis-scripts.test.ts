@@ -2,7 +2,7 @@
 // who owns a bucket, and the arithmetic shared with src/bucket/token-bucket.ts.
 import t from 'tap'
 import { Redis } from 'ioredis'
-import { defineScripts, ownerOf } from '../src/stores/redis-scripts.ts'
+import { defineScripts, ownerOf } from '../src/stores/redis/scripts.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
 t.test('Lua scripts', async (t) => {

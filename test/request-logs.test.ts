@@ -2,7 +2,7 @@
 // credentials redacted, store outages logged once per transition, LOG_LEVEL honoured.
 import { Writable } from 'node:stream'
 import t from 'tap'
-import { createLogger, REDACTED_PATHS } from '../src/log.ts'
+import { createLogger, REDACTED_PATHS } from '../src/observability/log.ts'
 import { spawnGateway, startTestGateway, type LogLine } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { startTcpRelay } from './helpers/faults.ts'

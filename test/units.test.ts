@@ -4,7 +4,7 @@ import t from 'tap'
 import { DbClock } from '../src/limiter/db-clock.ts'
 import { CircuitBreaker } from '../src/stores/breaker.ts'
 import { Batcher } from '../src/stores/batcher.ts'
-import { decode, encode } from '../src/stores/redis.ts'
+import { decode, encode } from '../src/stores/redis/snapshot-cache.ts'
 
 t.test('DbClock keeps the largest offset seen and follows drift across windows', async (t) => {
   let local = 1_000_000

@@ -2,7 +2,7 @@
  * The demo upstream of docker-compose.yml: the gateway's built-in echo server on its own,
  * listening on HOST:PORT (default 0.0.0.0:3000), so the stack needs no third-party image.
  */
-import { startEchoUpstream } from '../gateway/echo-upstream.ts'
+import { startEchoUpstream } from '../proxy/echo-upstream.ts'
 
 const host = process.env.HOST ?? '0.0.0.0'
 const port = Number(process.env.PORT ?? 3000)

@@ -1,7 +1,7 @@
 /** `npm run migrate`: apply pending migrations to DATABASE_URL and exit. */
 import postgres from 'postgres'
 import { ConfigError, loadConfig } from '../config/load.ts'
-import { migrate } from '../stores/migrate.ts'
+import { migrate } from '../stores/postgres/migrate.ts'
 
 try {
   const config = loadConfig()

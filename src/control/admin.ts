@@ -6,10 +6,10 @@
  */
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { tokensAt } from '../bucket/token-bucket.ts'
+import { tokensAt } from '../core/token-bucket.ts'
 import { makeDecision } from '../limiter/limiter.ts'
-import { parseKey } from '../gateway/identity.ts'
-import { PROBLEM_TYPE, problem } from '../gateway/problem.ts'
+import { parseKey } from '../identity/caller-id.ts'
+import { PROBLEM_TYPE, problem } from '../core/problems.ts'
 import type { LimitPolicy } from '../policy/policy-set.ts'
 import { effectivePolicy, type Override } from '../policy/overrides.ts'
 import { BadRequest, decisionBody, policyNamed, type ControlDeps } from './app.ts'

@@ -11,11 +11,11 @@
  * gateway_fail_mode_active gauge; every request decided outside `postgres` is counted in
  * gateway_fail_mode_events_total.
  */
-import { msUntilAffordable, msUntilFull } from '../bucket/token-bucket.ts'
+import { msUntilAffordable, msUntilFull } from '../core/token-bucket.ts'
 import type { Config } from '../config/schema.ts'
-import type { Decision, Policy } from '../domain.ts'
-import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
+import type { Decision, Policy } from '../core/domain.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics } from '../observability/metrics.ts'
 import { LocalBuckets } from './local-buckets.ts'
 
 export type Mode = 'postgres' | 'redis-fallback' | 'local' | 'open' | 'closed'

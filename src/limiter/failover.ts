@@ -13,14 +13,14 @@
  * When Redis cannot decide either, the configured fail mode applies (fail-mode.ts).
  */
 import type { Config } from '../config/schema.ts'
-import type { Decision, Policy } from '../domain.ts'
-import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
-import { msUntilAffordable, msUntilFull } from '../bucket/token-bucket.ts'
-import type { PostgresStore } from '../stores/postgres.ts'
-import type { RedisCache } from '../stores/redis.ts'
-import { RedisFallback } from '../stores/redis-fallback.ts'
-import { WriteBack } from '../stores/write-back.ts'
+import type { Decision, Policy } from '../core/domain.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import { msUntilAffordable, msUntilFull } from '../core/token-bucket.ts'
+import type { PostgresStore } from '../stores/postgres/postgres-store.ts'
+import type { RedisCache } from '../stores/redis/snapshot-cache.ts'
+import { RedisFallback } from '../stores/redis/redis-decider.ts'
+import { WriteBack } from './hand-back.ts'
 import type { DbClock } from './db-clock.ts'
 import { FailMode } from './fail-mode.ts'
 

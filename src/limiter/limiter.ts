@@ -11,13 +11,13 @@
  * When PostgreSQL cannot decide, or Redis owns the bucket because it decided it while
  * PostgreSQL was down, failover.ts takes over (Redis decides, else the fail mode).
  */
-import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../bucket/token-bucket.ts'
+import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../core/token-bucket.ts'
 import type { Config } from '../config/schema.ts'
-import type { BucketSnapshot, Decision, DecisionSource, Policy } from '../domain.ts'
-import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
-import type { PostgresStore } from '../stores/postgres.ts'
-import type { CacheMiss, NotOwnedByPostgres, RedisCache } from '../stores/redis.ts'
+import type { BucketSnapshot, Decision, DecisionSource, Policy } from '../core/domain.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import type { PostgresStore } from '../stores/postgres/postgres-store.ts'
+import type { CacheMiss, NotOwnedByPostgres, RedisCache } from '../stores/redis/snapshot-cache.ts'
 import { DbClock } from './db-clock.ts'
 import { DenyCache } from './deny-cache.ts'
 import { Failover } from './failover.ts'

@@ -8,8 +8,8 @@
  * dropped; beyond `maxKeys` the oldest entries are dropped first (which can only let a
  * forgotten caller start again from a full share).
  */
-import { consume } from '../bucket/token-bucket.ts'
-import type { BucketSnapshot, Policy } from '../domain.ts'
+import { consume } from '../core/token-bucket.ts'
+import type { BucketSnapshot, Policy } from '../core/domain.ts'
 
 export interface LocalDecision {
   readonly allowed: boolean

@@ -4,7 +4,7 @@
  * goes to. Everything is resolved when the set is built, so a request costs a few lookups
  * and no allocation. Hot reload builds a new set and swaps it in whole (holder.ts).
  */
-import type { Policy } from '../domain.ts'
+import type { Policy } from '../core/domain.ts'
 import type { Config } from '../config/schema.ts'
 import { compilePathRule, hasPrefix, type PathRule } from './path.ts'
 

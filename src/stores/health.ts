@@ -2,8 +2,8 @@
  * Up/down state of one store. Logs once per transition (never per request) and keeps the
  * `gateway_store_up` gauge in step.
  */
-import type { Logger } from '../log.ts'
-import type { Metrics, Store } from '../metrics.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics, Store } from '../observability/metrics.ts'
 
 export class StoreHealth {
   #up: boolean | undefined

@@ -5,7 +5,7 @@
  * script call touches a single cluster slot.
  */
 import { Cluster, Redis, type RedisOptions } from 'ioredis'
-import { parseRedisUrl } from '../config/redis-url.ts'
+import { parseRedisUrl } from '../../config/redis-url.ts'
 
 /**
  * Options meant for one connection; for a cluster they become the per-node options, and

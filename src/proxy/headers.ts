@@ -3,7 +3,7 @@
  * `RateLimit`, Structured Field lists), the legacy `X-RateLimit-*` trio, and the seed's
  * `X-Data-Source`. Upstream headers of these names are dropped and replaced.
  */
-import type { Decision, Policy } from '../domain.ts'
+import type { Decision, Policy } from '../core/domain.ts'
 
 export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'x-ratelimit-shadow'] as const
 

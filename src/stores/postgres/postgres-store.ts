@@ -3,12 +3,12 @@
  * rate_limit_decide (migrations/003), one round trip per batch of concurrent decisions.
  */
 import postgres, { type Sql } from 'postgres'
-import type { Config } from '../config/schema.ts'
-import type { BucketSnapshot, Policy } from '../domain.ts'
-import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
-import { Batcher } from './batcher.ts'
-import { StoreHealth } from './health.ts'
+import type { Config } from '../../config/schema.ts'
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
+import type { Logger } from '../../observability/log.ts'
+import type { Metrics } from '../../observability/metrics.ts'
+import { Batcher } from '../batcher.ts'
+import { StoreHealth } from '../health.ts'
 import { migrate } from './migrate.ts'
 
 export interface DecideRequest {

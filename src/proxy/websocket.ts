@@ -9,12 +9,12 @@
 import type { FastifyRequest } from 'fastify'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { NOT_FORWARDED } from './headers.ts'
-import { REQUEST_ID_HEADER } from './request-id.ts'
+import { REQUEST_ID_HEADER } from '../observability/request-id.ts'
 import type { BlockList, Socket } from 'node:net'
 import { ServerResponse, type IncomingMessage, type Server as HttpServer } from 'node:http'
 import type { Server as HttpsServer } from 'node:https'
 import type { Duplex } from 'node:stream'
-import { PROBLEM_TYPE, problem } from './problem.ts'
+import { PROBLEM_TYPE, problem } from '../core/problems.ts'
 
 const NOT_IN_HANDSHAKE = new Set<string>([
   'host', 'connection', 'transfer-encoding', 'content-length',

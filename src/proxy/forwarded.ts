@@ -10,7 +10,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { BlockList, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
-import { canonicalAddress, isTrusted } from './client-address.ts'
+import { canonicalAddress, isTrusted } from '../identity/client-address.ts'
 
 type Headers = Record<string, string | string[] | undefined>
 

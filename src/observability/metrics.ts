@@ -12,10 +12,10 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
-import { packageRoot } from './config/load.ts'
-import type { DecisionSource } from './domain.ts'
+import { packageRoot } from '../config/load.ts'
+import type { DecisionSource } from '../core/domain.ts'
 import { FastCounter, FastHistogram, type CounterChild, type HistogramChild } from './fast-metrics.ts'
-import type { IdentityResult } from './gateway/identity.ts'
+import type { IdentityResult } from '../identity/caller-id.ts'
 
 /** Decision latency: from an in-process decision (µs) to a struggling store (s). */
 export const DECISION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]

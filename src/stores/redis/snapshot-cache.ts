@@ -8,15 +8,15 @@
  * (docs/performance.md). On a Cluster, where the buckets' keys live in different slots, each
  * goes alone, and ioredis pipelines them per node.
  */
-import type { Config } from '../config/schema.ts'
-import type { BucketSnapshot } from '../domain.ts'
-import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
-import { Batcher } from './batcher.ts'
-import { CircuitBreaker } from './breaker.ts'
-import { StoreHealth } from './health.ts'
-import { createRedisClient } from './redis-client.ts'
-import { defineScripts, ownerOf, type ScriptedRedis } from './redis-scripts.ts'
+import type { Config } from '../../config/schema.ts'
+import type { BucketSnapshot } from '../../core/domain.ts'
+import type { Logger } from '../../observability/log.ts'
+import type { Metrics } from '../../observability/metrics.ts'
+import { Batcher } from '../batcher.ts'
+import { CircuitBreaker } from '../breaker.ts'
+import { StoreHealth } from '../health.ts'
+import { createRedisClient } from './client.ts'
+import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 
 /** Why a read produced no snapshot. */
 export type CacheMiss = 'miss' | 'error' | 'skipped'

@@ -16,14 +16,14 @@
  * hand the decision to the in-process fail mode. So decisions wait up to
  * `fallback.redisTimeoutMs`, with a circuit breaker of their own for a Redis that is really gone.
  */
-import type { Config } from '../config/schema.ts'
-import type { Policy } from '../domain.ts'
-import type { Metrics } from '../metrics.ts'
-import { fullRefillSeconds } from '../bucket/token-bucket.ts'
-import { CircuitBreaker } from './breaker.ts'
-import type { RedisCache } from './redis.ts'
-import { createRedisClient } from './redis-client.ts'
-import { defineScripts, type ScriptedRedis } from './redis-scripts.ts'
+import type { Config } from '../../config/schema.ts'
+import type { Policy } from '../../core/domain.ts'
+import type { Metrics } from '../../observability/metrics.ts'
+import { fullRefillSeconds } from '../../core/token-bucket.ts'
+import { CircuitBreaker } from '../breaker.ts'
+import type { RedisCache } from './snapshot-cache.ts'
+import { createRedisClient } from './client.ts'
+import { defineScripts, type ScriptedRedis } from './scripts.ts'
 
 export interface RedisDecision {
   readonly allowed: boolean

@@ -5,8 +5,8 @@
 import type { BlockList } from 'node:net'
 import type { Config } from '../config/schema.ts'
 import { PolicySet } from '../policy/policy-set.ts'
-import { trustList } from './client-address.ts'
-import { createIdentifier, type Identifier } from './identify.ts'
+import { trustList } from '../identity/client-address.ts'
+import { createIdentifier, type Identifier } from '../identity/identify.ts'
 
 export interface Runtime {
   readonly config: Config

@@ -3,7 +3,7 @@
  * The same formulas run in SQL (migrations/003) and Lua (src/stores/redis-scripts.ts);
  * keep them in step.
  */
-import type { BucketSnapshot, Policy } from '../domain.ts'
+import type { BucketSnapshot, Policy } from './domain.ts'
 
 /**
  * Floating-point slack when comparing tokens with a cost. Refill is computed from elapsed

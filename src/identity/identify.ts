@@ -6,7 +6,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Config } from '../config/schema.ts'
 import { clientAddress, trustList } from './client-address.ts'
-import { parseCallerId, parseKey } from './identity.ts'
+import { parseCallerId, parseKey } from './caller-id.ts'
 import { createTokenVerifier } from './jwt.ts'
 
 export type Identified =

@@ -6,8 +6,8 @@
  * `gateway_rejected_requests_total` like every other refusal.
  */
 import type { Socket } from 'node:net'
-import type { Metrics } from '../metrics.ts'
-import { PROBLEM_TYPE, problem } from './problem.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import { PROBLEM_TYPE, problem } from '../core/problems.ts'
 
 type Refusal = readonly [status: 400 | 408 | 431, reason: 'malformed-request' | 'client-timeout' | 'header-too-large', detail: string]
 

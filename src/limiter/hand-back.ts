@@ -11,10 +11,10 @@
  * leaves the rest in the set for the next pass.
  */
 import type { Sql } from 'postgres'
-import type { Logger } from '../log.ts'
-import type { Metrics } from '../metrics.ts'
-import { encode } from './redis.ts'
-import type { OwnedBucket, RedisFallback } from './redis-fallback.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import { encode } from '../stores/redis/snapshot-cache.ts'
+import type { OwnedBucket, RedisFallback } from '../stores/redis/redis-decider.ts'
 
 const TEXT = 25
 const FLOAT8 = 701

@@ -5,8 +5,8 @@
  * cannot leave a stale table behind. Overrides are few (set by hand), so whole reloads are cheap.
  */
 import type { Sql } from 'postgres'
-import type { Logger } from '../log.ts'
-import { OverrideTable, type Override } from '../policy/overrides.ts'
+import type { Logger } from '../../observability/log.ts'
+import { OverrideTable, type Override } from '../../policy/overrides.ts'
 
 const CHANNEL = 'rate_limit_overrides'
 
