@@ -1,7 +1,8 @@
 /** Process entry point: configuration, logging, start-up, signals, exit codes. */
 import closeWithGrace from 'close-with-grace'
 import { join, resolve } from 'node:path'
-import { ConfigError, loadConfig, packageRoot } from './config/load.ts'
+import { ConfigError, loadConfig } from './config/load.ts'
+import { packageRoot } from './core/package.ts'
 import { prepareFirstRun, type FirstRun } from './first-run.ts'
 import { createLogger } from './observability/log.ts'
 import { startGateway } from './server.ts'

@@ -1,26 +1,27 @@
 /**
  * Wires one gateway: stores, limiter, the proxy and control listeners. main.ts adds process
- * concerns (signals, exit codes); tests use this directly.
+ * concerns (signals, exit codes); tests use this directly. Everything started is registered
+ * with the lifecycle, which closes it in reverse order on shutdown or on a failed start-up.
  */
 import type { AddressInfo } from 'node:net'
+import type { Server as HttpsServer } from 'node:https'
 import type { FastifyInstance } from 'fastify'
-import type { Config } from './config/schema.ts'
+import { RELOAD, type Config } from './config/schema.ts'
+import { watchFiles } from './config/watch.ts'
+import { Lifecycle } from './lifecycle.ts'
 import type { Logger } from './observability/log.ts'
 import { Metrics } from './observability/metrics.ts'
 import { Limiter } from './limiter/limiter.ts'
 import { isUnreachable, PostgresStore } from './stores/postgres/postgres-store.ts'
-import { RedisCache } from './stores/redis/snapshot-cache.ts'
-import type { Server as HttpsServer } from 'node:https'
+import { OverrideStore } from './stores/postgres/override-store.ts'
+import { StoreHealth } from './stores/health.ts'
+import { RedisDecider } from './stores/redis/redis-decider.ts'
+import { RedisSnapshotCache } from './stores/redis/snapshot-cache.ts'
 import { buildProxy, readTlsFiles } from './proxy/app.ts'
-import { startEchoUpstream, type EchoUpstream } from './proxy/echo-upstream.ts'
+import { startEchoUpstream } from './proxy/echo-upstream.ts'
 import { buildControl } from './control/app.ts'
 import { Holder } from './policy/holder.ts'
-import { OverrideStore } from './stores/postgres/override-store.ts'
 import { buildRuntime, type Runtime } from './admission/runtime.ts'
-import { watchFiles } from './config/watch.ts'
-
-/** Sections a running gateway cannot change: they hold listeners, pools and connections. */
-const RESTART_ONLY = ['proxy', 'control', 'postgres', 'redis', 'localDenyCache', 'log'] as const
 
 export type ReloadResult = { readonly ok: true, readonly generation: number } | { readonly ok: false, readonly error: string }
 
@@ -36,7 +37,7 @@ export interface Gateway {
   readonly control: FastifyInstance
   readonly metrics: Metrics
   readonly postgres: PostgresStore
-  readonly redis: RedisCache
+  readonly redis: RedisSnapshotCache
   readonly limiter: Limiter
   /** The live configuration; swapped whole by reload(). */
   readonly runtime: Holder<Runtime>
@@ -49,15 +50,17 @@ export interface Gateway {
   close: () => Promise<void>
 }
 
+const RESTART_ONLY = (Object.keys(RELOAD) as Array<keyof Config>).filter((section) => RELOAD[section] === 'restart')
+
 export async function startGateway (config: Config, log: Logger, options: GatewayOptions = {}): Promise<Gateway> {
+  const life = new Lifecycle(log)
   const metrics = new Metrics()
-  const postgres = new PostgresStore(config.postgres, log, metrics)
-  const redis = new RedisCache(config.redis, log, metrics)
-  const overrides = new OverrideStore(postgres.sql, log)
-  let echo: EchoUpstream | undefined
-  const started: { limiter?: Limiter, proxy?: FastifyInstance, control?: FastifyInstance } = {}
-  let unwatch = (): void => {}
   try {
+    const postgres = life.add('postgres', new PostgresStore(config.postgres, log, metrics), async (p) => await p.close())
+    const redisHealth = new StoreHealth('redis', log, metrics)
+    const redis = life.add('redis', new RedisSnapshotCache(config.redis, redisHealth, metrics), async (r) => await r.close())
+    const decider = life.add('redis decider', new RedisDecider(config.redis, config.fallback.redisTimeoutMs, redisHealth, metrics), async (d) => await d.close())
+    const overrides = life.add('overrides', new OverrideStore(postgres.sql, log), async (o) => await o.close())
     let postgresMissing: unknown = null
     try {
       await postgres.start(config.postgres.migrate)
@@ -66,11 +69,12 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       postgresMissing = err
     }
     await redis.start()
+    decider.start()
     if (postgresMissing === null) await overrides.start()
 
     let upstreamUrl = config.proxy.upstreamUrl
     if (upstreamUrl === undefined) {
-      echo = await startEchoUpstream()
+      const echo = life.add('echo upstream', await startEchoUpstream(), async (e) => await e.close())
       upstreamUrl = echo.url
       log.info({ upstream: upstreamUrl }, 'no UPSTREAM_URL set: started the built-in echo upstream')
     }
@@ -79,17 +83,18 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const runtime = new Holder(buildRuntime(config, defaultUpstream, 1))
     const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
     initPolicies(runtime.current)
-    const limiter = started.limiter = new Limiter({ postgres, redis }, metrics, log, config)
+    const limiter = life.add('limiter', new Limiter({ store: postgres, cache: redis, redis: decider },
+      { fallback: config.fallback, localDenyCache: config.localDenyCache, metrics, log }), async (l) => await l.close())
     if (postgresMissing !== null) {
       log.warn({ err: postgresMissing }, 'PostgreSQL does not answer at start-up: starting without it (postgres.requiredAtStart: false); ' +
         'Redis or the fail mode decides until it answers, then migrations run and the buckets are handed back')
-      limiter.failover.startWithoutPostgres(async () => {
+      limiter.startWithoutPostgres(async () => {
         await postgres.prepare(config.postgres.migrate)
         await overrides.start()
-      })
+      }, postgresMissing)
     }
-    const proxy = started.proxy = await buildProxy({ config, limiter, metrics, log, runtime, overrides })
-    const control = started.control = await buildControl({ config, limiter, postgres, redis, metrics, log, runtime, overrides })
+    const control = life.add('control listener', await buildControl({ config, limiter, store: postgres, cache: redis, metrics, log, runtime, overrides }), async (c) => await c.close())
+    const proxy = life.add('proxy listener', await buildProxy({ config, limiter, metrics, log, runtime, overrides }), async (p) => await p.close())
 
     const reload = (reason: string): ReloadResult => {
       if (options.loadConfig === undefined) return { ok: false, error: 'no configuration source to reload from' }
@@ -105,6 +110,12 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       }
       const fixed = RESTART_ONLY.filter((section) => JSON.stringify(next.config[section]) !== JSON.stringify(config[section]))
       if (fixed.length > 0) log.warn({ sections: fixed }, 'changed settings in these sections take effect only after a restart')
+      const fallback = next.config.fallback
+      if (JSON.stringify(fallback) !== JSON.stringify(runtime.current.config.fallback)) {
+        limiter.reconfigure(fallback)
+        decider.setTimeout(fallback.redisTimeoutMs)
+        log.info({ reason, fallback }, 'fail-over settings applied')
+      }
       reloadCertificate(reason)
       initPolicies(next)
       runtime.swap(next)
@@ -125,7 +136,8 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       }
     }
     if (options.watch !== undefined && options.watch.length > 0) {
-      unwatch = watchFiles(options.watch, (path) => { reload(`file changed: ${path}`) })
+      // Closed first: no reload may start while the rest shuts down.
+      life.add('file watch', watchFiles(options.watch, (path) => { reload(`file changed: ${path}`) }), (unwatch) => unwatch())
     }
 
     await control.listen({ port: config.control.port, host: config.control.host })
@@ -134,7 +146,6 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const controlPort = (control.server.address() as AddressInfo).port
     log.info({ port: proxyPort, control_port: controlPort, control_host: config.control.host }, `Starting server on :${proxyPort}`)
 
-    let closing: Promise<void> | undefined
     return {
       proxy,
       control,
@@ -147,32 +158,12 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       reload,
       proxyUrl: `${config.proxy.tlsCertFile === undefined ? 'http' : 'https'}://127.0.0.1:${proxyPort}`,
       controlUrl: `http://${config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host}:${controlPort}`,
-      close: () => {
-        closing ??= (async () => {
-          // Stop accepting and let in-flight requests finish before the stores go away.
-          unwatch()
-          await proxy.close()
-          await control.close()
-          await echo?.close()
-          await limiter.close()
-          await redis.close()
-          await overrides.close()
-          await postgres.close()
-        })()
-        return closing
-      }
+      close: async () => { await life.close() }
     }
   } catch (err) {
     // Whatever started before the failure (a port already in use, an unreadable certificate)
     // is stopped, so a caller that catches this is left with nothing running.
-    unwatch()
-    await started.proxy?.close().catch(() => {})
-    await started.control?.close().catch(() => {})
-    await started.limiter?.close().catch(() => {})
-    await echo?.close()
-    await overrides.close().catch(() => {})
-    await redis.close().catch(() => {})
-    await postgres.close().catch(() => {})
+    await life.close()
     throw err
   }
 }

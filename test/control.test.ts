@@ -69,7 +69,7 @@ t.test('health, readiness, metrics and docs', async (t) => {
   const metrics = await fetch(gw.controlUrl + '/metrics')
   t.match(metrics.headers.get('content-type'), /^text\/plain/)
   const text = await metrics.text()
-  t.match(text, /gateway_decisions_total\{result="allowed",source="new-user",policy="default"\} 1/)
+  t.match(text, /gateway_decisions_total\{result="allowed",source="new-user",policy="default",decided_by="postgres"\} 1/)
   t.match(text, /gateway_cache_lookups_total\{result="miss"\} 1/)
   t.match(text, /process_resident_memory_bytes/)
 

@@ -3,7 +3,7 @@ import fc from 'fast-check'
 import t from 'tap'
 import { consume, tokensAt } from '../src/core/token-bucket.ts'
 import type { BucketSnapshot, Policy } from '../src/core/domain.ts'
-import { DenyCache } from '../src/limiter/deny-cache.ts'
+import { DenyCache } from '../src/limiter/steps/deny-cache.ts'
 
 const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1 }
 const empty: BucketSnapshot = { tokens: 0, atMs: 1_000_000 }

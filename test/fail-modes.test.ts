@@ -73,7 +73,7 @@ t.test('both stores down: local, open and closed fail modes', async (t) => {
 
   await Promise.all([redis.start(), pg.start()])
   for (const gw of all) {
-    await waitFor(() => gw.limiter.failover.failMode.mode === 'postgres' && !gw.limiter.failover.postgresDown, { timeoutMs: 15_000, what: 'recovery' })
+    await waitFor(() => gw.limiter.mode === 'postgres' && !gw.limiter.postgresDown, { timeoutMs: 15_000, what: 'recovery' })
     const res = await send(gw.proxyUrl + '/x', { user: 'after-' + gw.config.fallback.mode })
     t.equal(res.status, 201)
     t.equal(res.headers.get('x-data-source'), 'new-user', `${gw.config.fallback.mode}: PostgreSQL decides again`)

@@ -84,7 +84,7 @@ t.test('while Redis decides (PostgreSQL down): bad input is refused, odd ids sur
   t.same(keys.filter((k) => k.endsWith(':k}') || k.length > prefix.length + 300), [], 'none for a bad check or an oversized id')
 
   await pg.start()
-  await waitFor(async () => !gw.limiter.failover.postgresDown && (await redis.scard(prefix + 'redis-owned')) === 0, { timeoutMs: 15_000, what: 'hand-back' })
+  await waitFor(async () => !gw.limiter.postgresDown && (await redis.scard(prefix + 'redis-owned')) === 0, { timeoutMs: 15_000, what: 'hand-back' })
   const rows = await pg.query<{ user_id: string, tokens: number }>('SELECT user_id, tokens FROM rate_limits')
   const byId = new Map(rows.map((r) => [r.user_id, r.tokens]))
   for (const id of odd.map((i) => i === 'caf\u00c3\u00a9' ? 'café' : i)) {

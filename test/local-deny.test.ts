@@ -32,7 +32,7 @@ t.test('a flooding caller is refused locally, and passes again as soon as a toke
   t.equal(next.source, 'redis', 'PostgreSQL decided it')
   t.equal((await hit(gw.proxyUrl + '/f', 'flood')).source, 'local', 'spent again: refused locally')
   const text = await gw.metrics.registry.metrics()
-  t.match(text, /gateway_decisions_total\{result="blocked",source="local",policy="default"\} 4/)
+  t.match(text, /gateway_decisions_total\{result="blocked",source="local",policy="default",decided_by="gateway"\} 4/)
 })
 
 t.test('without Redis the cache learns from PostgreSQL\'s refusals', async (t) => {

@@ -56,10 +56,10 @@ t.test('after a known sequence of requests /metrics shows exactly these counts',
   const text = await (await fetch(gw.controlUrl + '/metrics')).text()
   const series = parseExposition(text)
   const expected: Record<string, number> = {
-    'gateway_decisions_total{result="allowed",source="new-user",policy="default"}': 2,
-    'gateway_decisions_total{result="allowed",source="redis",policy="default"}': 2, // alice #2, bob #2 (cached snapshot, Postgres decided)
-    'gateway_decisions_total{result="allowed",source="postgres",policy="default"}': 1,
-    'gateway_decisions_total{result="blocked",source="redis",policy="default"}': 1,
+    'gateway_decisions_total{result="allowed",source="new-user",policy="default",decided_by="postgres"}': 2,
+    'gateway_decisions_total{result="allowed",source="redis",policy="default",decided_by="postgres"}': 2, // alice #2, bob #2 (cached snapshot, Postgres decided)
+    'gateway_decisions_total{result="allowed",source="postgres",policy="default",decided_by="postgres"}': 1,
+    'gateway_decisions_total{result="blocked",source="redis",policy="default",decided_by="redis"}': 1, // alice #4: the snapshot refused, no PostgreSQL round trip
     'gateway_cache_lookups_total{result="hit"}': 3,
     'gateway_cache_lookups_total{result="miss"}': 3,
     'gateway_store_operations_total{store="postgres",operation="decide"}': 5,
@@ -77,10 +77,11 @@ t.test('after a known sequence of requests /metrics shows exactly these counts',
   for (const name of Object.keys(expected)) t.ok(series.has(name), `${name} exported`)
 
   const count = (name: string): number | undefined => series.get(name)
-  t.equal(count('gateway_decision_duration_seconds_count{source="new-user"}'), 2)
-  t.equal(count('gateway_decision_duration_seconds_count{source="redis"}'), 3)
-  t.equal(count('gateway_decision_duration_seconds_count{source="postgres"}'), 1)
-  t.equal(count('gateway_decision_duration_seconds_count{source="fail-open"}'), 0, 'pre-created')
+  t.equal(count('gateway_decision_duration_seconds_count{source="new-user",decided_by="postgres"}'), 2)
+  t.equal(count('gateway_decision_duration_seconds_count{source="redis",decided_by="postgres"}'), 2, 'cache hits PostgreSQL decided')
+  t.equal(count('gateway_decision_duration_seconds_count{source="redis",decided_by="redis"}'), 1, 'a refusal read from the snapshot, timed apart')
+  t.equal(count('gateway_decision_duration_seconds_count{source="postgres",decided_by="postgres"}'), 1)
+  t.equal(count('gateway_decision_duration_seconds_count{source="fail-open",decided_by="gateway"}'), 0, 'pre-created')
   t.equal(count('gateway_upstream_duration_seconds_count'), 5, 'one per forwarded request')
   t.equal(count('gateway_postgres_batch_size_count'), 5)
   t.equal(count('gateway_postgres_batch_size_sum'), 5, 'sequential requests: batches of one')

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { parse as parseYaml } from 'yaml'
-import { packageRoot } from '../src/config/load.ts'
+import { packageRoot } from '../src/core/package.ts'
 import { Metrics } from '../src/observability/metrics.ts'
 import { exportedNames, metricNames, promtool } from './helpers/prometheus.ts'
 

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { packageRoot } from '../src/config/load.ts'
+import { packageRoot } from '../src/core/package.ts'
 
 t.test('npm start and the Dockerfile start the gateway with the same Node flags', async (t) => {
   const root = packageRoot()

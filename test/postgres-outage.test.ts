@@ -95,7 +95,7 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   // Phase 3, PostgreSQL back: every gateway hands back and PostgreSQL decides again.
   await pg.start()
   const restarted = performance.now()
-  await waitFor(async () => gateways.every((gw) => !gw.limiter.failover.postgresDown && gw.limiter.failover.failMode.mode === 'postgres') &&
+  await waitFor(async () => gateways.every((gw) => !gw.limiter.postgresDown && gw.limiter.mode === 'postgres') &&
     (await redis.scard(prefix + 'redis-owned')) === 0, { timeoutMs: 15_000, what: 'both gateways back on PostgreSQL, nothing left Redis-owned' })
   t.comment(`back on PostgreSQL ${Math.round(performance.now() - restarted)} ms after it restarted`)
   // Let the steady keys run dry on PostgreSQL too, then stop the load.
@@ -162,7 +162,7 @@ t.test('on a Redis Cluster: Redis decides across slots while PostgreSQL is down,
   const perNode = await keysPerNode(cluster, 'rlc:*')
   t.ok(perNode.filter((n) => n > 0).length >= 2, `buckets on several nodes (${perNode.join('/')})`)
   await pg.start()
-  await waitFor(() => !gw.limiter.failover.postgresDown, { timeoutMs: 15_000, what: 'back on PostgreSQL' })
+  await waitFor(() => !gw.limiter.postgresDown, { timeoutMs: 15_000, what: 'back on PostgreSQL' })
   for (const user of users) t.equal(await hit(user, 1).then(() => allowed.get(user)), CAPACITY, `${user}: nothing refunded`)
   const rows = await pg.query<{ user_id: string, tokens: number }>('SELECT user_id, tokens FROM rate_limits')
   for (const row of rows) t.ok(row.tokens < 0.2, `${row.user_id}: row handed back empty (${row.tokens.toFixed(3)})`)
@@ -188,7 +188,7 @@ t.test('started while PostgreSQL is down (requiredAtStart: false): Redis decides
   t.same([...new Set(first.map((r) => r.headers.get('x-data-source')))], ['redis-fallback'])
 
   await pg.start()
-  await waitFor(() => !gw.limiter.failover.postgresDown && gw.limiter.failover.failMode.mode === 'postgres', { timeoutMs: 15_000, what: 'PostgreSQL deciding' })
+  await waitFor(() => !gw.limiter.postgresDown && gw.limiter.mode === 'postgres', { timeoutMs: 15_000, what: 'PostgreSQL deciding' })
   t.ok(gw.logs.some((l) => l.msg === 'migrations applied'), 'migrations ran once PostgreSQL answered')
   const rows = await pg.query<{ tokens: number }>('SELECT tokens FROM rate_limits WHERE user_id = $1', ['early'])
   t.equal(rows.length, 1, 'the bucket Redis decided was handed back to PostgreSQL')

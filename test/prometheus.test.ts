@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { packageRoot } from '../src/config/load.ts'
+import { packageRoot } from '../src/core/package.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { startPrometheus } from './helpers/prometheus.ts'

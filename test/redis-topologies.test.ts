@@ -40,7 +40,7 @@ t.test('Redis Cluster of three local nodes', async (t) => {
   // The per-test prefix needs no cleanup: the whole cluster is thrown away at teardown.
   const gw = await startTestGateway(t, { redisUrl: cluster.url, redisPrefix: 'rlc:', config: SLOW })
   // The cluster client learns the slot map after start-up; on a loaded machine that can take a while.
-  await t.resolves(waitFor(() => gw.redis.ping(), { timeoutMs: 15_000, what: 'the cluster client to be ready' }), 'the gateway reaches the cluster')
+  await t.resolves(waitFor(async () => (await gw.redis.ping()) === 'up', { timeoutMs: 15_000, what: 'the cluster client to be ready' }), 'the gateway reaches the cluster')
 
   const seed = await cacheVsDb(gw.proxyUrl + '/', 'cluster-cache')
   t.same(seed.outcomes.map((o) => o.source), ['new-user', 'redis', 'redis'], 'snapshots are read back from the cluster')

@@ -4,7 +4,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { packageRoot } from '../core/package.ts'
 import { parse as parseYaml } from 'yaml'
 import { configSchema, type Config } from './schema.ts'
 
@@ -57,16 +57,6 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
-/** The package root: where config/ and migrations/ live, whether running from src/ or dist/. */
-export function packageRoot (): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir)
-    if (parent === dir) throw new Error('package.json not found above ' + fileURLToPath(import.meta.url))
-    dir = parent
-  }
-  return dir
-}
 
 type Tree = Record<string, unknown>
 

@@ -1,6 +1,7 @@
 /** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
 import { z } from 'zod'
-import { checkPolicyConfig, identityExtension, policySections } from '../policy/schema.ts'
+import { checkIdentityConfig, identitySection } from '../identity/schema.ts'
+import { checkPolicyConfig, policySections } from '../policy/schema.ts'
 import { parseRedisUrl } from './redis-url.ts'
 
 const port = z.number().int().min(0).max(65535)
@@ -53,10 +54,6 @@ const control = z.strictObject({
   readiness: z.enum(['postgres', 'deciding']).default('postgres')
 })
 
-const identity = z.strictObject({
-  header: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).default('x-user-id'),
-  ...identityExtension
-})
 
 const limits = z.strictObject({
   capacity: positive.default(10),
@@ -157,21 +154,43 @@ const localDenyCache = z.strictObject({
   maxEntries: z.number().int().positive().default(10_000)
 })
 
-export const configSchema = z.strictObject({
-  proxy: proxy.prefault({}),
-  control: control.prefault({}),
-  identity: identity.prefault({}),
-  limits: limits.prefault({}),
-  postgres: postgres.prefault({}),
-  redis: redis.prefault({}),
-  localDenyCache: localDenyCache.prefault({}),
-  fallback: fallback.prefault({}),
-  log: log.prefault({}),
-  // Policies (docs/policies.md); all of these can be hot-reloaded.
-  ...policySections
-}).superRefine((config, ctx) => {
-  for (const issue of checkPolicyConfig(config)) ctx.addIssue({ code: 'custom', path: issue.path, message: issue.message })
+/**
+ * Whether a running gateway applies a changed section on reload (hot) or needs a restart
+ * (restart: it holds listeners, pools, connections or caches built at start-up). Each
+ * section says which, here, so a new section cannot be added without deciding.
+ */
+export type Reload = 'hot' | 'restart'
+
+const section = <S extends z.ZodType>(schema: S, reload: Reload): { readonly schema: S, readonly reload: Reload } => ({ schema, reload })
+
+const SECTIONS = {
+  proxy: section(proxy.prefault({}), 'restart'),
+  control: section(control.prefault({}), 'restart'),
+  identity: section(identitySection.prefault({}), 'hot'),
+  limits: section(limits.prefault({}), 'hot'),
+  postgres: section(postgres.prefault({}), 'restart'),
+  redis: section(redis.prefault({}), 'restart'),
+  localDenyCache: section(localDenyCache.prefault({}), 'restart'),
+  /** Fail mode, shares, probe interval, Redis decision timeout: applied by the limiter on reload. */
+  fallback: section(fallback.prefault({}), 'hot'),
+  log: section(log.prefault({}), 'restart'),
+  // Policies (docs/policies.md): rebuilt whole on every reload.
+  policies: section(policySections.policies, 'hot'),
+  routes: section(policySections.routes, 'hot'),
+  tiers: section(policySections.tiers, 'hot'),
+  access: section(policySections.access, 'hot'),
+  upstreams: section(policySections.upstreams, 'hot')
+}
+
+type Sections = typeof SECTIONS
+const shape = Object.fromEntries(Object.entries(SECTIONS).map(([name, s]) => [name, s.schema])) as { [K in keyof Sections]: Sections[K]['schema'] }
+
+export const configSchema = z.strictObject(shape).superRefine((config, ctx) => {
+  for (const issue of [...checkIdentityConfig(config.identity), ...checkPolicyConfig(config)]) ctx.addIssue({ code: 'custom', path: issue.path, message: issue.message })
 })
+
+/** Each section's reload behaviour, as declared above. */
+export const RELOAD = Object.fromEntries(Object.entries(SECTIONS).map(([name, s]) => [name, s.reload])) as { readonly [K in keyof Sections]: Reload }
 
 export type Config = z.output<typeof configSchema>
 export type ConfigInput = z.input<typeof configSchema>

@@ -7,12 +7,15 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { tokensAt } from '../core/token-bucket.ts'
-import { makeDecision } from '../limiter/limiter.ts'
+import { makeDecision } from '../core/decision.ts'
+import { BadRequest } from '../core/errors.ts'
+import { policyNamed } from '../admission/admit.ts'
 import { parseKey } from '../identity/caller-id.ts'
 import { PROBLEM_TYPE, problem } from '../core/problems.ts'
 import type { LimitPolicy } from '../policy/policy-set.ts'
 import { effectivePolicy, type Override } from '../policy/overrides.ts'
-import { BadRequest, decisionBody, policyNamed, type ControlDeps } from './app.ts'
+import { decisionBody } from './decision-body.ts'
+import type { ControlDeps } from './deps.ts'
 
 type KeyRoute = { Params: { key: string }, Querystring: { policy?: string } }
 interface OverrideBody { capacity?: number, refill_per_second?: number }
@@ -42,17 +45,17 @@ function overrideBody (o: Override): Record<string, unknown> {
 export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
   const token = deps.config.control.adminToken
   const expected = token === undefined ? null : Buffer.from(`Bearer ${token}`)
-  const { redis, overrides } = deps
+  const { cache, overrides } = deps
 
   function authorize (request: FastifyRequest, reply: FastifyReply): boolean {
     if (expected === null) {
-      reply.code(404).type(PROBLEM_TYPE).send(problem(404, 'The admin API is disabled: set ADMIN_TOKEN to enable it.'))
+      reply.code(404).type(PROBLEM_TYPE).send(problem('ADMIN_DISABLED'))
       return false
     }
     const given = Buffer.from(request.headers.authorization ?? '')
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       request.log.warn({ admin_action: 'refused', method: request.method, url: request.url, remote_address: request.ip }, 'admin request refused: missing or wrong token')
-      reply.code(401).header('www-authenticate', 'Bearer').type(PROBLEM_TYPE).send(problem(401, 'A valid "Authorization: Bearer <ADMIN_TOKEN>" header is required.'))
+      reply.code(401).header('www-authenticate', 'Bearer').type(PROBLEM_TYPE).send(problem('ADMIN_TOKEN_REQUIRED'))
       return false
     }
     return true
@@ -75,7 +78,7 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
   async function dropSnapshots (key: string, ...policies: LimitPolicy[]): Promise<void> {
     const names = new Set(policies.map((p) => p.cacheName))
     for (const name of names) deps.limiter.forget(name, key)
-    await Promise.all([...names].map((name) => redis.remove(redis.key(name, key)).catch(() => {})))
+    await Promise.all([...names].map((name) => cache.remove(cache.key(name, key)).catch(() => {})))
   }
 
   const common = { tags: ['admin'], security: [{ admin: [] }] }
@@ -85,14 +88,14 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
   }, async (request, reply) => {
     if (!authorize(request, reply)) return reply
     const { policy, key } = target(request.params, request.query)
-    const { snapshot, nowMs } = await deps.postgres.peek(policy.name, key)
+    const { snapshot, nowMs } = await deps.store.peek(policy.name, key)
     const tokens = snapshot === null ? policy.capacity : tokensAt(snapshot, policy, nowMs)
     const override = overrides.table.get(policy.name, key)
     return {
       key,
       exists: snapshot !== null,
       tokens,
-      ...decisionBody(makeDecision(policy, 0, true, tokens, 'postgres')),
+      ...decisionBody(makeDecision(policy, 0, true, tokens, 'postgres', 'postgres')),
       override: override === undefined ? null : overrideBody(override)
     }
   })
@@ -104,7 +107,7 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
     const { configured, policy, key } = target(request.params, request.query)
     // The cached snapshot goes first and again after: a stale one would keep denying.
     await dropSnapshots(key, configured, policy)
-    const existed = await deps.postgres.reset(policy.name, key)
+    const existed = await deps.store.reset(policy.name, key)
     await dropSnapshots(key, configured, policy)
     request.log.info({ admin_action: 'reset', ...who(request), key, policy: policy.name, existed }, 'bucket reset')
     return { key, policy: policy.name, reset: true, existed }
@@ -187,7 +190,7 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
     }
     const by = who(request)
     const saved = await overrides.set(configured.name, key, capacity, rate, by.actor)
-    // A raise must not be hidden by a snapshot cached under other numbers (DESIGN.md).
+    // A raise must not be hidden by a snapshot cached under other numbers (docs/design.md).
     await dropSnapshots(key, before, after)
     request.log.info({ admin_action: 'override.set', ...by, key, policy: configured.name, capacity, refill_per_second: rate, previous: { capacity: before.capacity, refill_per_second: before.refillPerSecond } }, 'rate-limit override set')
     return overrideBody(saved)

@@ -5,50 +5,28 @@
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
-import type { Config } from '../config/schema.ts'
-import type { Decision } from '../core/domain.ts'
+import { BadRequest } from '../core/errors.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
-import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
-import type { PostgresStore } from '../stores/postgres/postgres-store.ts'
-import type { RedisCache } from '../stores/redis/snapshot-cache.ts'
+import type { Limiter } from '../limiter/limiter.ts'
 import { parseKey } from '../identity/caller-id.ts'
-import { PROBLEM_TYPE, problem } from '../core/problems.ts'
+import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable } from '../core/problems.ts'
 import { requestIdFor } from '../observability/request-id.ts'
 import { checkSchemas, problemSchema } from './schemas.ts'
-import type { Holder } from '../policy/holder.ts'
-import type { LimitPolicy } from '../policy/policy-set.ts'
-import type { OverrideStore } from '../stores/postgres/override-store.ts'
-import type { Runtime } from '../admission/runtime.ts'
+import { decide, screen, type Admission, type Screened } from '../admission/admit.ts'
 import { registerAdmin } from './admin.ts'
+import type { ControlDeps } from './deps.ts'
+import { admissionBody } from './decision-body.ts'
 
-export interface ControlDeps {
-  readonly config: Config
-  readonly limiter: Limiter
-  readonly postgres: PostgresStore
-  readonly redis: RedisCache
-  readonly metrics: Metrics
-  readonly log: Logger
-  /** The live configuration: policies by name (hot reload swaps it). */
-  readonly runtime: Holder<Runtime>
-  readonly overrides: OverrideStore
-}
 
-interface CheckInput { key: string, cost?: number, policy?: string }
+interface CheckInput { key: string, cost?: number, policy?: string, method?: string, path?: string }
 
-export class BadRequest extends Error {
-  readonly statusCode = 400
-}
-
-export function decisionBody (d: Decision): Record<string, unknown> {
-  return {
-    allowed: d.allowed,
-    limit: d.policy.capacity,
-    remaining: Math.max(0, Math.floor(d.tokens + 1e-9)),
-    reset_after_ms: Math.ceil(d.resetAfterMs),
-    retry_after_ms: Math.ceil(d.retryAfterMs),
-    source: d.source,
-    policy: d.policy.name
+/** Answered as a whole when one check of a request cannot be served (FAIL_MODE=closed). */
+class Unavailable extends Error {
+  readonly retryAfterSeconds: number
+  constructor (retryAfterSeconds: number) {
+    super('stores unavailable')
+    this.retryAfterSeconds = retryAfterSeconds
   }
 }
 
@@ -71,48 +49,52 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
-  app.setErrorHandler((err: Error & { statusCode?: number, validation?: unknown, retryAfterSeconds?: number }, request, reply) => {
-    if (err.statusCode === 503 && err.retryAfterSeconds !== undefined) {
-      reply.code(503).header('retry-after', String(err.retryAfterSeconds)).type(PROBLEM_TYPE).send(problem(503, err.message))
+  app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    if (err instanceof Unavailable) {
+      const closed = storesUnavailable(err.retryAfterSeconds)
+      reply.code(503).headers(closed.headers).type(PROBLEM_TYPE).send(closed.body)
       return
     }
-    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500
-    if (status === 500) request.log.error({ err }, 'control request failed')
-    reply.code(status).type(PROBLEM_TYPE).send(problem(status, status === 500 ? 'Internal error; see the gateway log.' : err.message))
+    const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
+    if (!client) request.log.error({ err }, 'control request failed')
+    reply.code(client ? err.statusCode! : 500).type(PROBLEM_TYPE).send(client ? clientProblem(err.statusCode!, err.message) : problem('CONTROL_INTERNAL'))
   })
   app.setNotFoundHandler((request, reply) => {
-    reply.code(404).type(PROBLEM_TYPE).send(problem(404, `No route ${request.method} ${request.url} on the control port.`))
+    reply.code(404).type(PROBLEM_TYPE).send(problem('NO_CONTROL_ROUTE', request.method, request.url))
   })
 
-  function resolve (input: CheckInput): { policy: LimitPolicy, key: string, cost: number } {
+  /** A check as admission sees it: with method and path, the proxy's routes, tiers and lists apply. */
+  function screened (input: CheckInput): Screened {
     const key = parseKey(input.key)
     if (!key.ok) throw new BadRequest(key.detail)
-    const policy = deps.overrides.table.apply(policyNamed(deps.runtime.current, input.policy), key.id)
-    const cost = input.cost ?? policy.cost
-    if (cost > policy.capacity) throw new BadRequest(`cost ${cost} exceeds the capacity of policy "${policy.name}" (${policy.capacity}); it could never be allowed.`)
-    return { policy, key: key.id, cost }
+    const routed = input.method !== undefined || input.path !== undefined
+    const s = screen(deps.runtime.current, deps.overrides.table, routed
+      ? { id: key.id, method: (input.method ?? 'GET').toUpperCase(), path: input.path ?? '/', ...(input.cost === undefined ? {} : { cost: input.cost }) }
+      : { id: key.id, ...(input.policy === undefined ? {} : { policyName: input.policy }), ...(input.cost === undefined ? {} : { cost: input.cost }) })
+    if (s.kind === 'charge' && s.cost > s.policy.capacity) {
+      throw new BadRequest(`cost ${s.cost} exceeds the capacity of policy "${s.policy.name}" (${s.policy.capacity}); it could never be allowed.`)
+    }
+    return s
   }
 
-  async function decide (inputs: CheckInput[], log: Logger): Promise<Decision[]> {
-    const resolved = inputs.map(resolve) // all validated before any bucket is touched
-    try {
-      return await Promise.all(resolved.map((r) => limiter.check(r.policy, r.key, r.cost, log)))
-    } catch (err) {
-      if (err instanceof StoreUnavailableError) throw Object.assign(new Error('The rate limiter cannot reach its stores; retry shortly.'), { statusCode: 503, retryAfterSeconds: err.retryAfterSeconds })
-      throw err
-    }
+  async function check (inputs: CheckInput[], log: Logger): Promise<Admission[]> {
+    const all = inputs.map(screened) // all validated before any bucket is touched
+    const admitted = await Promise.all(all.map(async (s) => await decide(admission, s, log)))
+    for (const a of admitted) if (a.kind === 'unavailable') throw new Unavailable(a.retryAfterSeconds)
+    return admitted
   }
+  const admission = { limiter, metrics, overrides: deps.overrides }
 
   app.post<{ Body: CheckInput | { checks: CheckInput[] } }>('/v1/check', {
     schema: checkSchemas(config.control.maxChecksPerRequest, config.limits.cost)
   }, async (request) => {
     const body = request.body
     if ('checks' in body) {
-      const decisions = await decide(body.checks, request.log as Logger)
-      return { results: decisions.map(decisionBody) }
+      const admitted = await check(body.checks, request.log as Logger)
+      return { results: admitted.map(admissionBody) }
     }
-    const [decision] = await decide([body], request.log as Logger)
-    return decisionBody(decision!)
+    const [admitted] = await check([body], request.log as Logger)
+    return admissionBody(admitted!)
   })
 
   registerAdmin(app, deps)
@@ -132,12 +114,12 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   }, async (_request, reply) => {
     let postgres = 'up'
     try {
-      await deps.postgres.ping()
+      await deps.store.ping()
     } catch {
       postgres = 'down'
     }
-    const redis = deps.redis.client === null ? 'disabled' : (await deps.redis.ping()) ? 'up' : 'down'
-    const deciding = postgres === 'up' ? 'postgres' : deps.limiter.failover.decidesWithoutPostgres(redis === 'up')
+    const redis = await deps.cache.ping()
+    const deciding = postgres === 'up' ? 'postgres' : limiter.decidesWithoutPostgres(redis === 'up')
     const ready = config.control.readiness === 'postgres' ? postgres === 'up' : deciding !== 'none'
     reply.code(ready ? 200 : 503)
     return { status: ready ? 'ready' : 'not ready', postgres, redis, deciding }
@@ -160,13 +142,4 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   })
   app.addSchema(problemSchema)
   return app
-}
-
-/** The named policy of the live configuration (default when unnamed); 400 when unknown. */
-export function policyNamed (runtime: Runtime, name: string | undefined): LimitPolicy {
-  const set = runtime.policies
-  if (name === undefined) return set.defaultPolicy
-  const policy = set.policies.get(name)
-  if (policy === undefined) throw new BadRequest(`Unknown policy "${name}"; known: ${[...set.policies.keys()].join(', ')}.`)
-  return policy
 }

@@ -31,6 +31,13 @@ export type DecisionSource =
   | 'local-fallback'
   | 'fail-open'
 
+/**
+ * Which store decided (the metrics' `decided_by`): a refusal read from a Redis snapshot and a
+ * PostgreSQL decision on a cache hit both say `X-Data-Source: redis`, but only one of them
+ * waited for PostgreSQL. `gateway`: decided in this process (the over-limit cache, a fail mode).
+ */
+export type Decider = 'postgres' | 'redis' | 'gateway'
+
 export interface Decision {
   readonly allowed: boolean
   readonly policy: Policy
@@ -42,4 +49,10 @@ export interface Decision {
   /** Milliseconds until `cost` tokens are available (0 when allowed). */
   readonly retryAfterMs: number
   readonly source: DecisionSource
+  readonly decidedBy: Decider
 }
+
+/** Why a request was refused before any bucket was touched (400 caller id, 401 token, 403 deny list). */
+export type RejectReason =
+  | 'missing' | 'too-long' | 'control-characters' | 'invalid-utf8'
+  | 'bad-address' | 'missing-token' | 'invalid-token' | 'deny-list'

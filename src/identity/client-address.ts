@@ -5,7 +5,7 @@
  * not trusted is the client itself, whatever it claims in the header. Pure.
  */
 import { BlockList, isIP } from 'node:net'
-import { parseAddressRange } from '../policy/schema.ts'
+import { parseAddressRange } from './schema.ts'
 
 export function trustList (ranges: readonly string[]): BlockList {
   const list = new BlockList()

@@ -4,7 +4,7 @@
  * Whatever the source, the id passes the same rules as a header id before touching a bucket.
  */
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Config } from '../config/schema.ts'
+import type { IdentityConfig } from './schema.ts'
 import { clientAddress, trustList } from './client-address.ts'
 import { parseCallerId, parseKey } from './caller-id.ts'
 import { createTokenVerifier } from './jwt.ts'
@@ -15,7 +15,7 @@ export type Identified =
 
 export type Identifier = (headers: IncomingHttpHeaders, peer: string | undefined) => Identified | Promise<Identified>
 
-export function createIdentifier (identity: Config['identity']): Identifier {
+export function createIdentifier (identity: IdentityConfig): Identifier {
   switch (identity.source) {
     case 'header': {
       const header = identity.header

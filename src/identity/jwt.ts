@@ -5,10 +5,8 @@
  */
 import { createPublicKey, createSecretKey, type KeyObject } from 'node:crypto'
 import { jwtVerify, type JWTPayload } from 'jose'
-import type { Config } from '../config/schema.ts'
-import { compatibleAlgorithms } from '../policy/schema.ts'
+import { compatibleAlgorithms, type JwtConfig } from './schema.ts'
 
-type JwtConfig = NonNullable<Config['identity']['jwt']>
 
 export type TokenResult =
   | { ok: true, payload: JWTPayload }

@@ -1,147 +1,166 @@
 /**
- * The decision flow (DESIGN.md): the only module that knows about both stores.
+ * The decision flow, in order (docs/design.md, "The decision flow"). Each step is one module
+ * in steps/; this file only orders them:
  *
- * 1. Read the caller's snapshot from Redis.
- * 2. A snapshot that, refilled to now, cannot pay the cost denies at once: consumption only
- *    lowers a bucket and refill is a fixed function of time, so a stale snapshot never shows
- *    fewer tokens than the truth, and a denial read from it is always right.
- * 3. Otherwise PostgreSQL decides atomically; every allowance is decided there.
- * 4. The resulting snapshot is written back to Redis, best effort, off the response path.
+ *   1. over-limit cache   a caller just seen over its limit is refused from memory
+ *   2. snapshot deny      a cached snapshot that cannot pay refuses (it never under-reports)
+ *   3. deciding store     PostgreSQL decides every allowance, atomically
+ *   4. Redis decides      while PostgreSQL is down, or Redis owns the bucket
+ *   5. fail mode          neither store answers: local shares, open or closed
  *
- * When PostgreSQL cannot decide, or Redis owns the bucket because it decided it while
- * PostgreSQL was down, failover.ts takes over (Redis decides, else the fail mode).
+ * The limiter sees the stores only through the ports of src/core/ports.ts.
  */
-import { canPay, fullRefillSeconds, msUntilAffordable, msUntilFull, tokensAt } from '../core/token-bucket.ts'
 import type { Config } from '../config/schema.ts'
-import type { BucketSnapshot, Decision, DecisionSource, Policy } from '../core/domain.ts'
+import type { Decision, Policy } from '../core/domain.ts'
+import { CACHE_MISS, HANDING_BACK, REDIS_OWNED, type BucketRequest, type DecidingStore, type RedisDecider, type SnapshotCache } from '../core/ports.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
-import type { PostgresStore } from '../stores/postgres/postgres-store.ts'
-import type { CacheMiss, NotOwnedByPostgres, RedisCache } from '../stores/redis/snapshot-cache.ts'
 import { DbClock } from './db-clock.ts'
-import { DenyCache } from './deny-cache.ts'
-import { Failover } from './failover.ts'
+import { DecidingMode, type Mode } from './mode.ts'
+import { Outage } from './outage.ts'
+import { recordDecision } from './record.ts'
+import { AskPostgres } from './steps/deciding-store.ts'
+import { FailMode, type FailModeDeciding } from './steps/fail-mode.ts'
+import { OverLimitCache } from './steps/over-limit.ts'
+import { RedisDecides } from './steps/redis-decides.ts'
+import { DENY_MARGIN_MS, snapshotDeny } from './steps/snapshot-deny.ts'
 
-export { StoreUnavailableError } from './fail-mode.ts'
-
-/**
- * Redis denies only if the bucket could not pay even this much later than our estimate of
- * the database clock: an estimate that runs early must not deny a caller who has the tokens.
- * Anything closer is left to PostgreSQL, which is always right.
- */
-const REDIS_DENY_MARGIN_MS = 2
-
-export function makeDecision (policy: Policy, cost: number, allowed: boolean, tokens: number, source: DecisionSource): Decision {
-  return {
-    allowed,
-    policy,
-    cost,
-    tokens,
-    source,
-    resetAfterMs: msUntilFull(tokens, policy),
-    retryAfterMs: allowed ? 0 : msUntilAffordable(tokens, policy, cost)
-  }
+export interface LimiterPorts {
+  readonly store: DecidingStore
+  readonly cache: SnapshotCache
+  readonly redis: RedisDecider
 }
 
-export interface LimiterStores {
-  readonly postgres: PostgresStore
-  readonly redis: RedisCache
+export interface LimiterOptions {
+  readonly fallback: Config['fallback']
+  readonly localDenyCache?: Config['localDenyCache']
+  readonly metrics: Metrics
+  readonly log: Logger
 }
+
+export type Deciding = 'redis-fallback' | FailModeDeciding
 
 export class Limiter {
   readonly clock = new DbClock()
-  readonly failover: Failover
-  readonly #stores: LimiterStores
+  readonly #cache: SnapshotCache
+  readonly #redis: RedisDecider
   readonly #metrics: Metrics
   readonly #log: Logger
-  /** The over-limit cache (deny-cache.ts), when configured. */
-  readonly #local: DenyCache | null
+  readonly #mode: DecidingMode
+  readonly #outage: Outage
+  readonly #overLimit: OverLimitCache | null
+  readonly #postgres: AskPostgres
+  readonly #redisDecides: RedisDecides
+  readonly #failMode: FailMode
+  #fallback: Config['fallback']
 
-  constructor (stores: LimiterStores, metrics: Metrics, log: Logger,
-    config: Pick<Config, 'fallback' | 'redis'> & { readonly localDenyCache?: Config['localDenyCache'] }) {
-    this.#stores = stores
+  constructor (ports: LimiterPorts, options: LimiterOptions) {
+    const { metrics, log } = options
+    this.#cache = ports.cache
+    this.#redis = ports.redis
     this.#metrics = metrics
     this.#log = log
-    this.failover = new Failover({ ...stores, clock: this.clock, config, metrics, log })
-    const local = config.localDenyCache
-    this.#local = local?.enabled === true ? new DenyCache(local.maxEntries, REDIS_DENY_MARGIN_MS) : null
-  }
-
-  /** A bucket was raised (admin reset): forget what this process remembers of it. */
-  forget (cacheName: string, userId: string): void {
-    this.#local?.forget(this.#stores.redis.key(cacheName, userId))
+    this.#fallback = options.fallback
+    this.#mode = new DecidingMode(metrics, log)
+    this.#outage = new Outage({ store: ports.store, redis: ports.redis, mode: this.#mode, fallback: () => this.#fallback, metrics, log })
+    const local = options.localDenyCache
+    this.#overLimit = local?.enabled === true ? new OverLimitCache(local.maxEntries, DENY_MARGIN_MS) : null
+    this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit)
+    this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
+    this.#failMode = new FailMode(options.fallback, this.#mode, metrics)
   }
 
   /** `log`: the request's logger, so the decision's log line carries its request id. */
   async check (policy: Policy, userId: string, cost: number, log: Logger = this.#log): Promise<Decision> {
     const started = process.hrtime.bigint()
-    const { redis, postgres } = this.#stores
-    const key = redis.key(policy.cacheName ?? policy.name, userId)
-    // Snapshots kept here are on the database clock (PostgreSQL's decisions and its cached
-    // snapshots, never Redis's own while it decides), so they are projected with this.clock.
-    const local = this.#local
-    if (local !== null) {
-      const tokens = local.refuse(key, policy, cost, this.clock.nowMs())
-      if (tokens !== undefined) {
-        const refused = makeDecision(policy, cost, false, tokens, 'local')
-        this.#record(refused, userId, started, log)
+    const request: BucketRequest = { policy, userId, cost }
+    const key = this.#cache.key(policy.cacheName ?? policy.name, userId)
+    const decision = this.#overLimit?.refuse(key, request, this.clock.nowMs()) ?? await this.#decide(request, key)
+    recordDecision(this.#metrics, decision, userId, started, log)
+    return decision
+  }
+
+  async #decide (request: BucketRequest, key: string): Promise<Decision> {
+    if (!this.#outage.down) {
+      const read = await this.#cache.read(key)
+      const refused = snapshotDeny(read, request, this.clock.nowMs())
+      if (refused !== null) {
+        if (read.kind === 'snapshot') this.#overLimit?.remember(key, read, request, this.clock.nowMs())
         return refused
       }
-    }
-    const failover = this.failover
-    let decision: Decision
-    if (failover.postgresDown) {
-      decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
-    } else {
-      const cached = await redis.read(key)
-      if (typeof cached === 'object' &&
-          !canPay(tokensAt(cached, policy, this.clock.nowMs() + REDIS_DENY_MARGIN_MS), cost)) {
-        decision = makeDecision(policy, cost, false, tokensAt(cached, policy, this.clock.nowMs()), 'redis')
-        local?.remember(key, cached, policy, cost, this.clock.nowMs())
-      } else if (cached === 'redis-owned') {
-        failover.redisOwnedSeen()
-        decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
+      if (read === REDIS_OWNED) {
+        this.#outage.redisOwnedSeen()
       } else {
-        // 'handing-back': PostgreSQL decides, waiting on the row lock for the merged state.
-        if (cached === 'handing-back') failover.redisOwnedSeen()
+        // Handing back: PostgreSQL decides, waiting on the row lock for the merged state.
+        if (read === HANDING_BACK) this.#outage.redisOwnedSeen()
         try {
-          decision = await this.#askPostgres(policy, userId, cost, key, cached)
-        } catch {
-          failover.postgresFailed()
-          decision = await failover.decide(policy, userId, cost, () => this.#askPostgres(policy, userId, cost, key, 'miss'))
+          return await this.#postgres.decide(request, key, read)
+        } catch (err) {
+          this.#outage.failed(err)
         }
       }
     }
-    this.#record(decision, userId, started, log)
-    return decision
+    return await this.#withoutPostgres(request, key)
+  }
+
+  /** Steps 4 and 5: Redis decides; where it cannot, PostgreSQL if it is up, else the fail mode. */
+  async #withoutPostgres (request: BucketRequest, key: string): Promise<Decision> {
+    if (this.#fallback.redisDecides) {
+      let outcome = await this.#redisDecides.decide(request, false)
+      if (outcome === 'handing-back') {
+        // Another gateway is merging this bucket into PostgreSQL: PostgreSQL answers once the
+        // merge is done. If PostgreSQL is down (or fails us now), Redis takes the bucket back.
+        const decided = this.#outage.down ? null : await this.#tryPostgres(request, key)
+        outcome = decided ?? await this.#redisDecides.decide(request, true)
+      }
+      if (outcome !== null && outcome !== 'handing-back') {
+        if (this.#outage.down) this.#mode.enter('redis-fallback', { err: this.#outage.cause })
+        return outcome
+      }
+    }
+    // Redis owns this bucket but cannot be reached: PostgreSQL is the best judge left.
+    const decided = this.#outage.down ? null : await this.#tryPostgres(request, key)
+    return decided ?? this.#failMode.decide(request, this.#outage.cause)
+  }
+
+  async #tryPostgres (request: BucketRequest, key: string): Promise<Decision | null> {
+    try {
+      return await this.#postgres.decide(request, key, CACHE_MISS)
+    } catch (err) {
+      this.#outage.failed(err)
+      return null
+    }
+  }
+
+  /** A bucket was raised (admin reset, override): forget what this process remembers of it. */
+  forget (cacheName: string, userId: string): void {
+    this.#overLimit?.forget(this.#cache.key(cacheName, userId))
+  }
+
+  /** Started while PostgreSQL does not answer: decide without it; `prepare` runs once it does. */
+  startWithoutPostgres (prepare: () => Promise<void>, cause: unknown): void {
+    this.#outage.startWithout(prepare, cause)
+  }
+
+  /** A reload changed the fallback section: the new fail mode and numbers apply from now. */
+  reconfigure (fallback: Config['fallback']): void {
+    this.#fallback = fallback
+    this.#failMode.reconfigure(fallback)
+  }
+
+  /** This gateway found PostgreSQL unreachable and has not handed back yet. */
+  get postgresDown (): boolean { return this.#outage.down }
+
+  /** Who decided last: postgres, redis-fallback, or a fail mode. */
+  get mode (): Mode { return this.#mode.current }
+
+  /** Who decides requests while PostgreSQL does not answer (readiness reports it). */
+  decidesWithoutPostgres (redisUp: boolean): Deciding {
+    return this.#fallback.redisDecides && redisUp ? 'redis-fallback' : this.#failMode.deciding
   }
 
   /** Stops background work (PostgreSQL probes, hand-backs). */
   async close (): Promise<void> {
-    await this.failover.close()
-  }
-
-  /** PostgreSQL decides; throws when it cannot. */
-  async #askPostgres (policy: Policy, userId: string, cost: number, key: string,
-    cached: BucketSnapshot | CacheMiss | NotOwnedByPostgres): Promise<Decision> {
-    const result = await this.#stores.postgres.decide({ policy, userId, cost })
-    this.clock.observe(result.snapshot.atMs)
-    this.#stores.redis.write(key, result.snapshot, fullRefillSeconds(policy), result.allowed ? cost : 0)
-    this.#local?.remember(key, result.snapshot, policy, cost, this.clock.nowMs())
-    const source: DecisionSource = typeof cached === 'object' ? 'redis' : result.created ? 'new-user' : 'postgres'
-    return makeDecision(policy, cost, result.allowed, result.snapshot.tokens, source)
-  }
-
-  #record (decision: Decision, userId: string, started: bigint, log: Logger): void {
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9
-    this.#metrics.decisionDuration.observe({ source: decision.source }, seconds)
-    this.#metrics.decisions.inc({ result: decision.allowed ? 'allowed' : 'blocked', source: decision.source, policy: decision.policy.name })
-    if (log.isLevelEnabled('debug')) {
-      if (decision.allowed) {
-        log.debug({ user_id: userId, remaining_tokens: Math.floor(decision.tokens), source: decision.source, policy: decision.policy.name }, 'rate limit allowed')
-      } else {
-        log.debug({ user_id: userId, source: decision.source, policy: decision.policy.name }, 'rate limit exceeded')
-      }
-    }
+    await this.#outage.close()
   }
 }

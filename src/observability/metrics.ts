@@ -9,13 +9,10 @@
  * first appears already at 1 is invisible to rate() and increase(), so the first blocked
  * request or the first fail-open would never show on a dashboard or fire an alert.
  */
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
-import { packageRoot } from '../config/load.ts'
-import type { DecisionSource } from '../core/domain.ts'
+import { packageVersion } from '../core/package.ts'
+import type { Decider, DecisionSource, RejectReason } from '../core/domain.ts'
 import { FastCounter, FastHistogram, type CounterChild, type HistogramChild } from './fast-metrics.ts'
-import type { IdentityResult } from '../identity/caller-id.ts'
 
 /** Decision latency: from an in-process decision (µs) to a struggling store (s). */
 export const DECISION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
@@ -28,13 +25,16 @@ export type Store = 'postgres' | 'redis'
 // until it is listed (and so pre-created at zero).
 const SOURCES: Record<DecisionSource, true> = { redis: true, postgres: true, 'new-user': true, local: true, 'redis-fallback': true, 'local-fallback': true, 'fail-open': true }
 export const DECISION_SOURCES = Object.keys(SOURCES) as DecisionSource[]
-type RejectReason = Extract<IdentityResult, { ok: false }>['reason']
-const REASONS: Record<RejectReason, true> = { missing: true, 'too-long': true, 'control-characters': true, 'invalid-utf8': true }
-/** Refusals by the other identity sources and the deny list (docs/policies.md). */
-const POLICY_REJECT_REASONS = ['missing-token', 'invalid-token', 'bad-address', 'deny-list'] as const
-/** Requests Node's HTTP parser refused before Fastify saw them (src/gateway/client-error.ts). */
+const REASONS: Record<RejectReason, true> = {
+  missing: true, 'too-long': true, 'control-characters': true, 'invalid-utf8': true, 'bad-address': true, 'missing-token': true, 'invalid-token': true, 'deny-list': true
+}
+/** Requests Node's HTTP parser refused before Fastify saw them (src/proxy/client-error.ts). */
 export const CLIENT_ERROR_REASONS = ['header-too-large', 'malformed-request', 'client-timeout'] as const
-export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...POLICY_REJECT_REASONS, ...CLIENT_ERROR_REASONS]
+export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...CLIENT_ERROR_REASONS]
+/** Which store decides each source; decisions are counted and timed by both labels. */
+export const DECIDERS_OF: Readonly<Record<DecisionSource, readonly Decider[]>> = {
+  redis: ['redis', 'postgres'], postgres: ['postgres'], 'new-user': ['postgres'], local: ['gateway'], 'redis-fallback': ['redis'], 'local-fallback': ['gateway'], 'fail-open': ['gateway']
+}
 export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped', 'redis-owned', 'handing-back'] as const
 export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
   ['postgres', 'decide'], ['postgres', 'peek'], ['postgres', 'reset'], ['postgres', 'ping'],
@@ -51,8 +51,8 @@ export class Metrics {
 
   readonly decisions = new FastCounter({
     name: 'gateway_decisions_total',
-    help: 'Rate-limit decisions, by result (allowed, blocked), source (X-Data-Source) and policy.',
-    labelNames: ['result', 'source', 'policy'] as const,
+    help: 'Rate-limit decisions, by result (allowed, blocked), source (X-Data-Source), policy and decided_by (the store that decided: postgres, redis, or gateway for this process).',
+    labelNames: ['result', 'source', 'policy', 'decided_by'] as const,
     registers: [this.registry]
   })
 
@@ -86,8 +86,8 @@ export class Metrics {
 
   readonly decisionDuration = new FastHistogram({
     name: 'gateway_decision_duration_seconds',
-    help: 'Time spent deciding one request (store round trips included), by source.',
-    labelNames: ['source'] as const,
+    help: 'Time spent deciding one request (store round trips included), by source (X-Data-Source) and decided_by (postgres, redis, gateway): a refusal from a Redis snapshot and a PostgreSQL decision on a cache hit share source="redis".',
+    labelNames: ['source', 'decided_by'] as const,
     buckets: DECISION_BUCKETS,
     registers: [this.registry]
   })
@@ -195,7 +195,7 @@ export class Metrics {
       this.storeOperations.labels(store, operation)
       this.storeErrors.labels(store, operation)
     }
-    for (const source of DECISION_SOURCES) this.decisionDuration.labels(source)
+    for (const source of DECISION_SOURCES) for (const by of DECIDERS_OF[source]) this.decisionDuration.labels(source, by)
     for (const reason of REJECT_REASONS) this.rejectedRequests.labels(reason)
     for (const mode of DECIDING_MODES) {
       if (mode !== 'postgres') this.failModeEvents.labels(mode)
@@ -217,7 +217,7 @@ export class Metrics {
     if (this.#policies.has(policy)) return
     this.#policies.add(policy)
     for (const source of DECISION_SOURCES) {
-      for (const result of ['allowed', 'blocked']) this.decisions.labels(result, source, policy)
+      for (const by of DECIDERS_OF[source]) for (const result of ['allowed', 'blocked']) this.decisions.labels(result, source, policy, by)
     }
   }
 
@@ -225,10 +225,4 @@ export class Metrics {
   storeDisabled (store: Store): void {
     this.storeUp.remove({ store })
   }
-}
-
-let version: string | undefined
-function packageVersion (): string {
-  version ??= (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version
-  return version
 }

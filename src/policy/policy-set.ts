@@ -5,7 +5,7 @@
  * and no allocation. Hot reload builds a new set and swaps it in whole (holder.ts).
  */
 import type { Policy } from '../core/domain.ts'
-import type { Config } from '../config/schema.ts'
+import type { PolicyConfig } from './schema.ts'
 import { compilePathRule, hasPrefix, type PathRule } from './path.ts'
 
 /** A policy as configured: the bucket's numbers plus how requests routed to it are charged. */
@@ -98,9 +98,9 @@ export class PolicySet {
   readonly defaultUpstream: UpstreamTarget
   /** Largest cost any route charges each policy: an override may not go below it. */
   readonly maxCost: ReadonlyMap<string, number>
-  readonly #config: Pick<Config, 'routes' | 'tiers' | 'upstreams' | 'access'>
+  readonly #config: Pick<PolicyConfig, 'routes' | 'tiers' | 'upstreams' | 'access'>
 
-  constructor (config: Config, options: BuildOptions) {
+  constructor (config: PolicyConfig, options: BuildOptions) {
     this.generation = options.generation
     this.#config = { routes: config.routes, tiers: config.tiers, upstreams: config.upstreams, access: config.access }
     const { limits } = config

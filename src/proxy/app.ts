@@ -10,17 +10,18 @@ import type { Config } from '../config/schema.ts'
 import type { Decision } from '../core/domain.ts'
 import type { Logger } from '../observability/log.ts'
 import { STATUS_CLASSES, type Metrics } from '../observability/metrics.ts'
-import { StoreUnavailableError, type Limiter } from '../limiter/limiter.ts'
+import type { Limiter } from '../limiter/limiter.ts'
+import { admit } from '../admission/admit.ts'
 import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
 import { UpstreamDispatcher } from './upstream-dispatcher.ts'
-import { PROBLEM_TYPE, QUOTA_EXCEEDED, problem } from '../core/problems.ts'
+import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable, type Problem } from '../core/problems.ts'
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
-import { normalizePath, pathOf } from '../policy/path.ts'
+import { pathOf } from '../policy/path.ts'
 import { upstreamUrl } from '../policy/policy-set.ts'
 import type { Runtime } from '../admission/runtime.ts'
 
@@ -65,11 +66,12 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.decorateRequest('upstreamOrigin', '')
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
-    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500
-    if (status === 500) request.log.error({ err }, 'request failed')
-    sendProblem(reply, status, status === 500 ? 'The gateway failed to handle this request.' : err.message, request.decision)
+    const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
+    if (!client) request.log.error({ err }, 'request failed')
+    sendProblem(reply, client ? clientProblem(err.statusCode!, err.message) : problem('PROXY_INTERNAL'), request.decision)
   })
 
+  const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
   app.addHook('onRequest', async (request, reply) => {
     // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
     reply.header(REQUEST_ID_HEADER, request.id)
@@ -82,56 +84,40 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     if (!identity.ok) {
       metrics.rejectedRequests.inc({ reason: identity.reason })
       if (identity.status === 401) reply.header('www-authenticate', identity.reason === 'invalid-token' ? 'Bearer error="invalid_token"' : 'Bearer')
-      sendProblem(reply, identity.status, identity.detail, null)
-      return reply
-    }
-    const id = identity.id
-    if (set.isDenied(id)) {
-      metrics.rejectedRequests.inc({ reason: 'deny-list' })
-      sendProblem(reply, 403, 'This caller is not allowed to use this gateway.', null)
+      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : 'CALLER_ID_INVALID', identity.detail), null)
       return reply
     }
     const url = request.url
     const rawPath = pathOf(url)
-    if (set.isAllowed(id)) {
-      metrics.allowListed.inc()
-    } else {
-      const tier = set.hasTiers
-        ? set.tierOf(id, set.tierHeader === undefined ? undefined : request.headers[set.tierHeader], set.tierClaim === undefined ? undefined : identity.claims?.[set.tierClaim])
-        : null
-      const { policy: configured, cost } = set.resolve(request.method, normalizePath(rawPath), tier)
-      const policy = deps.overrides.table.apply(configured, id)
-      let decision: Decision | null = null
-      try {
-        decision = await limiter.check(policy, id, cost, request.log as Logger)
-      } catch (err) {
-        if (!(err instanceof StoreUnavailableError)) throw err
-        if (!policy.shadow) {
-          // Both stores down and FAIL_MODE=closed (docs/reliability.md).
-          reply.header('retry-after', String(err.retryAfterSeconds))
-          sendProblem(reply, 503, 'The rate limiter cannot reach its stores; retry shortly.', null)
-          return reply
-        }
+    const admitted = await admit(admission, runtime, {
+      id: identity.id,
+      method: request.method,
+      path: rawPath,
+      tierHeader: set.tierHeader === undefined ? undefined : request.headers[set.tierHeader],
+      claims: identity.claims
+    }, request.log as Logger)
+    switch (admitted.kind) {
+      case 'deny-listed':
+        sendProblem(reply, problem('CALLER_DENIED'), null)
+        return reply
+      case 'unavailable': {
+        // Both stores down and FAIL_MODE=closed (docs/reliability.md).
+        const closed = storesUnavailable(admitted.retryAfterSeconds)
+        reply.headers(closed.headers)
+        sendProblem(reply, closed.body, null)
+        return reply
       }
-      if (policy.shadow) {
-        // Shadow mode: decided and counted like any other, reported, never enforced.
-        request.shadow = decision === null ? 'unavailable' : decision.allowed ? 'allowed' : 'would-block'
-        metrics.shadowDecisions.inc({ policy: policy.name, result: request.shadow === 'would-block' ? 'would_block' : request.shadow })
-        if (request.shadow === 'would-block') request.log.info({ user_id: id, policy: policy.name, cost, source: decision!.source }, 'shadow policy would block')
-      } else {
-        request.decision = decision
-        if (!decision!.allowed) {
-          reply.headers(rateLimitHeaders(decision!))
-          reply.code(429).type(PROBLEM_TYPE).send({
-            type: QUOTA_EXCEEDED,
-            title: 'Too Many Requests',
-            status: 429,
-            detail: `Rate limit exceeded for policy "${policy.name}" (${policy.capacity} requests per ${windowSeconds(policy)} s); retry in ${reply.getHeader('retry-after') as string} s.`,
-            'violated-policies': [policy.name]
-          })
-          return reply
-        }
+      case 'limited': {
+        const d = admitted.decision
+        request.decision = d
+        const headers = rateLimitHeaders(d)
+        reply.headers(headers)
+        reply.code(429).type(PROBLEM_TYPE).send(problem('QUOTA_EXCEEDED', d.policy.name, d.policy.capacity, windowSeconds(d.policy), Number(headers['retry-after'])))
+        return reply
       }
+      case 'forward':
+        if (admitted.shadow !== null) request.shadow = admitted.shadow
+        else request.decision = admitted.decision
     }
     const target = set.upstreamFor(rawPath)
     request.upstreamOrigin = target.origin
@@ -208,9 +194,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
         reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')
         if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
-        sendProblem(reply, timeout ? 504 : 502,
-          timeout ? `The upstream did not answer within ${config.proxy.upstreamTimeoutMs} ms.` : 'The upstream could not be reached or failed mid-response.',
-          reply.request.decision)
+        sendProblem(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
       }
     }
   }
@@ -270,7 +254,7 @@ export function readTlsFiles (proxy: Config['proxy']): { cert: Buffer, key: Buff
   return { cert: read(proxy.tlsCertFile, 'tlsCertFile', 'TLS_CERT_FILE'), key: read(proxy.tlsKeyFile, 'tlsKeyFile', 'TLS_KEY_FILE') }
 }
 
-function sendProblem (reply: FastifyReply<any, any, any, any>, status: number, detail: string, decision: Decision | null): void {
+function sendProblem (reply: FastifyReply<any, any, any, any>, body: Problem, decision: Decision | null): void {
   if (decision !== null) reply.headers(rateLimitHeaders(decision))
-  reply.code(status).type(PROBLEM_TYPE).send(problem(status, detail))
+  reply.code(body.status).type(PROBLEM_TYPE).send(body)
 }

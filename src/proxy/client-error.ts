@@ -7,26 +7,22 @@
  */
 import type { Socket } from 'node:net'
 import type { Metrics } from '../observability/metrics.ts'
-import { PROBLEM_TYPE, problem } from '../core/problems.ts'
+import { problem, rawProblemResponse, type Problem } from '../core/problems.ts'
 
-type Refusal = readonly [status: 400 | 408 | 431, reason: 'malformed-request' | 'client-timeout' | 'header-too-large', detail: string]
+type Refusal = readonly [reason: 'malformed-request' | 'client-timeout' | 'header-too-large', body: Problem]
 
 export function clientErrorHandler (metrics: Metrics, maxHeaderBytes: number): (err: NodeJS.ErrnoException, socket: Socket) => void {
   const refusals: Record<string, Refusal> = {
-    HPE_HEADER_OVERFLOW: [431, 'header-too-large', `The request head is larger than ${maxHeaderBytes} bytes.`],
-    ERR_HTTP_REQUEST_TIMEOUT: [408, 'client-timeout', 'The request was not received in time.']
+    HPE_HEADER_OVERFLOW: ['header-too-large', problem('HEADER_TOO_LARGE', maxHeaderBytes)],
+    ERR_HTTP_REQUEST_TIMEOUT: ['client-timeout', problem('REQUEST_TIMEOUT')]
   }
-  const malformed: Refusal = [400, 'malformed-request', 'The request is not valid HTTP/1.1.']
+  const malformed: Refusal = ['malformed-request', problem('MALFORMED_REQUEST')]
   return (err, socket) => {
     // A reset connection has nobody left to answer.
     if (err.code === 'ECONNRESET' || socket.destroyed) return
-    const [status, reason, detail] = refusals[err.code ?? ''] ?? malformed
+    const [reason, body] = refusals[err.code ?? ''] ?? malformed
     metrics.rejectedRequests.inc({ reason })
-    if (socket.writable) {
-      const p = problem(status, detail)
-      const body = JSON.stringify(p)
-      socket.write(`HTTP/1.1 ${status} ${p.title}\r\nContent-Type: ${PROBLEM_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
-    }
+    if (socket.writable) socket.write(rawProblemResponse(body))
     socket.destroy()
   }
 }

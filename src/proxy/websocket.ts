@@ -61,7 +61,7 @@ export function onlyWebSocketUpgrades (server: HttpServer | HttpsServer): void {
     res.assignSocket(socket as Socket)
     res.on('finish', () => { res.detachSocket(socket as Socket); socket.end() })
     if (head.length > 0 || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') || req.headers['transfer-encoding'] !== undefined) {
-      const body = JSON.stringify(problem(400, `Upgrade to "${req.headers.upgrade ?? ''}" is not supported on a request with a body; send it without the Upgrade header.`))
+      const body = JSON.stringify(problem('UPGRADE_WITH_BODY', req.headers.upgrade ?? ''))
       res.writeHead(400, { 'content-type': PROBLEM_TYPE, 'content-length': Buffer.byteLength(body) }).end(body)
       return
     }

@@ -6,7 +6,7 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Sql } from 'postgres'
-import { packageRoot } from '../../config/load.ts'
+import { packageRoot } from '../../core/package.ts'
 
 /** Arbitrary constant shared by every gateway: "ratelimit migrations". */
 const LOCK_ID = 7_240_315_001

@@ -1,29 +1,18 @@
 /**
- * PostgreSQL, the source of truth. Every allowance is decided here, by the stored function
- * rate_limit_decide (migrations/003), one round trip per batch of concurrent decisions.
+ * PostgreSQL, the source of truth (the DecidingStore port). Every allowance is decided here,
+ * by the stored function rate_limit_decide (migrations/003), one round trip per batch of
+ * concurrent decisions; the hand-back merges are rate_limit_lock and rate_limit_merge.
  */
 import postgres, { type Sql } from 'postgres'
 import type { Config } from '../../config/schema.ts'
-import type { BucketSnapshot, Policy } from '../../core/domain.ts'
+import type { BucketSnapshot } from '../../core/domain.ts'
+import { StoreFailure } from '../../core/errors.ts'
+import type { BucketPeek, BucketRequest, DecidingStore, OwnedBucket, StoreDecision } from '../../core/ports.ts'
 import type { Logger } from '../../observability/log.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { StoreHealth } from '../health.ts'
 import { migrate } from './migrate.ts'
-
-export interface DecideRequest {
-  readonly policy: Policy
-  readonly userId: string
-  readonly cost: number
-}
-
-export interface StoreDecision {
-  readonly allowed: boolean
-  /** The bucket after the decision, on the database clock. */
-  readonly snapshot: BucketSnapshot
-  /** The row was created by this request. */
-  readonly created: boolean
-}
 
 /** Type oids for sql.array: without them it guesses from the first element. */
 const TEXT = 25
@@ -36,12 +25,12 @@ export function isUnreachable (err: unknown): boolean {
   return err instanceof Error && !(err instanceof postgres.PostgresError)
 }
 
-export class PostgresStore {
+export class PostgresStore implements DecidingStore {
   readonly sql: Sql
   readonly health: StoreHealth
   readonly #metrics: Metrics
   readonly #log: Logger
-  readonly #batcher: Batcher<DecideRequest, StoreDecision>
+  readonly #batcher: Batcher<BucketRequest, StoreDecision>
 
   constructor (config: Config['postgres'], log: Logger, metrics: Metrics) {
     this.#log = log
@@ -104,11 +93,11 @@ export class PostgresStore {
     }
   }
 
-  decide (request: DecideRequest): Promise<StoreDecision> {
+  decide (request: BucketRequest): Promise<StoreDecision> {
     return this.#batcher.submit(request)
   }
 
-  async #decideBatch (items: DecideRequest[]): Promise<StoreDecision[]> {
+  async #decideBatch (items: BucketRequest[]): Promise<StoreDecision[]> {
     const n = items.length
     const policies = new Array<string>(n)
     const users = new Array<string>(n)
@@ -134,7 +123,7 @@ export class PostgresStore {
     } catch (err) {
       this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'decide' })
       this.health.failed(err)
-      throw err
+      throw new StoreFailure('postgres', 'PostgreSQL could not decide', { cause: err })
     }
     this.health.succeeded()
     const out = new Array<StoreDecision>(n)
@@ -145,7 +134,7 @@ export class PostgresStore {
   }
 
   /** The stored bucket and the database's clock, without spending (admin peek). */
-  async peek (policy: string, userId: string): Promise<{ snapshot: BucketSnapshot | null, nowMs: number }> {
+  async peek (policy: string, userId: string): Promise<BucketPeek> {
     const rows = await this.#counted('peek', async () => await this.sql<Array<{ tokens: number | null, at_ms: number | null, now_ms: number }>>`
       SELECT r.tokens, extract(epoch FROM r.last_refill_time) * 1000 AS at_ms, extract(epoch FROM clock_timestamp()) * 1000 AS now_ms
       FROM (SELECT 1) AS one LEFT JOIN rate_limits r ON r.policy = ${policy} AND r.user_id = ${userId}`)
@@ -158,6 +147,27 @@ export class PostgresStore {
   async reset (policy: string, userId: string): Promise<boolean> {
     const result = await this.#counted('reset', async () => await this.sql`DELETE FROM rate_limits WHERE policy = ${policy} AND user_id = ${userId}`)
     return result.count > 0
+  }
+
+  async handBack (buckets: readonly OwnedBucket[], takeOver: (buckets: readonly OwnedBucket[]) => Promise<ReadonlyArray<number | null>>): Promise<Array<BucketSnapshot | null>> {
+    const policies = buckets.map((b) => b.policy)
+    const users = buckets.map((b) => b.userId)
+    const capacities = buckets.map((b) => b.capacity)
+    const merged = new Array<BucketSnapshot | null>(buckets.length).fill(null)
+    await this.sql.begin(async (tx) => {
+      await tx`SELECT rate_limit_lock(${tx.array(policies, TEXT)}::text[], ${tx.array(users, TEXT)}::text[], ${tx.array(capacities, FLOAT8)}::float8[])`
+      const tokens = await takeOver(buckets)
+      const idx: number[] = []
+      for (let i = 0; i < buckets.length; i++) if (tokens[i] !== null) idx.push(i)
+      if (idx.length === 0) return
+      const rows = await tx<Array<{ o_idx: number, o_tokens: number, o_at_ms: number }>>`
+        SELECT o_idx, o_tokens, o_at_ms FROM rate_limit_merge(
+          ${tx.array(idx.map((i) => policies[i]!), TEXT)}::text[], ${tx.array(idx.map((i) => users[i]!), TEXT)}::text[],
+          ${tx.array(idx.map((i) => capacities[i]!), FLOAT8)}::float8[], ${tx.array(idx.map((i) => buckets[i]!.refillPerSecond), FLOAT8)}::float8[],
+          ${tx.array(idx.map((i) => tokens[i]!), FLOAT8)}::float8[])`
+      for (const r of rows) merged[idx[r.o_idx - 1]!] = { tokens: r.o_tokens, atMs: Number(r.o_at_ms) }
+    })
+    return merged
   }
 
   async close (): Promise<void> {

@@ -1,7 +1,7 @@
 /**
- * Redis as the deciding store while PostgreSQL is unreachable: an atomic Lua decision on the
- * Redis server clock (redis-scripts.ts DECIDE), and the bookkeeping that lets the buckets it
- * decided be handed back to PostgreSQL later (write-back.ts).
+ * Redis as the deciding store while PostgreSQL is unreachable (the RedisDecider port): an
+ * atomic Lua decision on the Redis server clock (scripts.ts DECIDE), and the Redis half of
+ * the hand-back of the buckets it decided (src/limiter/hand-back.ts runs the protocol).
  *
  * Every bucket Redis decides is recorded in one set per key prefix, `<prefix>redis-owned`,
  * by an SADD sent alongside each decision rather than inside the script: every script touches
@@ -17,46 +17,35 @@
  * `fallback.redisTimeoutMs`, with a circuit breaker of their own for a Redis that is really gone.
  */
 import type { Config } from '../../config/schema.ts'
-import type { Policy } from '../../core/domain.ts'
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
+import { REDIS_HANDING_BACK, REDIS_UNAVAILABLE, type BucketRequest, type OwnedBucket, type RedisDecider as RedisDeciderPort, type RedisVerdict } from '../../core/ports.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { CircuitBreaker } from '../breaker.ts'
-import type { RedisCache } from './snapshot-cache.ts'
+import type { StoreHealth } from '../health.ts'
 import { createRedisClient } from './client.ts'
 import { defineScripts, type ScriptedRedis } from './scripts.ts'
+import { bucketKey, encode } from './snapshot-cache.ts'
 
-export interface RedisDecision {
-  readonly allowed: boolean
-  /** Tokens left, Redis clock. */
-  readonly tokens: number
-}
-
-/** 'handing-back': a gateway is merging this bucket into PostgreSQL right now; ask PostgreSQL. */
-export type RedisDecisionOutcome = RedisDecision | 'handing-back' | 'unavailable'
-
-/** One Redis-owned bucket, as recorded in the set. */
-export interface OwnedBucket {
+/** An owned bucket as read from the set: the member it was read as, to remove exactly that. */
+interface OwnedMember extends OwnedBucket {
   readonly member: string
-  /** The policy's name: PostgreSQL's row key. */
-  readonly policy: string
-  /** The name its Redis key is made from (Policy.cacheName, else the name). */
-  readonly cacheName: string
-  readonly userId: string
-  readonly capacity: number
-  readonly refillPerSecond: number
 }
 
-export class RedisFallback {
-  readonly #cache: RedisCache
+export class RedisDecider implements RedisDeciderPort {
+  readonly #prefix: string
+  readonly #health: StoreHealth
   readonly #metrics: Metrics
   readonly #client: ScriptedRedis | null
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   readonly ownedSetKey: string
 
-  constructor (cache: RedisCache, config: Config['redis'], timeoutMs: number, metrics: Metrics) {
-    this.#cache = cache
+  /** `health` is shared with the snapshot cache: one Redis, one outage log. */
+  constructor (config: Config['redis'], timeoutMs: number, health: StoreHealth, metrics: Metrics) {
+    this.#prefix = config.keyPrefix
+    this.#health = health
     this.#metrics = metrics
-    this.ownedSetKey = cache.prefix + 'redis-owned'
+    this.ownedSetKey = config.keyPrefix + 'redis-owned'
     this.#client = !config.enabled
       ? null
       : defineScripts(createRedisClient(config.url, {
@@ -77,6 +66,26 @@ export class RedisFallback {
     this.#client?.connect().catch(() => {})
   }
 
+  get enabled (): boolean {
+    return this.#client !== null
+  }
+
+  get available (): boolean {
+    return this.#client !== null && this.#client.status === 'ready'
+  }
+
+  /** A reload changed fallback.redisTimeoutMs: later commands wait this long. */
+  setTimeout (timeoutMs: number): void {
+    const client = this.#client as (ScriptedRedis & { isCluster?: boolean, nodes?: () => Array<{ options: { commandTimeout?: number } }>, options: { redisOptions?: { commandTimeout?: number } } }) | null
+    if (client === null) return
+    if (client.isCluster === true) {
+      if (client.options.redisOptions !== undefined) client.options.redisOptions.commandTimeout = timeoutMs
+      for (const node of client.nodes?.() ?? []) node.options.commandTimeout = timeoutMs
+    } else {
+      client.options.commandTimeout = timeoutMs
+    }
+  }
+
   async close (): Promise<void> {
     if (this.#client === null) return
     try {
@@ -86,38 +95,34 @@ export class RedisFallback {
     }
   }
 
-  /**
-   * Decides in Redis. `dbNowMs` (the gateway's estimate of the database clock) projects a
-   * PostgreSQL snapshot that Redis takes over. `force` takes a bucket back from a hand-back
-   * (used when PostgreSQL turned out to be unreachable after all).
-   */
-  async decide (policy: Policy, userId: string, cost: number, dbNowMs: number, force: boolean): Promise<RedisDecisionOutcome> {
+  async decide (request: BucketRequest, dbNowMs: number, force: boolean): Promise<RedisVerdict> {
     const client = this.#client
-    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return 'unavailable'
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return REDIS_UNAVAILABLE
+    const { policy, userId, cost } = request
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
     // Recorded first, or at the same time: a member without a Redis-owned bucket is harmless.
     client.sadd(this.ownedSetKey, encodeMember(policy, userId)).catch(() => {})
     let reply: [number, string, string]
     try {
-      reply = await client.rlDecide(this.#cache.key(policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+      reply = await client.rlDecide(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
         policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0)
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
-      this.#cache.health.failed(err)
-      return 'unavailable'
+      this.#health.failed(err)
+      return REDIS_UNAVAILABLE
     }
     this.#breaker.success()
-    this.#cache.health.succeeded()
-    if (reply[0] === -1) return 'handing-back'
-    return { allowed: reply[0] === 1, tokens: Number(reply[1]) }
+    this.#health.succeeded()
+    if (reply[0] === -1) return REDIS_HANDING_BACK
+    return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]) }
   }
 
   /** Some of the Redis-owned buckets (SSCAN: never blocks Redis on a large set). */
   async owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }> {
     const client = this.#requireClient()
     const [next, members] = await client.sscan(this.ownedSetKey, cursor, 'COUNT', count)
-    const buckets: OwnedBucket[] = []
+    const buckets: OwnedMember[] = []
     for (const member of members) {
       const bucket = decodeMember(member)
       if (bucket !== null) buckets.push(bucket)
@@ -134,21 +139,25 @@ export class RedisFallback {
    * Step 1 of a hand-back, with the PostgreSQL rows locked: marks each bucket as being handed
    * back and returns its tokens now (Redis clock), or null where Redis does not own it.
    */
-  async handBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>> {
+  async markHandingBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>> {
     const client = this.#requireClient()
     // One call per bucket (auto-pipelined): buckets live in different cluster slots.
-    const replies = await Promise.all(buckets.map((b) => client.rlHandBack(this.#cache.key(b.cacheName, b.userId), b.capacity,
+    const replies = await Promise.all(buckets.map((b) => client.rlHandBack(bucketKey(this.#prefix, b.cacheName, b.userId), b.capacity,
       b.refillPerSecond, fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))))
     return replies.map(([status, tokens]) => status === 1 ? Number(tokens) : null)
   }
 
   /** Step 2, after the merge committed: the buckets become snapshots of the merged rows. */
-  async handedBack (buckets: readonly OwnedBucket[], snapshots: readonly string[]): Promise<void> {
+  async handedBack (buckets: readonly OwnedBucket[], snapshots: ReadonlyArray<BucketSnapshot | null>): Promise<void> {
     const client = this.#requireClient()
-    const done = await Promise.all(buckets.map((b, i) => client.rlHandedBack(this.#cache.key(b.cacheName, b.userId), snapshots[i]!,
-      fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))))
+    const done = await Promise.all(buckets.map((b, i) => {
+      const merged = snapshots[i]
+      return client.rlHandedBack(bucketKey(this.#prefix, b.cacheName, b.userId), merged === null || merged === undefined ? '' : encode(merged),
+        fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
+    }))
     // Taken back by Redis meanwhile (0): stays in the set for the next pass.
-    const finished = buckets.filter((_, i) => done[i] === 1).map((b) => b.member)
+    const finished = buckets.filter((_, i) => done[i] === 1).map((b) => (b as OwnedMember).member ?? encodeMember(
+      { name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond, cacheName: b.cacheName }, b.userId))
     if (finished.length > 0) await client.srem(this.ownedSetKey, ...finished)
   }
 
@@ -164,7 +173,7 @@ export function encodeMember (policy: Policy, userId: string): string {
   return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond, policy.cacheName ?? policy.name])
 }
 
-export function decodeMember (member: string): OwnedBucket | null {
+export function decodeMember (member: string): OwnedMember | null {
   try {
     const value: unknown = JSON.parse(member)
     if (!Array.isArray(value) || value.length !== 5) return null

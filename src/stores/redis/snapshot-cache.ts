@@ -1,34 +1,30 @@
 /**
- * Redis, a read-first cache of bucket snapshots in front of PostgreSQL. Best effort by
- * construction: no method throws, a slow or failing Redis reads as a miss, and a circuit
- * breaker stops paying the timeout on every request while Redis is failing.
+ * Redis, a read-first cache of bucket snapshots in front of PostgreSQL (the SnapshotCache
+ * port). Best effort by construction: no method on the request path throws, a slow or failing
+ * Redis reads as `error` or `skipped`, and a circuit breaker stops paying the timeout on every
+ * request while Redis is failing.
  *
- * On one server (or Sentinel's master), the reads and the write-backs of one turn of the event
+ * On one server (or Sentinel's master), the reads and the snapshot writes of one turn of the event
  * loop are coalesced: one MGET, one WRITE_MANY script call, instead of a command per request
  * (docs/performance.md). On a Cluster, where the buckets' keys live in different slots, each
  * goes alone, and ioredis pipelines them per node.
  */
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot } from '../../core/domain.ts'
-import type { Logger } from '../../observability/log.ts'
+import { CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type CachedSnapshot, type CacheRead, type SnapshotCache } from '../../core/ports.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
-import { StoreHealth } from '../health.ts'
+import type { StoreHealth } from '../health.ts'
 import { createRedisClient } from './client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
-
-/** Why a read produced no snapshot. */
-export type CacheMiss = 'miss' | 'error' | 'skipped'
-/** The bucket is not PostgreSQL's right now (src/stores/redis-scripts.ts, value format). */
-export type NotOwnedByPostgres = 'redis-owned' | 'handing-back'
 
 interface SnapshotWrite { readonly key: string, readonly value: string, readonly ttlSeconds: number, readonly charge: number }
 
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
 
-export class RedisCache {
+export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
   readonly health: StoreHealth
   readonly #prefix: string
@@ -39,10 +35,11 @@ export class RedisCache {
   readonly #reads: Batcher<string, string | null> | null = null
   readonly #writes: Batcher<SnapshotWrite, void> | null = null
 
-  constructor (config: Config['redis'], log: Logger, metrics: Metrics) {
+  /** `health` is shared with the Redis decider: one outage, logged once. */
+  constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics) {
     this.#prefix = config.keyPrefix
     this.#metrics = metrics
-    this.health = new StoreHealth('redis', log, metrics)
+    this.health = health
     if (!config.enabled) {
       metrics.storeDisabled('redis')
       this.client = null
@@ -81,18 +78,15 @@ export class RedisCache {
     }
   }
 
-  get prefix (): string { return this.#prefix }
-
-  key (policy: string, userId: string): string {
-    // One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot.
-    return `${this.#prefix}{${policy}:${userId}}`
+  key (cacheName: string, userId: string): string {
+    return bucketKey(this.#prefix, cacheName, userId)
   }
 
-  async read (key: string): Promise<BucketSnapshot | CacheMiss | NotOwnedByPostgres> {
-    const client = this.usable()
+  async read (key: string): Promise<CacheRead> {
+    const client = this.#usable()
     if (client === null) {
       this.#metrics.cacheLookups.inc({ result: 'skipped' })
-      return 'skipped'
+      return CACHE_SKIPPED
     }
     let value: string | null
     if (this.#reads !== null) {
@@ -100,38 +94,34 @@ export class RedisCache {
         value = await this.#reads.submit(key)
       } catch {
         this.#metrics.cacheLookups.inc({ result: 'error' }) // the round trip's failure is recorded once, in #readMany
-        return 'error'
+        return CACHE_ERROR
       }
     } else {
       this.#metrics.storeOperations.inc({ store: 'redis', operation: 'get' })
       try {
         value = await client.get(key)
       } catch (err) {
-        this.failed('get', err)
+        this.#failed('get', err)
         this.#metrics.cacheLookups.inc({ result: 'error' })
-        return 'error'
+        return CACHE_ERROR
       }
-      this.succeeded()
+      this.#succeeded()
     }
     if (value !== null) {
       const owner = ownerOf(value)
       if (owner !== 'postgres') {
-        const result = owner === 'redis' ? 'redis-owned' : 'handing-back'
-        this.#metrics.cacheLookups.inc({ result })
+        const result = owner === 'redis' ? REDIS_OWNED : HANDING_BACK
+        this.#metrics.cacheLookups.inc({ result: result.kind })
         return result
       }
     }
     const snapshot = value === null ? null : decode(value)
     this.#metrics.cacheLookups.inc({ result: snapshot === null ? 'miss' : 'hit' })
-    return snapshot ?? 'miss'
+    return snapshot ?? CACHE_MISS
   }
 
-  /**
-   * Stores a snapshot for `ttlSeconds`; fire and forget, never on the response's path.
-   * `charge` is the cost PostgreSQL just granted (0 for a denial): if Redis owns the bucket the
-   * snapshot is not written and the charge is applied there instead (redis-scripts.ts WRITE).
-   */
-  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge = 0): void {
+  /** Fire and forget, never on the response's path (scripts.ts WRITE: newer wins, Redis-owned charged). */
+  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void {
     const client = this.client
     if (client === null || client.status !== 'ready' || this.#breaker.open) return
     if (this.#writes !== null) {
@@ -139,7 +129,7 @@ export class RedisCache {
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
-    client.rlWrite(key, encode(snapshot), ttlSeconds, charge).catch((err: unknown) => this.failed('set', err))
+    client.rlWrite(key, encode(snapshot), ttlSeconds, charge).catch((err: unknown) => this.#failed('set', err))
   }
 
   /** One round trip for every read waiting (single server). */
@@ -150,14 +140,14 @@ export class RedisCache {
     try {
       values = keys.length === 1 ? [await client.get(keys[0]!)] : await client.mget(keys)
     } catch (err) {
-      this.failed('get', err)
+      this.#failed('get', err)
       throw err
     }
-    this.succeeded()
+    this.#succeeded()
     return values
   }
 
-  /** One round trip for every write-back waiting, applied in order (single server). */
+  /** One round trip for every snapshot write waiting, applied in order (single server). */
   async #writeMany (items: SnapshotWrite[]): Promise<void[]> {
     const client = this.client!
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
@@ -178,21 +168,20 @@ export class RedisCache {
         await client.rlWriteMany(n, ...args)
       }
     } catch (err) {
-      this.failed('set', err)
+      this.#failed('set', err)
       throw err
     }
     return new Array<void>(items.length)
   }
 
   /** The client, if Redis may be used now: connected and not skipped by the circuit breaker. */
-  usable (): ScriptedRedis | null {
+  #usable (): ScriptedRedis | null {
     const client = this.client
     if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return null
     return client
   }
 
-  /** Reports an operation that worked, closing the breaker (for callers of `usable()`). */
-  succeeded (): void {
+  #succeeded (): void {
     this.#breaker.success()
     this.health.succeeded()
   }
@@ -209,20 +198,20 @@ export class RedisCache {
     }
   }
 
-  async ping (): Promise<boolean> {
-    if (this.client === null || this.client.status !== 'ready') return false
+  async ping (): Promise<'up' | 'down' | 'disabled'> {
+    if (this.client === null) return 'disabled'
+    if (this.client.status !== 'ready') return 'down'
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'ping' })
     try {
       await this.client.ping()
-      return true
+      return 'up'
     } catch {
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'ping' })
-      return false
+      return 'down'
     }
   }
 
-  /** Reports an operation that failed or timed out (for callers of `usable()`). */
-  failed (operation: string, err: unknown): void {
+  #failed (operation: string, err: unknown): void {
     this.#metrics.storeErrors.inc({ store: 'redis', operation })
     this.#breaker.failure(Date.now())
     this.health.failed(err)
@@ -243,10 +232,15 @@ export function encode (s: BucketSnapshot): string {
   return `${s.tokens}|${s.atMs}`
 }
 
-export function decode (value: string): BucketSnapshot | null {
+export function decode (value: string): CachedSnapshot | null {
   const bar = value.indexOf('|')
   if (bar < 0) return null
   const tokens = Number(value.slice(0, bar))
   const atMs = Number(value.slice(bar + 1))
-  return Number.isFinite(tokens) && Number.isFinite(atMs) ? { tokens, atMs } : null
+  return Number.isFinite(tokens) && Number.isFinite(atMs) ? { kind: 'snapshot', tokens, atMs } : null
+}
+
+/** One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot. */
+export function bucketKey (prefix: string, cacheName: string, userId: string): string {
+  return `${prefix}{${cacheName}:${userId}}`
 }

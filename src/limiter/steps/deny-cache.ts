@@ -11,8 +11,8 @@
  * Bounded: at most `maxEntries` keys, least recently used evicted first; an entry that can no
  * longer refuse is dropped when next looked at. Pure apart from the map: time is a parameter.
  */
-import { canPay, tokensAt } from '../core/token-bucket.ts'
-import type { BucketSnapshot, Policy } from '../core/domain.ts'
+import { canPay, tokensAt } from '../../core/token-bucket.ts'
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 
 export class DenyCache {
   readonly #maxEntries: number

@@ -6,10 +6,12 @@
  *
  * Memory is bounded: a bucket that has refilled completely carries no information and is
  * dropped; beyond `maxKeys` the oldest entries are dropped first (which can only let a
- * forgotten caller start again from a full share).
+ * forgotten caller start again from a full share). Each bucket keeps the share it was spent
+ * under, so the sweep judges it by its own numbers (an override or a reload makes several
+ * policies of one name), and shares die with their policies (a WeakMap).
  */
-import { consume } from '../core/token-bucket.ts'
-import type { BucketSnapshot, Policy } from '../core/domain.ts'
+import { consume, tokensAt } from '../../core/token-bucket.ts'
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 
 export interface LocalDecision {
   readonly allowed: boolean
@@ -18,17 +20,21 @@ export interface LocalDecision {
   readonly share: Policy
 }
 
+interface LocalBucket extends BucketSnapshot {
+  readonly share: Policy
+}
+
 export class LocalBuckets {
-  readonly #replicas: number
-  readonly #maxKeys: number
+  readonly replicas: number
+  readonly maxKeys: number
   readonly #now: () => number
-  readonly #buckets = new Map<string, BucketSnapshot>()
-  readonly #shares = new Map<Policy, Policy>()
-  #lastSweep = 0
+  readonly #buckets = new Map<string, LocalBucket>()
+  #shares = new WeakMap<Policy, Policy>()
+  #lastSweep = -Infinity
 
   constructor (replicas: number, maxKeys: number, now: () => number = () => performance.now()) {
-    this.#replicas = replicas
-    this.#maxKeys = maxKeys
+    this.replicas = replicas
+    this.maxKeys = maxKeys
     this.#now = now
   }
 
@@ -37,7 +43,8 @@ export class LocalBuckets {
   share (policy: Policy): Policy {
     let share = this.#shares.get(policy)
     if (share === undefined) {
-      share = { name: policy.name, capacity: policy.capacity / this.#replicas, refillPerSecond: policy.refillPerSecond / this.#replicas }
+      share = { name: policy.name, capacity: policy.capacity / this.replicas, refillPerSecond: policy.refillPerSecond / this.replicas }
+      if (policy.cacheName !== undefined) share = { ...share, cacheName: policy.cacheName }
       this.#shares.set(policy, share)
     }
     return share
@@ -46,32 +53,32 @@ export class LocalBuckets {
   consume (policy: Policy, userId: string, cost: number): LocalDecision {
     const now = this.#now()
     const share = this.share(policy)
-    const key = policy.name + '\n' + userId
-    const result = consume(this.#buckets.get(key) ?? null, share, cost, now)
+    // The cache name carries the numbers: a bucket spent under other numbers is another bucket.
+    const key = (policy.cacheName ?? policy.name) + '\n' + userId
+    const previous = this.#buckets.get(key)
+    const result = consume(previous ?? null, share, cost, now)
     // Re-inserting moves the key to the end, so the map stays ordered by last use.
-    this.#buckets.delete(key)
-    this.#buckets.set(key, result.snapshot)
-    if (this.#buckets.size > this.#maxKeys) this.#evict(now)
+    if (previous !== undefined) this.#buckets.delete(key)
+    this.#buckets.set(key, { tokens: result.snapshot.tokens, atMs: result.snapshot.atMs, share })
+    if (this.#buckets.size > this.maxKeys) this.#evict(now)
     return { allowed: result.allowed, tokens: result.snapshot.tokens, share }
   }
 
   /** Forget everything (the stores are back and decide again). */
   clear (): void {
     this.#buckets.clear()
+    this.#shares = new WeakMap()
   }
 
   #evict (now: number): void {
     // At most one full sweep per second; otherwise drop the least recently used.
     if (now - this.#lastSweep >= 1000) {
       this.#lastSweep = now
-      const shares = new Map<string, Policy>()
-      for (const share of this.#shares.values()) shares.set(share.name, share)
-      for (const [key, snap] of this.#buckets) {
-        const share = shares.get(key.slice(0, key.indexOf('\n')))
-        if (share !== undefined && snap.tokens + ((now - snap.atMs) * share.refillPerSecond) / 1000 >= share.capacity) this.#buckets.delete(key)
+      for (const [key, bucket] of this.#buckets) {
+        if (tokensAt(bucket, bucket.share, now) >= bucket.share.capacity) this.#buckets.delete(key)
       }
     }
-    while (this.#buckets.size > this.#maxKeys) {
+    while (this.#buckets.size > this.maxKeys) {
       const oldest = this.#buckets.keys().next().value
       if (oldest === undefined) break
       this.#buckets.delete(oldest)

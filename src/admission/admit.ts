@@ -1,0 +1,121 @@
+/**
+ * Admission, apart from any transport: given an identified caller, the method, path and cost,
+ * is the request refused outright, limited, or forwarded? Access lists, tier, route and
+ * override are resolved here, once; the limiter decides; shadow policies and the closed fail
+ * mode are mapped here. The proxy's onRequest and POST /v1/check both use it and only turn
+ * the result into a reply.
+ */
+import type { Decision } from '../core/domain.ts'
+import { BadRequest, StoreUnavailableError } from '../core/errors.ts'
+import type { Limiter } from '../limiter/limiter.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import type { OverrideTable } from '../policy/overrides.ts'
+import { normalizePath } from '../policy/path.ts'
+import type { LimitPolicy } from '../policy/policy-set.ts'
+import type { Runtime } from './runtime.ts'
+
+export interface AdmissionRequest {
+  readonly id: string
+  /** With a method (and path) the routes, tiers and access lists apply, as on the proxy. */
+  readonly method?: string
+  /** The raw request path (no query), as the client sent it. */
+  readonly path?: string
+  /** Overrides the route's cost. */
+  readonly cost?: number
+  /** Without a method: the policy by name (the default when absent). */
+  readonly policyName?: string
+  /** The tier header's value, if the tier comes from a header. */
+  readonly tierHeader?: string | string[] | undefined
+  /** Verified JWT claims (identity.source: jwt). */
+  readonly claims?: Record<string, unknown> | null
+}
+
+/** What the request is charged against, before any bucket is touched. */
+export type Screened =
+  | { readonly kind: 'charge', readonly id: string, readonly policy: LimitPolicy, readonly cost: number }
+  | { readonly kind: 'allow-listed' }
+  | { readonly kind: 'deny-listed' }
+
+export type Shadow = 'allowed' | 'would-block' | 'unavailable'
+
+export type Admission =
+  | { readonly kind: 'forward', readonly decision: Decision | null, readonly shadow: Shadow | null }
+  | { readonly kind: 'limited', readonly decision: Decision }
+  | { readonly kind: 'deny-listed' }
+  /** No store can decide and FAIL_MODE=closed: 503 with Retry-After. */
+  | { readonly kind: 'unavailable', readonly retryAfterSeconds: number }
+
+export interface AdmissionDeps {
+  readonly limiter: Limiter
+  readonly metrics: Metrics
+  readonly overrides: { readonly table: OverrideTable }
+}
+
+const ALLOW_LISTED: Screened = Object.freeze({ kind: 'allow-listed' })
+const DENY_LISTED = Object.freeze({ kind: 'deny-listed' }) as Screened & Admission
+const UNLIMITED: Admission = Object.freeze({ kind: 'forward', decision: null, shadow: null })
+
+/** Resolves what a request is charged against. Throws BadRequest for an unknown policy name. */
+export function screen (runtime: Runtime, overrides: OverrideTable, request: AdmissionRequest): Screened {
+  const set = runtime.policies
+  const id = request.id
+  let configured: LimitPolicy
+  let cost: number
+  if (request.method !== undefined) {
+    if (set.isDenied(id)) return DENY_LISTED
+    if (set.isAllowed(id)) return ALLOW_LISTED
+    const tier = set.hasTiers
+      ? set.tierOf(id, set.tierHeader === undefined ? undefined : request.tierHeader, set.tierClaim === undefined ? undefined : request.claims?.[set.tierClaim])
+      : null
+    const resolved = set.resolve(request.method, normalizePath(request.path ?? '/'), tier)
+    configured = resolved.policy
+    cost = resolved.cost
+  } else {
+    configured = policyNamed(runtime, request.policyName)
+    cost = configured.cost
+  }
+  return { kind: 'charge', id, policy: overrides.apply(configured, id), cost: request.cost ?? cost }
+}
+
+/** Spends the screened request's tokens and says what becomes of it. */
+export async function decide (deps: AdmissionDeps, screened: Screened, log: Logger): Promise<Admission> {
+  if (screened.kind === 'deny-listed') {
+    deps.metrics.rejectedRequests.inc({ reason: 'deny-list' })
+    return DENY_LISTED
+  }
+  if (screened.kind === 'allow-listed') {
+    deps.metrics.allowListed.inc()
+    return UNLIMITED
+  }
+  const { policy, id, cost } = screened
+  let decision: Decision | null = null
+  try {
+    decision = await deps.limiter.check(policy, id, cost, log)
+  } catch (err) {
+    if (!(err instanceof StoreUnavailableError)) throw err
+    if (!policy.shadow) return { kind: 'unavailable', retryAfterSeconds: err.retryAfterSeconds }
+  }
+  if (policy.shadow) {
+    // Shadow mode: decided and counted like any other, reported, never enforced.
+    const shadow: Shadow = decision === null ? 'unavailable' : decision.allowed ? 'allowed' : 'would-block'
+    deps.metrics.shadowDecisions.inc({ policy: policy.name, result: shadow === 'would-block' ? 'would_block' : shadow })
+    if (shadow === 'would-block') log.info({ user_id: id, policy: policy.name, cost, source: decision!.source }, 'shadow policy would block')
+    return { kind: 'forward', decision, shadow }
+  }
+  return decision!.allowed ? { kind: 'forward', decision, shadow: null } : { kind: 'limited', decision: decision! }
+}
+
+/** screen, then decide: one request through admission. */
+export async function admit (deps: AdmissionDeps, runtime: Runtime, request: AdmissionRequest, log: Logger): Promise<Admission> {
+  return await decide(deps, screen(runtime, deps.overrides.table, request), log)
+}
+
+/** The named policy of the live configuration (default when unnamed); 400 when unknown. */
+export function policyNamed (runtime: Runtime, name: string | undefined): LimitPolicy {
+  const set = runtime.policies
+  if (name === undefined) return set.defaultPolicy
+  const policy = set.policies.get(name)
+  if (policy === undefined) throw new BadRequest(`Unknown policy "${name}"; known: ${[...set.policies.keys()].join(', ')}.`)
+  return policy
+}

@@ -1,0 +1,142 @@
+/**
+ * The stores as the decision flow sees them. src/limiter depends on these interfaces only;
+ * src/stores/postgres and src/stores/redis implement them, and src/limiter/memory-stores.ts
+ * implements them in memory for fast tests. docs/design.md explains the protocol behind them.
+ */
+import type { BucketSnapshot, Policy } from './domain.ts'
+
+/** One bucket's charge: `cost` tokens of `policy`'s bucket for `userId`. */
+export interface BucketRequest {
+  readonly policy: Policy
+  readonly userId: string
+  readonly cost: number
+}
+
+export interface StoreDecision {
+  readonly allowed: boolean
+  /** The bucket after the decision, on the database clock. */
+  readonly snapshot: BucketSnapshot
+  /** The row was created by this request. */
+  readonly created: boolean
+}
+
+export interface BucketPeek {
+  readonly snapshot: BucketSnapshot | null
+  /** The deciding store's clock when it was read. */
+  readonly nowMs: number
+}
+
+/** A bucket Redis decided while PostgreSQL was down, waiting to be handed back. */
+export interface OwnedBucket {
+  /** The policy's name: PostgreSQL's row key. */
+  readonly policy: string
+  /** The name its cache key is made from (Policy.cacheName, else the name). */
+  readonly cacheName: string
+  readonly userId: string
+  readonly capacity: number
+  readonly refillPerSecond: number
+}
+
+/**
+ * PostgreSQL, the source of truth: decides every allowance while it answers. Every method
+ * rejects with StoreFailure when the store does not answer in time.
+ */
+export interface DecidingStore {
+  /** Decides atomically (concurrent calls share one round trip: group commit). */
+  decide (request: BucketRequest): Promise<StoreDecision>
+  peek (policy: string, userId: string): Promise<BucketPeek>
+  /** Forgets a bucket (the caller starts full); true if there was one. */
+  reset (policy: string, userId: string): Promise<boolean>
+  ping (): Promise<void>
+  /**
+   * The hand-back's PostgreSQL half, in one transaction: lock the buckets' rows (in the global
+   * key order every decision uses), call `takeOver` for their tokens in Redis now (null where
+   * Redis no longer owns one), merge keeping the lower count, commit. Returns the merged
+   * snapshots, null where nothing was merged.
+   */
+  handBack (buckets: readonly OwnedBucket[], takeOver: (buckets: readonly OwnedBucket[]) => Promise<ReadonlyArray<number | null>>): Promise<Array<BucketSnapshot | null>>
+}
+
+/** A read of the snapshot cache: a snapshot, or why there is none. */
+export type CacheRead = CachedSnapshot | CacheOutcome
+
+export interface CachedSnapshot extends BucketSnapshot {
+  readonly kind: 'snapshot'
+}
+
+export interface CacheOutcome {
+  /**
+   * miss: nothing cached; error: the read failed or timed out; skipped: not asked (disabled,
+   * disconnected, circuit open); redis-owned: Redis decides this bucket (PostgreSQL was down);
+   * handing-back: a gateway is merging it into PostgreSQL right now.
+   */
+  readonly kind: 'miss' | 'error' | 'skipped' | 'redis-owned' | 'handing-back'
+}
+
+// Shared instances: a read that finds no snapshot allocates nothing.
+export const CACHE_MISS: CacheOutcome = Object.freeze({ kind: 'miss' })
+export const CACHE_ERROR: CacheOutcome = Object.freeze({ kind: 'error' })
+export const CACHE_SKIPPED: CacheOutcome = Object.freeze({ kind: 'skipped' })
+export const REDIS_OWNED: CacheOutcome = Object.freeze({ kind: 'redis-owned' })
+export const HANDING_BACK: CacheOutcome = Object.freeze({ kind: 'handing-back' })
+
+/**
+ * Redis as a read-first cache of PostgreSQL's snapshots. Best effort: nothing here throws on
+ * the request path; a slow or failing Redis reads as `error` or `skipped`.
+ */
+export interface SnapshotCache {
+  /** The cache key of a bucket (one hash tag per bucket: one Redis Cluster slot). */
+  key (cacheName: string, userId: string): string
+  read (key: string): Promise<CacheRead>
+  /**
+   * Stores the snapshot PostgreSQL just decided, off the response path. `charge` is the cost
+   * PostgreSQL granted (0 for a refusal): where Redis owns the bucket the snapshot is not
+   * stored and the charge is applied to Redis's state instead, so neither store's spending is lost.
+   */
+  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void
+  /** Removes a snapshot (a bucket was raised: reset, override); throws when Redis fails. */
+  remove (key: string): Promise<void>
+  /** Readiness: 'disabled' when no Redis is configured. */
+  ping (): Promise<'up' | 'down' | 'disabled'>
+}
+
+/** What Redis answered when asked to decide. */
+export type RedisVerdict = RedisDecided | RedisNotDecided
+
+export interface RedisDecided {
+  readonly kind: 'decided'
+  readonly allowed: boolean
+  /** Tokens left, on the Redis clock. */
+  readonly tokens: number
+}
+
+export interface RedisNotDecided {
+  /** handing-back: merged into PostgreSQL right now (ask PostgreSQL); unavailable: Redis cannot decide. */
+  readonly kind: 'handing-back' | 'unavailable'
+}
+
+export const REDIS_HANDING_BACK: RedisNotDecided = Object.freeze({ kind: 'handing-back' })
+export const REDIS_UNAVAILABLE: RedisNotDecided = Object.freeze({ kind: 'unavailable' })
+
+/**
+ * Redis as the deciding store while PostgreSQL is down (an atomic script on the Redis clock),
+ * and the Redis half of the hand-back. Buckets it decides become Redis-owned until handed back.
+ */
+export interface RedisDecider {
+  /** A Redis is configured. */
+  readonly enabled: boolean
+  /** Configured and connected now. */
+  readonly available: boolean
+  /**
+   * `dbNowMs` (this gateway's estimate of the database clock) projects a PostgreSQL snapshot
+   * Redis takes over; `force` takes a bucket back from a hand-back in progress.
+   */
+  decide (request: BucketRequest, dbNowMs: number, force: boolean): Promise<RedisVerdict>
+  /** Some of the Redis-owned buckets from `cursor` ('0' starts; '0' returned: done). */
+  owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }>
+  ownedCount (): Promise<number>
+  /** Hand-back step 1 (rows locked): marks each bucket as being handed back; its tokens now, or null where Redis does not own it. */
+  markHandingBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>>
+  /** Hand-back step 2 (merge committed): each bucket becomes a snapshot of its merged row. */
+  handedBack (buckets: readonly OwnedBucket[], snapshots: ReadonlyArray<BucketSnapshot | null>): Promise<void>
+}

@@ -1,0 +1,34 @@
+/**
+ * Step 4: PostgreSQL cannot decide (down, or Redis owns the bucket): Redis decides with an
+ * atomic script on its own clock, and the bucket becomes Redis-owned until it is handed back
+ * (hand-back.ts). Every gateway that meets a Redis-owned bucket lets Redis decide it, so no
+ * bucket is decided by both stores at once.
+ */
+import { makeDecision } from '../../core/decision.ts'
+import type { Decision } from '../../core/domain.ts'
+import type { BucketRequest, RedisDecider } from '../../core/ports.ts'
+import type { Metrics } from '../../observability/metrics.ts'
+import type { DbClock } from '../db-clock.ts'
+
+/** Redis's answer: a decision, 'handing-back' (another gateway is merging it: ask PostgreSQL) or null (Redis cannot decide). */
+export type RedisOutcome = Decision | 'handing-back' | null
+
+export class RedisDecides {
+  readonly #redis: RedisDecider
+  readonly #clock: DbClock
+  readonly #metrics: Metrics
+
+  constructor (redis: RedisDecider, clock: DbClock, metrics: Metrics) {
+    this.#redis = redis
+    this.#clock = clock
+    this.#metrics = metrics
+  }
+
+  /** `force`: take the bucket back from a hand-back (PostgreSQL is down after all). */
+  async decide (request: BucketRequest, force: boolean): Promise<RedisOutcome> {
+    const verdict = await this.#redis.decide(request, this.#clock.nowMs(), force)
+    if (verdict.kind !== 'decided') return verdict.kind === 'handing-back' ? 'handing-back' : null
+    this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
+    return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, 'redis-fallback', 'redis')
+  }
+}
