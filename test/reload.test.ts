@@ -8,6 +8,7 @@ import { stringify } from 'yaml'
 import { spawnGateway, startTestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { createRedisPrefix, createTestDatabase } from './helpers/stores.ts'
+import { freePort } from './helpers/private-stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 function tempConfig (t: { teardown: (fn: () => unknown) => void }): { path: string, write: (doc: unknown) => void } {
@@ -114,4 +115,30 @@ t.test('SIGHUP reloads a running process under load without dropping a request',
   t.ok(limits.size >= 3, `responses came from several configurations: ${[...limits].sort().join(', ')}`)
   t.equal(gw.child.exitCode, null, 'SIGHUP did not stop the process')
   t.equal(await gw.stop('SIGTERM'), 0)
+})
+
+t.test('a reload that changes the fail mode during an outage applies it at once (open → closed)', async (t) => {
+  // Neither store answers: a closed port for each (the gateway may start without PostgreSQL).
+  const [pgPort, redisPort] = [await freePort(), await freePort()]
+  const file = tempConfig(t)
+  const outage = (mode: string) => ({ fallback: { mode, probeIntervalMs: 200 } })
+  file.write(outage('open'))
+  const gw = await startTestGateway(t, {
+    configFile: file.path,
+    watch: true,
+    databaseUrl: `postgres://postgres@127.0.0.1:${pgPort}/none`,
+    redisUrl: `redis://127.0.0.1:${redisPort}`,
+    config: { postgres: { requiredAtStart: false, connectTimeoutSeconds: 1 }, redis: { connectTimeoutMs: 200 } }
+  })
+  const open = await send(gw.proxyUrl + '/x', { user: 'incident' })
+  t.equal(open.status, 201, 'FAIL_MODE=open forwards to the upstream')
+  t.equal(open.headers.get('x-data-source'), 'fail-open')
+
+  file.write(outage('closed'))
+  const closed = await waitFor(async () => { const r = await send(gw.proxyUrl + '/x', { user: 'incident' }); return r.status === 503 ? r : null }, { what: 'the closed fail mode' })
+  t.equal(closed!.headers.get('retry-after'), '1')
+  t.match(await closed!.json(), { status: 503, detail: /cannot reach its stores/ })
+  t.ok(gw.logs.some((l) => l.msg === 'fail-over settings applied'), 'the change is logged as applied')
+  t.notOk(gw.logs.some((l) => l.msg === 'changed settings in these sections take effect only after a restart'), 'not reported as needing a restart')
+  t.ok(gw.logs.some((l) => l.msg.includes('FAIL_MODE=closed') && l.err !== undefined), 'the transition to closed is logged once, with the store error')
 })
