@@ -60,7 +60,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const redisHealth = new StoreHealth('redis', log, metrics)
     const redis = life.add('redis', new RedisSnapshotCache(config.redis, redisHealth, metrics), async (r) => await r.close())
     const decider = life.add('redis decider', new RedisDecider(config.redis, config.fallback.redisTimeoutMs, redisHealth, metrics), async (d) => await d.close())
-    const overrides = life.add('overrides', new OverrideStore(postgres.sql, log), async (o) => await o.close())
+    const overrides = life.add('overrides', new OverrideStore(postgres, log), async (o) => await o.close())
     let postgresMissing: unknown = null
     try {
       await postgres.start(config.postgres.migrate)

@@ -36,6 +36,8 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['LOCAL_DENY_CACHE_SIZE', 'localDenyCache.maxEntries', 'int'],
   ['DATABASE_URL', 'postgres.url', 'string'],
   ['DATABASE_POOL_SIZE', 'postgres.poolSize', 'int'],
+  ['DATABASE_DECISION_TIMEOUT_MS', 'postgres.decisionTimeoutMs', 'int'],
+  ['DATABASE_START_TIMEOUT_MS', 'postgres.startTimeoutMs', 'int'],
   ['DATABASE_BATCH_WINDOW_MS', 'postgres.batchWindowMs', 'number'],
   ['DATABASE_BATCH_MAX_SIZE', 'postgres.batchMaxSize', 'int'],
   ['DATABASE_BATCH_MAX_IN_FLIGHT', 'postgres.batchMaxInFlight', 'int'],

@@ -65,7 +65,19 @@ const postgres = z.strictObject({
   url: url(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/postgres'),
   poolSize: z.number().int().positive().default(10),
   connectTimeoutSeconds: positive.default(2),
+  /** Server-side statement timeout, and the client-side bound on every wait off the request path (admin, hand-back, overrides). */
   statementTimeoutMs: z.number().int().positive().default(2_000),
+  /**
+   * The deadline of one PostgreSQL decision (a batch) and of a ping. Past it the requests are
+   * decided as for an unreachable PostgreSQL (Redis, else the fail mode), PostgreSQL is treated
+   * as down and probed, and the connections stuck waiting are destroyed. 500 ms: over ten times
+   * the p99 of a whole request at saturation on a 2-core host (docs/performance.md) and room
+   * for a new pool connection's set-up on a busy one, so a busy PostgreSQL is not taken for a
+   * dead one; and well below the timeouts clients give a request.
+   */
+  decisionTimeoutMs: z.number().int().positive().max(60_000).default(500),
+  /** How long start-up waits for the migrations (another gateway may hold their lock). */
+  startTimeoutMs: z.number().int().positive().default(30_000),
   /**
    * Group commit: decisions arriving within this window share one round trip and one
    * transaction. Below 1 ms (timers are no finer), those arriving in the same turn of the

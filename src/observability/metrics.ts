@@ -77,6 +77,13 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly storeDeadlines = new FastCounter({
+    name: 'gateway_store_deadline_expired_total',
+    help: 'Store round trips abandoned at their deadline (the store kept the connection open but did not answer in time), by store and operation. A PostgreSQL decision abandoned this way may still commit: the caller is then charged twice (in PostgreSQL and by the fallback), never allowed twice.',
+    labelNames: ['store', 'operation'] as const,
+    registers: [this.registry]
+  })
+
   readonly storeUp = new Gauge({
     name: 'gateway_store_up',
     help: '1 while the store answers, 0 from its first failure until it answers again. Absent for Redis when Redis is disabled.',
@@ -195,6 +202,7 @@ export class Metrics {
       this.storeOperations.labels(store, operation)
       this.storeErrors.labels(store, operation)
     }
+    for (const operation of ['decide', 'ping']) this.storeDeadlines.labels('postgres', operation)
     for (const source of DECISION_SOURCES) for (const by of DECIDERS_OF[source]) this.decisionDuration.labels(source, by)
     for (const reason of REJECT_REASONS) this.rejectedRequests.labels(reason)
     for (const mode of DECIDING_MODES) {

@@ -62,7 +62,9 @@ export async function startTestGateway (t: TapLike, options: TestGatewayOptions 
   const base: Tree = {
     proxy: { port: 0, host: '127.0.0.1', upstreamUrl: options.upstreamUrl ?? upstream!.url },
     control: { port: 0, host: '127.0.0.1' },
-    postgres: { url: databaseUrl },
+    // A roomy decision deadline: a starved test machine must not look like a stalled PostgreSQL
+    // (the deadline tests set their own).
+    postgres: { url: databaseUrl, decisionTimeoutMs: 5_000 },
     redis: { url: redisUrl, keyPrefix: redisPrefix },
     log: { level: options.logLevel ?? 'info' }
   }
@@ -96,7 +98,7 @@ export interface SpawnedGateway {
 /** Runs the built gateway (npm test builds first) with the given environment. */
 export async function spawnGateway (t: TapLike, env: Record<string, string>, { startTimeoutMs = 20_000 } = {}): Promise<SpawnedGateway> {
   const child = spawn(process.execPath, [join(packageRoot(), 'dist', 'src', 'main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', ...env },
+    env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', DATABASE_DECISION_TIMEOUT_MS: '5000', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const output: string[] = []

@@ -4,7 +4,7 @@
  * every (re)connection of the listening session, so a notification missed during an outage
  * cannot leave a stale table behind. Overrides are few (set by hand), so whole reloads are cheap.
  */
-import type { Sql } from 'postgres'
+import type { PostgresStore } from './postgres-store.ts'
 import type { Logger } from '../../observability/log.ts'
 import { OverrideTable, type Override } from '../../policy/overrides.ts'
 
@@ -18,15 +18,16 @@ function toOverride (r: Row): Override {
 
 export class OverrideStore {
   #table = new OverrideTable()
-  readonly #sql: Sql
+  readonly #store: PostgresStore
   readonly #log: Logger
   #unlisten: (() => Promise<void>) | null = null
   #started = 0
   #applied = 0
   #closed = false
 
-  constructor (sql: Sql, log: Logger) {
-    this.#sql = sql
+  /** Every round trip is bounded like the store's own off the request path (statement timeout). */
+  constructor (store: PostgresStore, log: Logger) {
+    this.#store = store
     this.#log = log
   }
 
@@ -36,7 +37,7 @@ export class OverrideStore {
 
   async start (): Promise<void> {
     await this.reload()
-    const { unlisten } = await this.#sql.listen(CHANNEL, () => { void this.reload() }, () => { void this.reload() })
+    const { unlisten } = await this.#store.bounded('listen', this.#store.sql.listen(CHANNEL, () => { void this.reload() }, () => { void this.reload() }))
     this.#unlisten = unlisten
   }
 
@@ -47,7 +48,7 @@ export class OverrideStore {
   async reload (): Promise<void> {
     const seq = ++this.#started
     try {
-      const rows = await this.#sql<Row[]>`SELECT policy, user_id, capacity, refill_per_second, updated_by, updated_at FROM rate_limit_overrides`
+      const rows = await this.#store.bounded('overrides', this.#store.sql<Row[]>`SELECT policy, user_id, capacity, refill_per_second, updated_by, updated_at FROM rate_limit_overrides`.execute())
       if (seq > this.#applied) {
         this.#applied = seq
         this.#table = new OverrideTable(rows.map(toOverride))
@@ -59,21 +60,23 @@ export class OverrideStore {
 
   /** Sets an override and returns it; the table is reloaded before this resolves. */
   async set (policy: string, userId: string, capacity: number | null, refillPerSecond: number | null, updatedBy: string): Promise<Override> {
-    const [row] = await this.#sql<Row[]>`
+    const sql = this.#store.sql
+    const [row] = await this.#store.bounded('overrides', sql<Row[]>`
       INSERT INTO rate_limit_overrides (policy, user_id, capacity, refill_per_second, updated_by)
       VALUES (${policy}, ${userId}, ${capacity}, ${refillPerSecond}, ${updatedBy})
       ON CONFLICT (policy, user_id) DO UPDATE SET capacity = EXCLUDED.capacity, refill_per_second = EXCLUDED.refill_per_second,
         updated_by = EXCLUDED.updated_by, updated_at = clock_timestamp()
-      RETURNING policy, user_id, capacity, refill_per_second, updated_by, updated_at`
+      RETURNING policy, user_id, capacity, refill_per_second, updated_by, updated_at`.execute())
     await this.reload()
     return toOverride(row!)
   }
 
   /** Removes an override; returns it, or null when there was none. */
   async remove (policy: string, userId: string): Promise<Override | null> {
-    const [row] = await this.#sql<Row[]>`
+    const sql = this.#store.sql
+    const [row] = await this.#store.bounded('overrides', sql<Row[]>`
       DELETE FROM rate_limit_overrides WHERE policy = ${policy} AND user_id = ${userId}
-      RETURNING policy, user_id, capacity, refill_per_second, updated_by, updated_at`
+      RETURNING policy, user_id, capacity, refill_per_second, updated_by, updated_at`.execute())
     await this.reload()
     return row === undefined ? null : toOverride(row)
   }

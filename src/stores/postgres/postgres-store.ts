@@ -11,6 +11,8 @@ import type { BucketPeek, BucketRequest, DecidingStore, OwnedBucket, StoreDecisi
 import type { Logger } from '../../observability/log.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
+import { withDeadline } from '../deadline.ts'
+import { PoolSockets } from './sockets.ts'
 import { StoreHealth } from '../health.ts'
 import { migrate } from './migrate.ts'
 
@@ -31,18 +33,34 @@ export class PostgresStore implements DecidingStore {
   readonly #metrics: Metrics
   readonly #log: Logger
   readonly #batcher: Batcher<BucketRequest, StoreDecision>
+  readonly #sockets: PoolSockets
+  readonly #decisionTimeoutMs: number
+  /** Everything off the request path (admin, hand-back, overrides) waits at most this long. */
+  readonly #statementTimeoutMs: number
+  readonly #startTimeoutMs: number
+  readonly #warmConnections: number
 
   constructor (config: Config['postgres'], log: Logger, metrics: Metrics) {
     this.#log = log
     this.#metrics = metrics
     this.health = new StoreHealth('postgres', log, metrics)
+    this.#decisionTimeoutMs = config.decisionTimeoutMs
+    this.#statementTimeoutMs = config.statementTimeoutMs
+    this.#startTimeoutMs = config.startTimeoutMs
+    this.#warmConnections = Math.min(config.poolSize, config.batchMaxInFlight)
+    this.#sockets = new PoolSockets()
     this.sql = postgres(config.url, {
       max: config.poolSize,
       connect_timeout: config.connectTimeoutSeconds,
       idle_timeout: 60,
+      // A dead peer is noticed on an idle connection too (seconds before the first probe).
+      keep_alive: 10,
+      // Supported by postgres.js (src/connection.js createSocket), absent from its types.
+      ...({ socket: this.#sockets.create } as object),
       prepare: config.prepare,
       onnotice: () => {},
-      // postgres.js has no client-side query timeout: bound every statement server-side.
+      // Bounded server-side too (a slow statement), besides the client-side deadlines here
+      // (a server that does not answer at all).
       connection: {
         statement_timeout: config.statementTimeoutMs,
         application_name: 'ratelimit-gateway',
@@ -61,19 +79,28 @@ export class PostgresStore implements DecidingStore {
   async start (runMigrations: boolean): Promise<void> {
     await this.ping()
     await this.prepare(runMigrations)
+    // Open the connections the batches use now, so the first requests do not pay their set-up
+    // against the decision deadline.
+    await Promise.all(Array.from({ length: this.#warmConnections }, async () => await this.sql`SELECT 1`)).catch(() => {})
   }
 
-  /** Applies the migrations (advisory-locked: several gateways may do it at once). */
+  /**
+   * Applies the migrations (advisory-locked: several gateways may do it at once), waiting at
+   * most postgres.startTimeoutMs: another gateway holding the lock, or a server that stopped
+   * answering, ends start-up with an error that says so.
+   */
   async prepare (runMigrations: boolean): Promise<void> {
     if (!runMigrations) return
-    const applied = await migrate(this.sql)
+    const applied = await withDeadline(migrate(this.sql), this.#startTimeoutMs, 'postgres',
+      'migrations (postgres.startTimeoutMs, DATABASE_START_TIMEOUT_MS; another gateway may hold the migration lock)', () => this.#expired('migrate', this.#startTimeoutMs))
     if (applied.length > 0) this.#log.info({ applied }, 'migrations applied')
   }
 
+  /** Whether PostgreSQL answers within the decision deadline (readiness, recovery probes). */
   async ping (): Promise<void> {
     this.#metrics.storeOperations.inc({ store: 'postgres', operation: 'ping' })
     try {
-      await this.sql`SELECT 1`
+      await withDeadline(this.sql`SELECT 1`.execute(), this.#decisionTimeoutMs, 'postgres', 'ping', () => this.#expired('ping', this.#decisionTimeoutMs))
       this.health.succeeded()
     } catch (err) {
       this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'ping' })
@@ -82,11 +109,11 @@ export class PostgresStore implements DecidingStore {
     }
   }
 
-  /** Counts one round trip of an admin operation and its failure. */
+  /** Counts one round trip off the request path and its failure; bounded by the statement timeout. */
   async #counted<T> (operation: string, run: () => Promise<T>): Promise<T> {
     this.#metrics.storeOperations.inc({ store: 'postgres', operation })
     try {
-      return await run()
+      return await this.bounded(operation, run())
     } catch (err) {
       this.#metrics.storeErrors.inc({ store: 'postgres', operation })
       throw err
@@ -116,14 +143,15 @@ export class PostgresStore implements DecidingStore {
     this.#metrics.postgresBatchSize.observe(n)
     let rows: DecideRow[]
     try {
-      rows = await this.sql<DecideRow[]>`
+      rows = await withDeadline(this.sql<DecideRow[]>`
         SELECT o_idx, o_allowed, o_tokens, o_at_ms, o_created
         FROM rate_limit_decide(${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
-          ${this.sql.array(costs, FLOAT8)}::float8[], ${this.sql.array(capacities, FLOAT8)}::float8[], ${this.sql.array(rates, FLOAT8)}::float8[])`
+          ${this.sql.array(costs, FLOAT8)}::float8[], ${this.sql.array(capacities, FLOAT8)}::float8[], ${this.sql.array(rates, FLOAT8)}::float8[])`.execute(),
+      this.#decisionTimeoutMs, 'postgres', 'decision', () => this.#expired('decide', this.#decisionTimeoutMs))
     } catch (err) {
       this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'decide' })
       this.health.failed(err)
-      throw new StoreFailure('postgres', 'PostgreSQL could not decide', { cause: err })
+      throw err instanceof StoreFailure ? err : new StoreFailure('postgres', 'PostgreSQL could not decide', { cause: err })
     }
     this.health.succeeded()
     const out = new Array<StoreDecision>(n)
@@ -154,7 +182,7 @@ export class PostgresStore implements DecidingStore {
     const users = buckets.map((b) => b.userId)
     const capacities = buckets.map((b) => b.capacity)
     const merged = new Array<BucketSnapshot | null>(buckets.length).fill(null)
-    await this.sql.begin(async (tx) => {
+    await this.bounded('hand-back', this.sql.begin(async (tx) => {
       await tx`SELECT rate_limit_lock(${tx.array(policies, TEXT)}::text[], ${tx.array(users, TEXT)}::text[], ${tx.array(capacities, FLOAT8)}::float8[])`
       const tokens = await takeOver(buckets)
       const idx: number[] = []
@@ -166,8 +194,23 @@ export class PostgresStore implements DecidingStore {
           ${tx.array(idx.map((i) => capacities[i]!), FLOAT8)}::float8[], ${tx.array(idx.map((i) => buckets[i]!.refillPerSecond), FLOAT8)}::float8[],
           ${tx.array(idx.map((i) => tokens[i]!), FLOAT8)}::float8[])`
       for (const r of rows) merged[idx[r.o_idx - 1]!] = { tokens: r.o_tokens, atMs: Number(r.o_at_ms) }
-    })
+    }))
     return merged
+  }
+
+  /** Any round trip off the request path (admin, hand-back, overrides), bounded by the statement timeout. */
+  bounded<T> (operation: string, work: Promise<T>): Promise<T> {
+    return withDeadline(work, this.#statementTimeoutMs, 'postgres', operation, () => this.#expired(operation, this.#statementTimeoutMs))
+  }
+
+  /**
+   * A round trip passed its deadline: count it, and destroy the connections stuck waiting as
+   * long, so they are not reused (postgres.js fails their queries and reconnects).
+   */
+  #expired (operation: string, ms: number): void {
+    this.#metrics.storeDeadlines.inc({ store: 'postgres', operation })
+    const destroyed = this.#sockets.destroyStalled(ms)
+    if (this.#log.isLevelEnabled('debug')) this.#log.debug({ operation, deadline_ms: ms, connections_destroyed: destroyed }, 'PostgreSQL passed its deadline')
   }
 
   async close (): Promise<void> {

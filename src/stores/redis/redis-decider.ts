@@ -54,6 +54,8 @@ export class RedisDecider implements RedisDeciderPort {
         commandTimeout: timeoutMs,
         connectTimeout: config.connectTimeoutMs,
         enableAutoPipelining: true,
+        // TCP keep-alive: a dead peer is noticed on an idle connection too.
+        keepAlive: 10_000,
         lazyConnect: true,
         retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000)
       }))

@@ -52,6 +52,9 @@ export class RedisSnapshotCache implements SnapshotCache {
       commandTimeout: config.commandTimeoutMs,
       connectTimeout: config.connectTimeoutMs,
       enableAutoPipelining: true,
+      // TCP keep-alive: a dead peer is noticed on an idle connection too. Every command is
+      // bounded by commandTimeout, so a server that accepts and never answers costs at most that.
+      keepAlive: 10_000,
       // Already one per turn of the loop (below); another turn would only add latency.
       autoPipeliningIgnoredCommands: ['mget', 'rlWriteMany'],
       lazyConnect: true,
