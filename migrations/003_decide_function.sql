@@ -2,7 +2,7 @@
 -- Rows are locked in (policy, user_id) order, so concurrent batches cannot deadlock; requests
 -- for the same key are charged in arrival order. Time is the database's clock, read after the
 -- row lock is held, and never moves a bucket's timestamp backwards.
--- The arithmetic mirrors src/bucket/token-bucket.ts (EPSILON included): keep them in step.
+-- The arithmetic mirrors src/core/token-bucket.ts (EPSILON included): keep them in step.
 CREATE OR REPLACE FUNCTION rate_limit_decide(
   p_policies text[], p_users text[], p_costs float8[], p_capacities float8[], p_rates float8[]
 ) RETURNS TABLE (o_idx int, o_allowed boolean, o_tokens float8, o_at_ms float8, o_created boolean)

@@ -1,5 +1,5 @@
 -- Handing buckets that Redis decided (while PostgreSQL was down) back to PostgreSQL
--- (src/stores/write-back.ts, docs/reliability.md). In one transaction the caller:
+-- (src/limiter/hand-back.ts, docs/design.md). In one transaction the caller:
 --   1. locks the rows with rate_limit_lock (created full if missing), in the same key order as
 --      rate_limit_decide, so the two cannot deadlock;
 --   2. marks the buckets as being handed back in Redis and reads their tokens;

@@ -1,4 +1,4 @@
-/** The configuration's shape and defaults (DESIGN.md "Defaults that match the original"). */
+/** The configuration's shape and defaults (docs/design.md, "Defaults that match the original"). */
 import { z } from 'zod'
 import { checkIdentityConfig, identitySection } from '../identity/schema.ts'
 import { checkPolicyConfig, policySections } from '../policy/schema.ts'
@@ -25,9 +25,9 @@ const proxy = z.strictObject({
   upstreamConnections: z.number().int().positive().default(128),
   /** Verify HTTPS upstream certificates. Turn off only for self-signed test upstreams. */
   upstreamTlsVerify: z.boolean().default(true),
-  /** Add X-Forwarded-For/-Proto/-Host to upstream requests (src/gateway/forwarded.ts). */
+  /** Add X-Forwarded-For/-Proto/-Host to upstream requests (src/proxy/forwarded.ts). */
   forwardedHeaders: z.boolean().default(true),
-  /** Proxy WebSocket upgrades; each upgrade is limited like a request (src/gateway/websocket.ts). */
+  /** Proxy WebSocket upgrades; each upgrade is limited like a request (src/proxy/websocket.ts). */
   websocket: z.boolean().default(true),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384),
@@ -132,7 +132,7 @@ const redis = z.strictObject({
 
 /** What happens when a store is unreachable (docs/reliability.md). */
 const fallback = z.strictObject({
-  /** PostgreSQL down: Redis decides atomically (Lua, Redis clock) and is written back later. */
+  /** PostgreSQL down: Redis decides atomically (Lua, Redis clock); its buckets are handed back later. */
   redisDecides: z.boolean().default(true),
   /**
    * How long a decision by Redis may take while PostgreSQL is down (the cache's 50 ms would

@@ -1,6 +1,6 @@
 /**
  * Token-bucket arithmetic. Pure: no I/O and no clock reads, time is always a parameter.
- * The same formulas run in SQL (migrations/003) and Lua (src/stores/redis-scripts.ts);
+ * The same formulas run in SQL (migrations/003) and Lua (src/stores/redis/scripts.ts);
  * keep them in step.
  */
 import type { BucketSnapshot, Policy } from './domain.ts'

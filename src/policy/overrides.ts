@@ -1,7 +1,7 @@
 /**
  * Per-caller overrides of a policy's capacity and refill rate, set through the admin API and
  * kept in PostgreSQL (rate_limit_overrides). Every gateway holds the whole table in memory
- * (src/stores/overrides.ts keeps it fresh), so applying one costs a map lookup: the decision
+ * (src/stores/postgres/override-store.ts keeps it fresh), so applying one costs a map lookup: the decision
  * needs the effective numbers in the gateway anyway, for the Redis deny path and the headers.
  */
 import { makeLimitPolicy, type LimitPolicy } from './policy-set.ts'

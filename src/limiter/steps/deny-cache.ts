@@ -2,7 +2,7 @@
  * The over-limit cache: an in-process map of bucket snapshots that prove a refusal, so a caller
  * flooding past its limit is refused with no network round trip (`X-Data-Source: local`).
  *
- * Correct by DESIGN.md's argument: consumption only lowers a bucket and refill is a fixed
+ * Correct by the argument of docs/design.md, "Why a cached refusal is safe": consumption only lowers a bucket and refill is a fixed
  * function of time, so any snapshot, however old, projects at least as many tokens as the
  * truth, and a refusal read from it is right. Time is the caller's estimate of the database
  * clock, pushed `marginMs` later so that an estimate running early never refuses a caller who

@@ -71,7 +71,7 @@ export async function startEmbeddedPostgres (dataDir: string): Promise<EmbeddedP
     mkdirSync(dir, { recursive: true })
     const db = await PGlite.create(dir)
     // Two sessions: the gateway's pool of one, and the LISTEN session of the override store
-    // (src/stores/overrides.ts), which sends one statement when it connects and then idles.
+    // (src/stores/postgres/override-store.ts), which sends one statement when it connects and then idles.
     const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 2 })
     try {
       await server.start()

@@ -11,9 +11,9 @@
  *
  * Keeping the owner in the bucket's own value is what makes the switch back safe with many
  * gateways: whichever gateway reads the key learns who decides, so no bucket is decided by both
- * stores at once (docs/reliability.md, "Postgres down").
+ * stores at once (docs/design.md, "Ownership and the hand-back").
  *
- * The arithmetic is src/bucket/token-bucket.ts (and migrations/003) in Lua, EPSILON included:
+ * The arithmetic is src/core/token-bucket.ts (and migrations/003) in Lua, EPSILON included:
  * keep them in step. Numbers travel as strings ("%.17g", exact round trip) because ioredis 6
  * speaks RESP3 and a Lua number returned to Redis is truncated to an integer.
  */
@@ -39,8 +39,8 @@ end
 `
 
 /**
- * Cache write-back after PostgreSQL decided.
- * - A snapshot older than the one cached is dropped: concurrent decisions' write-backs can
+ * The snapshot write: the cache write after PostgreSQL decided.
+ * - A snapshot older than the one cached is dropped: concurrent decisions' snapshot writes can
  *   land in any order, and a stale one would show tokens that were already spent. (PostgreSQL
  *   stamps each bucket's decisions with non-decreasing times; at equal times fewer tokens is
  *   later.) The cache alone would tolerate staleness, but Redis takes over from this snapshot
@@ -72,7 +72,7 @@ end
 const WRITE = HELPERS + WRITE_ONE + `return write_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])`
 
 /**
- * WRITE for several buckets in one call, in order (the gateway coalesces the write-backs of
+ * WRITE for several buckets in one call, in order (the gateway coalesces the snapshot writes of
  * one turn of its event loop: docs/performance.md). Standalone Redis only: the buckets' keys
  * live in different Cluster slots. KEYS: buckets. ARGV: snapshot, ttl, charge for each.
  * Returns how many snapshots were written.
@@ -89,7 +89,7 @@ return written`
  * being handed back).
  * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL), tokens, atMs}.
  * Every script touches one key only, so each runs in one Redis Cluster slot; the set of
- * Redis-owned buckets is kept by separate commands (redis-fallback.ts).
+ * Redis-owned buckets is kept by separate commands (redis-decider.ts).
  */
 const DECIDE = HELPERS + `
 local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
