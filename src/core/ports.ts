@@ -1,7 +1,7 @@
 /**
  * The stores as the decision flow sees them. src/limiter depends on these interfaces only;
- * src/stores/postgres and src/stores/redis implement them, and src/limiter/memory-stores.ts
- * implements them in memory for fast tests. docs/design.md explains the protocol behind them.
+ * src/stores/postgres and src/stores/redis implement them, and src/stores/memory implements
+ * them in memory for fast tests. docs/design.md explains the protocol behind them.
  */
 import type { BucketSnapshot, Policy } from './domain.ts'
 
