@@ -36,12 +36,17 @@ export interface LimiterOptions {
   readonly localDenyCache?: Config['localDenyCache']
   readonly metrics: Metrics
   readonly log: Logger
+  /**
+   * This host's clock in milliseconds, for the database clock estimate and the local fail-mode
+   * buckets (tests control time with it). Default: Date.now and performance.now.
+   */
+  readonly now?: () => number
 }
 
 export type Deciding = 'redis-fallback' | FailModeDeciding
 
 export class Limiter {
-  readonly clock = new DbClock()
+  readonly clock: DbClock
   readonly #cache: SnapshotCache
   readonly #redis: RedisDecider
   readonly #metrics: Metrics
@@ -61,13 +66,14 @@ export class Limiter {
     this.#metrics = metrics
     this.#log = log
     this.#fallback = options.fallback
+    this.clock = new DbClock(undefined, options.now)
     this.#mode = new DecidingMode(metrics, log)
     this.#outage = new Outage({ store: ports.store, redis: ports.redis, mode: this.#mode, fallback: () => this.#fallback, metrics, log })
     const local = options.localDenyCache
     this.#overLimit = local?.enabled === true ? new OverLimitCache(local.maxEntries, DENY_MARGIN_MS) : null
     this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit)
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
-    this.#failMode = new FailMode(options.fallback, this.#mode, metrics)
+    this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
   }
 
   /** `log`: the request's logger, so the decision's log line carries its request id. */

@@ -20,12 +20,15 @@ export class FailMode {
   #local: LocalBuckets
   readonly #mode: DecidingMode
   readonly #metrics: Metrics
+  readonly #now: (() => number) | undefined
 
-  constructor (config: Config['fallback'], mode: DecidingMode, metrics: Metrics) {
+  /** `now`: the local buckets' clock (default performance.now). */
+  constructor (config: Config['fallback'], mode: DecidingMode, metrics: Metrics, now?: () => number) {
     this.#config = config
     this.#mode = mode
     this.#metrics = metrics
-    this.#local = new LocalBuckets(config.localReplicas, config.localMaxKeys)
+    this.#now = now
+    this.#local = new LocalBuckets(config.localReplicas, config.localMaxKeys, now)
     // Back on a store: the local shares are forgotten (the stores hold the truth again).
     mode.onChange((_, previous) => { if (previous === 'local') this.#local.clear() })
   }
@@ -34,7 +37,7 @@ export class FailMode {
   reconfigure (config: Config['fallback']): void {
     this.#config = config
     if (config.localReplicas !== this.#local.replicas || config.localMaxKeys !== this.#local.maxKeys) {
-      this.#local = new LocalBuckets(config.localReplicas, config.localMaxKeys)
+      this.#local = new LocalBuckets(config.localReplicas, config.localMaxKeys, this.#now)
     }
   }
 

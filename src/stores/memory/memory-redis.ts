@@ -1,0 +1,357 @@
+/**
+ * Redis in memory: one key→value map shared by the snapshot cache (SnapshotCache port) and the
+ * decider (RedisDecider port), as the real adapters share one Redis. The values and the
+ * scripts are those of src/stores/redis/scripts.ts, transcribed:
+ *
+ *   "tokens|atMs"    a snapshot of PostgreSQL's row (database clock)
+ *   "tokens|atMs|r"  Redis owns the bucket (Redis clock)
+ *   "tokens|atMs|m"  being handed back (Redis clock)
+ *
+ * WRITE (newer snapshot wins; a Redis-owned value is never overwritten but charged), DECIDE,
+ * HAND_BACK and HANDED_BACK, plus the loosely kept set of Redis-owned buckets. The Redis clock
+ * is a function of its own (`now`), so it can differ from the database's. TTLs are kept only
+ * with `expire: true` (off by default: a test then sees every value until it is replaced).
+ *
+ * Outages: `down` (the client is disconnected: reads give `error`, or `skipped` with
+ * `downReads: 'skipped'`, writes are dropped, the decider is unavailable and its hand-back
+ * methods reject), and `lose()` (restarted empty). No timers; everything is synchronous behind
+ * resolved promises.
+ */
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
+import {
+  CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE,
+  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisVerdict, type SnapshotCache
+} from '../../core/ports.ts'
+import { fullRefillSeconds } from '../../core/token-bucket.ts'
+
+export interface MemoryRedisOptions {
+  /** The Redis server clock (TIME), epoch milliseconds. */
+  readonly now: () => number
+  readonly keyPrefix?: string
+  /** Keep TTLs (EX, KEEPTTL) and expire values on the Redis clock. Default false. */
+  readonly expire?: boolean
+}
+
+interface Entry { value: string, expiresAtMs: number }
+
+/** parse() of scripts.ts: tokens, at and the owner suffix ('' for a snapshot), or null. */
+export function parseValue (v: string | undefined): { tokens: number, at: number, kind: string } | null {
+  if (v === undefined) return null
+  const m = /^([^|]*)\|([^|]*)\|?(.*)$/.exec(v)
+  if (m === null) return null
+  // Lua's tonumber: an empty or malformed field is nil.
+  const num = (s: string): number | null => s.trim() === '' ? null : Number.isFinite(Number(s)) ? Number(s) : null
+  const tokens = num(m[1]!)
+  const at = num(m[2]!)
+  if (tokens === null || at === null) return null
+  return { tokens, at, kind: m[3]! }
+}
+
+function refill (tokens: number, at: number, now: number, cap: number, rate: number): number {
+  if (now <= at) return Math.min(tokens, cap)
+  return Math.min(cap, tokens + ((now - at) * rate) / 1000)
+}
+
+/** num() of scripts.ts: an exact round trip (JavaScript's shortest representation is exact). */
+function num (x: number): string { return String(x) }
+
+export function encodeSnapshot (s: BucketSnapshot): string {
+  return `${s.tokens}|${s.atMs}`
+}
+
+/** The real adapters' key: one hash tag per bucket. */
+export function memoryBucketKey (prefix: string, cacheName: string, userId: string): string {
+  return `${prefix}{${cacheName}:${userId}}`
+}
+
+/** The owned set's member, as the real decider encodes it (JSON array). */
+export function encodeOwnedMember (policy: Policy, userId: string): string {
+  return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond, policy.cacheName ?? policy.name])
+}
+
+interface OwnedMember extends OwnedBucket { readonly member: string }
+
+function decodeOwnedMember (member: string): OwnedMember | null {
+  try {
+    const value: unknown = JSON.parse(member)
+    if (!Array.isArray(value) || value.length !== 5) return null
+    const [policy, userId, capacity, refillPerSecond, cacheName] = value as unknown[]
+    if (typeof policy !== 'string' || typeof userId !== 'string' || typeof capacity !== 'number' ||
+        typeof refillPerSecond !== 'number' || !(capacity > 0) || !(refillPerSecond > 0) || typeof cacheName !== 'string') return null
+    return { member, policy, cacheName, userId, capacity, refillPerSecond }
+  } catch {
+    return null
+  }
+}
+
+/** The server: its data, clock and outage switches. `cache` and `decider` are its two clients. */
+export class MemoryRedis {
+  readonly keyPrefix: string
+  readonly ownedSetKey: string
+  readonly #now: () => number
+  readonly #expire: boolean
+  readonly #data = new Map<string, Entry>()
+  readonly #owned = new Set<string>()
+
+  /** Disconnected: nothing reaches the data. */
+  down = false
+  /** What a read gives while down: a failed command, or skipped (disconnected, circuit open). */
+  downReads: 'error' | 'skipped' = 'error'
+  /** Redis configured at all (false: the cache is 'disabled' and the decider not enabled). */
+  enabled = true
+
+  readCalls = 0
+  writeCalls = 0
+  decideCalls = 0
+  handBackCalls = 0
+
+  readonly cache: MemorySnapshotCache
+  readonly decider: MemoryRedisDecider
+
+  constructor (options: MemoryRedisOptions) {
+    this.#now = options.now
+    this.keyPrefix = options.keyPrefix ?? 'rl:'
+    this.ownedSetKey = this.keyPrefix + 'redis-owned'
+    this.#expire = options.expire ?? false
+    this.cache = new MemorySnapshotCache(this)
+    this.decider = new MemoryRedisDecider(this)
+  }
+
+  /** The Redis clock (TIME). */
+  nowMs (): number { return this.#now() }
+
+  /** Restarted empty: every value and the owned set are gone. */
+  lose (): void {
+    this.#data.clear()
+    this.#owned.clear()
+  }
+
+  key (cacheName: string, userId: string): string {
+    return memoryBucketKey(this.keyPrefix, cacheName, userId)
+  }
+
+  /** GET (expired values read as missing). */
+  get (key: string): string | undefined {
+    const e = this.#data.get(key)
+    if (e === undefined) return undefined
+    if (this.#expire && this.#now() >= e.expiresAtMs) {
+      this.#data.delete(key)
+      return undefined
+    }
+    return e.value
+  }
+
+  /** SET with EX `ttlSeconds`, or KEEPTTL when undefined. */
+  set (key: string, value: string, ttlSeconds?: number): void {
+    const previous = this.#data.get(key)
+    const expiresAtMs = ttlSeconds === undefined ? (previous?.expiresAtMs ?? Infinity) : this.#now() + ttlSeconds * 1000
+    this.#data.set(key, { value, expiresAtMs })
+  }
+
+  del (key: string): void { this.#data.delete(key) }
+
+  /** Every live key and value (for assertions). */
+  entries (): Array<[string, string]> {
+    const out: Array<[string, string]> = []
+    for (const k of [...this.#data.keys()]) {
+      const v = this.get(k)
+      if (v !== undefined) out.push([k, v])
+    }
+    return out
+  }
+
+  /** The owned set's members (for assertions). */
+  ownedMembers (): string[] { return [...this.#owned].sort() }
+
+  sadd (member: string): void { this.#owned.add(member) }
+  srem (member: string): void { this.#owned.delete(member) }
+
+  /** WRITE of scripts.ts. Returns 1 if the snapshot was stored. */
+  write (key: string, snapshot: string, ttlSeconds: number, charge: number): 0 | 1 {
+    const current = parseValue(this.get(key))
+    if (current !== null && (current.kind === 'r' || current.kind === 'm')) {
+      if (charge > 0) this.set(key, num(current.tokens - charge) + '|' + num(current.at) + '|' + current.kind)
+      return 0
+    }
+    if (current !== null) {
+      const fresh = parseValue(snapshot)
+      // Lua compares with the new snapshot's fields; ours are always well formed.
+      if (fresh !== null && (current.at > fresh.at || (current.at === fresh.at && current.tokens <= fresh.tokens))) return 0
+    }
+    this.set(key, snapshot, ttlSeconds)
+    return 1
+  }
+
+  /** DECIDE of scripts.ts: [1 allowed | 0 denied | -1 being handed back, tokens, atMs]. */
+  decideScript (key: string, cost: number, cap: number, rate: number, ttl: number, dbNowMs: number, force: boolean): [number, number, number] {
+    let now = this.#now()
+    const current = parseValue(this.get(key))
+    let tokens: number
+    let at: number
+    if (current === null) {
+      tokens = cap
+      at = now
+    } else if (current.kind === 'm') {
+      if (!force) return [-1, current.tokens, current.at]
+      tokens = current.tokens
+      at = current.at
+    } else if (current.kind !== 'r') {
+      tokens = refill(current.tokens, current.at, dbNowMs, cap, rate)
+      at = now
+    } else {
+      tokens = current.tokens
+      at = current.at
+    }
+    if (now < at) now = at
+    tokens = refill(tokens, at, now, cap, rate)
+    let allowed = 0
+    if (tokens + 1e-9 >= cost) {
+      tokens = tokens - cost
+      allowed = 1
+    }
+    this.set(key, num(tokens) + '|' + num(now) + '|r', ttl)
+    return [allowed, tokens, now]
+  }
+
+  /** HAND_BACK of scripts.ts: the tokens now, or null where Redis does not own the bucket. */
+  handBackScript (key: string, cap: number, rate: number, ttl: number): number | null {
+    const current = parseValue(this.get(key))
+    if (current === null || (current.kind !== 'r' && current.kind !== 'm')) return null
+    let now = this.#now()
+    if (now < current.at) now = current.at
+    const tokens = refill(current.tokens, current.at, now, cap, rate)
+    this.set(key, num(tokens) + '|' + num(now) + '|m', ttl)
+    return tokens
+  }
+
+  /** HANDED_BACK of scripts.ts: 1 done, 0 taken back by Redis meanwhile. */
+  handedBackScript (key: string, snapshot: string, ttl: number): 0 | 1 {
+    const current = parseValue(this.get(key))
+    if (current?.kind === 'r') return 0
+    if (current?.kind === 'm') this.set(key, snapshot, ttl)
+    return 1
+  }
+}
+
+/** The SnapshotCache port on a MemoryRedis. */
+export class MemorySnapshotCache implements SnapshotCache {
+  readonly #redis: MemoryRedis
+
+  constructor (redis: MemoryRedis) {
+    this.#redis = redis
+  }
+
+  key (cacheName: string, userId: string): string {
+    return this.#redis.key(cacheName, userId)
+  }
+
+  async read (key: string): Promise<CacheRead> {
+    const r = this.#redis
+    if (!r.enabled) return CACHE_SKIPPED
+    r.readCalls++
+    if (r.down) return r.downReads === 'error' ? CACHE_ERROR : CACHE_SKIPPED
+    const value = r.get(key)
+    if (value === undefined) return CACHE_MISS
+    // ownerOf of scripts.ts: the suffix decides, before any parsing.
+    const n = value.length
+    if (n > 2 && value[n - 2] === '|') {
+      if (value[n - 1] === 'r') return REDIS_OWNED
+      if (value[n - 1] === 'm') return HANDING_BACK
+    }
+    // decode of snapshot-cache.ts.
+    const bar = value.indexOf('|')
+    if (bar < 0) return CACHE_MISS
+    const tokens = Number(value.slice(0, bar))
+    const atMs = Number(value.slice(bar + 1))
+    return Number.isFinite(tokens) && Number.isFinite(atMs) ? { kind: 'snapshot', tokens, atMs } : CACHE_MISS
+  }
+
+  write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void {
+    const r = this.#redis
+    if (!r.enabled || r.down) return
+    r.writeCalls++
+    r.write(key, encodeSnapshot(snapshot), ttlSeconds, charge)
+  }
+
+  async remove (key: string): Promise<void> {
+    const r = this.#redis
+    if (!r.enabled) return
+    if (r.down) throw new Error('Redis is not connected (in-memory outage)')
+    r.del(key)
+  }
+
+  async ping (): Promise<'up' | 'down' | 'disabled'> {
+    const r = this.#redis
+    return !r.enabled ? 'disabled' : r.down ? 'down' : 'up'
+  }
+}
+
+/** The RedisDecider port on a MemoryRedis. */
+export class MemoryRedisDecider implements RedisDecider {
+  readonly #redis: MemoryRedis
+
+  constructor (redis: MemoryRedis) {
+    this.#redis = redis
+  }
+
+  get enabled (): boolean { return this.#redis.enabled }
+
+  get available (): boolean { return this.#redis.enabled && !this.#redis.down }
+
+  #require (): MemoryRedis {
+    if (!this.available) throw new Error('Redis is not connected (in-memory outage)')
+    return this.#redis
+  }
+
+  async decide (request: BucketRequest, dbNowMs: number, force: boolean): Promise<RedisVerdict> {
+    const r = this.#redis
+    if (!this.available) return REDIS_UNAVAILABLE
+    r.decideCalls++
+    const { policy, userId, cost } = request
+    r.sadd(encodeOwnedMember(policy, userId))
+    const [status, tokens] = r.decideScript(r.key(policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+      policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force)
+    if (status === -1) return REDIS_HANDING_BACK
+    return { kind: 'decided', allowed: status === 1, tokens }
+  }
+
+  /** SSCAN: the cursor is the last member returned, so members removed meanwhile skip nothing. */
+  async owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }> {
+    const r = this.#require()
+    const after = cursor === '0' ? null : cursor.slice(1)
+    const members = r.ownedMembers().filter((m) => after === null || m > after)
+    const page = members.slice(0, Math.max(1, count))
+    const buckets: OwnedBucket[] = []
+    for (const member of page) {
+      const bucket = decodeOwnedMember(member)
+      if (bucket !== null) buckets.push(bucket)
+      else r.srem(member)
+    }
+    const next = page.length < members.length ? '>' + page[page.length - 1]! : '0'
+    return { cursor: next, buckets }
+  }
+
+  async ownedCount (): Promise<number> {
+    return this.#require().ownedMembers().length
+  }
+
+  async markHandingBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>> {
+    const r = this.#require()
+    r.handBackCalls++
+    return buckets.map((b) => r.handBackScript(r.key(b.cacheName, b.userId), b.capacity, b.refillPerSecond,
+      fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond })))
+  }
+
+  async handedBack (buckets: readonly OwnedBucket[], snapshots: ReadonlyArray<BucketSnapshot | null>): Promise<void> {
+    const r = this.#require()
+    buckets.forEach((b, i) => {
+      const merged = snapshots[i]
+      const done = r.handedBackScript(r.key(b.cacheName, b.userId), merged === null || merged === undefined ? '' : encodeSnapshot(merged),
+        fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
+      if (done === 1) {
+        r.srem((b as Partial<OwnedMember>).member ?? encodeOwnedMember(
+          { name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond, cacheName: b.cacheName }, b.userId))
+      }
+    })
+  }
+}
