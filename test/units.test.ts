@@ -54,7 +54,7 @@ t.test('Batcher: a failed round trip fails exactly its own callers', async (t) =
 })
 
 t.test('snapshot encoding round-trips and refuses garbage', async (t) => {
-  t.same(decode(encode({ tokens: 2.75, atMs: 1795748212281.123 })), { tokens: 2.75, atMs: 1795748212281.123 })
+  t.same(decode(encode({ tokens: 2.75, atMs: 1795748212281.123 })), { kind: 'snapshot', tokens: 2.75, atMs: 1795748212281.123 })
   t.equal(decode('garbage'), null)
   t.equal(decode('x|1'), null)
 })
