@@ -25,7 +25,7 @@ import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
-import { packageRoot } from '../src/config/load.ts'
+import { packageRoot } from '../src/core/package.ts'
 
 const seconds = Number(process.env.SOAK_SECONDS ?? 60)
 const concurrency = Number(process.env.SOAK_CONCURRENCY ?? 32)

@@ -45,6 +45,8 @@ const say = (detail: string): string => detail
 export const PROBLEMS = {
   /** The caller id is missing or malformed (the detail names the header and the rule). */
   CALLER_ID_INVALID: kind({ status: 400, detail: say }),
+  /** An identity or tier header sent more than once (the detail names it). */
+  DUPLICATE_HEADER: kind({ status: 400, detail: say }),
   /** A framework-level refusal of the request (control API validation); the detail is its message. */
   BAD_REQUEST: kind({ status: 400, detail: say }),
   MALFORMED_REQUEST: kind({ status: 400, detail: () => 'The request is not valid HTTP/1.1.' }),

@@ -45,6 +45,11 @@ export const routeRule = z.strictObject({
 export const tiers = z.strictObject({
   /** Request header naming the caller's tier. Trust it only if something in front sets it. */
   header: headerName.optional(),
+  /**
+   * Whose tier header is believed: `trusted-proxies` (default: only a peer listed in
+   * identity.trustedProxies; from anyone else the header is ignored) or `any` client.
+   */
+  trustHeaderFrom: z.enum(['trusted-proxies', 'any']).default('trusted-proxies'),
   /** JWT claim naming the tier (identity.source: jwt). */
   claim: z.string().min(1).optional(),
   /** Static caller id → tier map; wins over the header and the claim. */

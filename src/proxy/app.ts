@@ -23,6 +23,8 @@ import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
 import { pathOf } from '../policy/path.ts'
 import { upstreamUrl } from '../policy/policy-set.ts'
+import { duplicateDetail, isRepeated } from '../identity/duplicates.ts'
+import { canonicalAddress, isTrusted } from '../identity/client-address.ts'
 import type { Runtime } from '../admission/runtime.ts'
 
 declare module 'fastify' {
@@ -78,14 +80,27 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     // One read of the live configuration: this request sees all of one version.
     const runtime = deps.runtime.current
     const set = runtime.policies
-    const identifying = runtime.identify(request.headers, request.socket.remoteAddress)
+    const peer = request.socket.remoteAddress
+    const identifying = runtime.identify(request.headers, peer, request.raw.rawHeaders)
     // Only JWT identity is asynchronous: the others should not pay a turn of the microtask queue.
     const identity = identifying instanceof Promise ? await identifying : identifying
     if (!identity.ok) {
       metrics.rejectedRequests.inc({ reason: identity.reason })
       if (identity.status === 401) reply.header('www-authenticate', identity.reason === 'invalid-token' ? 'Bearer error="invalid_token"' : 'Bearer')
-      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : 'CALLER_ID_INVALID', identity.detail), null)
+      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : identity.reason === 'duplicate-header' ? 'DUPLICATE_HEADER' : 'CALLER_ID_INVALID', identity.detail), null)
       return reply
+    }
+    let tierHeader: string | string[] | undefined
+    if (set.tierHeader !== undefined) {
+      tierHeader = request.headers[set.tierHeader]
+      if (isRepeated(tierHeader, request.raw.rawHeaders, set.tierHeader)) {
+        metrics.rejectedRequests.inc({ reason: 'duplicate-header' })
+        sendProblem(reply, problem('DUPLICATE_HEADER', duplicateDetail(set.tierHeader)), null)
+        return reply
+      }
+      // Believed only from a trusted proxy unless tiers.trustHeaderFrom says any client.
+      if (tierHeader !== undefined && !set.trustsTierHeaderFromAnyone &&
+        (runtime.trustedProxies === null || peer === undefined || !isTrusted(runtime.trustedProxies, canonicalAddress(peer)))) tierHeader = undefined
     }
     const url = request.url
     const rawPath = pathOf(url)
@@ -93,7 +108,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       id: identity.id,
       method: request.method,
       path: rawPath,
-      tierHeader: set.tierHeader === undefined ? undefined : request.headers[set.tierHeader],
+      tierHeader,
       claims: identity.claims
     }, request.log as Logger)
     switch (admitted.kind) {
