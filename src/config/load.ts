@@ -19,6 +19,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['UPSTREAM_TLS_VERIFY', 'proxy.upstreamTlsVerify', 'boolean'],
   ['FORWARDED_HEADERS', 'proxy.forwardedHeaders', 'boolean'],
   ['WEBSOCKET', 'proxy.websocket', 'boolean'],
+  ['ALLOW_TRACE', 'proxy.allowTrace', 'boolean'],
   ['TLS_CERT_FILE', 'proxy.tlsCertFile', 'string'],
   ['TLS_KEY_FILE', 'proxy.tlsKeyFile', 'string'],
   ['CONTROL_PORT', 'control.port', 'int'],

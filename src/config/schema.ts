@@ -29,6 +29,8 @@ const proxy = z.strictObject({
   forwardedHeaders: z.boolean().default(true),
   /** Proxy WebSocket upgrades; each upgrade is limited like a request (src/gateway/websocket.ts). */
   websocket: z.boolean().default(true),
+  /** Forward TRACE (off: 405; TRACE echoes the request, cookies and credentials included). */
+  allowTrace: z.boolean().default(false),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384),
   /** PEM files: with both set, the proxy port speaks HTTPS (TLS terminated here). */

@@ -60,6 +60,8 @@ export const PROBLEMS = {
   CALLER_DENIED: kind({ status: 403, detail: () => 'This caller is not allowed to use this gateway.' }),
   ADMIN_DISABLED: kind({ status: 404, detail: () => 'The admin API is disabled: set ADMIN_TOKEN to enable it.' }),
   NO_CONTROL_ROUTE: kind({ status: 404, detail: (method: string, url: string) => `No route ${method} ${url} on the control port.` }),
+  /** TRACE while proxy.allowTrace is off (sent with Allow). */
+  METHOD_NOT_ALLOWED: kind({ status: 405, detail: (method: string) => `${method} is not forwarded by this gateway.` }),
   REQUEST_TIMEOUT: kind({ status: 408, detail: () => 'The request was not received in time.' }),
   CONTENT_TOO_LARGE: kind({ status: 413, detail: say }),
   UNSUPPORTED_MEDIA_TYPE: kind({ status: 415, detail: say }),

@@ -22,6 +22,7 @@ import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable, type Problem }
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
 import { pathOf } from '../policy/path.ts'
+import { FASTIFY_METHODS, PROXIED_METHODS } from '../core/methods.ts'
 import { upstreamUrl } from '../policy/policy-set.ts'
 import { duplicateDetail, isRepeated } from '../identity/duplicates.ts'
 import { canonicalAddress, isTrusted } from '../identity/client-address.ts'
@@ -62,6 +63,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     clientErrorHandler: clientErrorHandler(metrics, config.proxy.maxHeaderBytes),
     ...serverOptions(config.proxy)
   }) as unknown as FastifyInstance
+  // Every method Node parses goes upstream (WebDAV and extension methods included).
+  for (const method of PROXIED_METHODS) if (!FASTIFY_METHODS.has(method)) app.addHttpMethod(method, { hasBody: true })
   app.decorateRequest('decision', null)
   app.decorateRequest('upstreamStartedAt', 0n)
   app.decorateRequest('shadow', null)
@@ -74,9 +77,16 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
+  const allowTrace = config.proxy.allowTrace
+  const ALLOW = PROXIED_METHODS.filter((m) => m !== 'TRACE').join(', ')
   app.addHook('onRequest', async (request, reply) => {
     // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
     reply.header(REQUEST_ID_HEADER, request.id)
+    if (request.method === 'TRACE' && !allowTrace) {
+      reply.header('allow', ALLOW)
+      sendProblem(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
+      return reply
+    }
     // One read of the live configuration: this request sees all of one version.
     const runtime = deps.runtime.current
     const set = runtime.policies
@@ -171,6 +181,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const proxyOptions: FastifyHttpProxyOptions = {
     // The upstream is chosen per request (path prefix, hot-reloadable): see getUpstream.
     upstream: '',
+    httpMethods: [...PROXIED_METHODS],
     // reply-from logs two info lines per request on its own; per-request logs are debug-only.
     disableRequestLogging: !deps.log.isLevelEnabled('debug'),
     undici: upstream as object,
