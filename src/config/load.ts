@@ -20,6 +20,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['FORWARDED_HEADERS', 'proxy.forwardedHeaders', 'boolean'],
   ['WEBSOCKET', 'proxy.websocket', 'boolean'],
   ['ALLOW_TRACE', 'proxy.allowTrace', 'boolean'],
+  ['PREFLIGHT', 'proxy.preflight', 'string'],
   ['TLS_CERT_FILE', 'proxy.tlsCertFile', 'string'],
   ['TLS_KEY_FILE', 'proxy.tlsKeyFile', 'string'],
   ['CONTROL_PORT', 'control.port', 'int'],

@@ -30,7 +30,9 @@ const REASONS: Record<RejectReason, true> = {
 }
 /** Requests Node's HTTP parser refused before Fastify saw them (src/proxy/client-error.ts). */
 export const CLIENT_ERROR_REASONS = ['header-too-large', 'malformed-request', 'client-timeout'] as const
-export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...CLIENT_ERROR_REASONS]
+/** CORS preflights refused by their per-address limit (proxy.preflightLimit). */
+export const PREFLIGHT_REASONS = ['preflight-limit'] as const
+export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...CLIENT_ERROR_REASONS, ...PREFLIGHT_REASONS]
 /** Which store decides each source; decisions are counted and timed by both labels. */
 export const DECIDERS_OF: Readonly<Record<DecisionSource, readonly Decider[]>> = {
   redis: ['redis', 'postgres'], postgres: ['postgres'], 'new-user': ['postgres'], local: ['gateway'], 'redis-fallback': ['redis'], 'local-fallback': ['gateway'], 'fail-open': ['gateway']

@@ -25,7 +25,8 @@ import { pathOf } from '../policy/path.ts'
 import { FASTIFY_METHODS, PROXIED_METHODS } from '../core/methods.ts'
 import { upstreamUrl } from '../policy/policy-set.ts'
 import { duplicateDetail, isRepeated } from '../identity/duplicates.ts'
-import { canonicalAddress, isTrusted } from '../identity/client-address.ts'
+import { canonicalAddress, clientAddress, isTrusted } from '../identity/client-address.ts'
+import { isPreflight, PreflightLimiter } from './preflight.ts'
 import type { Runtime } from '../admission/runtime.ts'
 
 declare module 'fastify' {
@@ -78,6 +79,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
 
   const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
   const allowTrace = config.proxy.allowTrace
+  const preflight = config.proxy.preflight
+  const preflights = new PreflightLimiter(config.proxy.preflightLimit)
   const ALLOW = PROXIED_METHODS.filter((m) => m !== 'TRACE').join(', ')
   app.addHook('onRequest', async (request, reply) => {
     // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
@@ -91,6 +94,22 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     const runtime = deps.runtime.current
     const set = runtime.policies
     const peer = request.socket.remoteAddress
+    if (preflight !== 'limit' && isPreflight(request.method, request.headers)) {
+      if (preflight === 'refuse') {
+        sendProblem(reply, problem('PREFLIGHT_REFUSED'), null)
+        return reply
+      }
+      const address = clientAddress(peer, request.headers['x-forwarded-for'], runtime.trustedProxies)
+      const wait = preflights.take(address.ok ? address.address : String(peer))
+      if (wait > 0) {
+        metrics.rejectedRequests.inc({ reason: 'preflight-limit' })
+        reply.header('retry-after', String(wait))
+        sendProblem(reply, problem('PREFLIGHT_LIMITED', wait), null)
+        return reply
+      }
+      toUpstream(request, set)
+      return
+    }
     const identifying = runtime.identify(request.headers, peer, request.raw.rawHeaders)
     // Only JWT identity is asynchronous: the others should not pay a turn of the microtask queue.
     const identity = identifying instanceof Promise ? await identifying : identifying
@@ -112,8 +131,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       if (tierHeader !== undefined && !set.trustsTierHeaderFromAnyone &&
         (runtime.trustedProxies === null || peer === undefined || !isTrusted(runtime.trustedProxies, canonicalAddress(peer)))) tierHeader = undefined
     }
-    const url = request.url
-    const rawPath = pathOf(url)
+    const rawPath = pathOf(request.url)
     const admitted = await admit(admission, runtime, {
       id: identity.id,
       method: request.method,
@@ -144,11 +162,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         if (admitted.shadow !== null) request.shadow = admitted.shadow
         else request.decision = admitted.decision
     }
-    const target = set.upstreamFor(rawPath)
-    request.upstreamOrigin = target.origin
-    const rewritten = upstreamUrl(target, url)
-    if (rewritten !== null) request.raw.url = rewritten // read by the proxy handler, after routing
-    request.upstreamStartedAt = process.hrtime.bigint()
+    toUpstream(request, set)
   })
 
   // Graceful shutdown: Node closes the connections that are idle when the server closes, but a
@@ -258,6 +272,16 @@ class ProxyLogController extends LogController {
     this.#metrics.bound.upstreamErrors.interrupted.inc()
     reply.log.warn({ err: error }, 'upstream response interrupted after its head was sent; client connection aborted')
   }
+}
+
+/** Picks the upstream by path prefix and rewrites the target for it. */
+function toUpstream (request: FastifyRequest, set: Runtime['policies']): void {
+  const url = request.url
+  const target = set.upstreamFor(pathOf(url))
+  request.upstreamOrigin = target.origin
+  const rewritten = upstreamUrl(target, url)
+  if (rewritten !== null) request.raw.url = rewritten // read by the proxy handler, after routing
+  request.upstreamStartedAt = process.hrtime.bigint()
 }
 
 /** Plain HTTP, or HTTPS when a certificate and key are configured. */
