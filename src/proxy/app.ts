@@ -232,7 +232,9 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         }
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
         metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
-        reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')
+        // One line with the cause (reply-from wraps it in a 500 FastifyError; the client gets 502/504).
+        const cause = (error.cause ?? error) as Error & { code?: string }
+        reply.log.warn({ upstream: reply.request.upstreamOrigin, cause: cause.message, code: cause.code, status: timeout ? 504 : 502 }, timeout ? 'upstream timed out' : 'upstream unreachable')
         if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
         sendProblem(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
       }
