@@ -27,6 +27,7 @@ import { upstreamUrl } from '../policy/policy-set.ts'
 import { duplicateDetail, isRepeated } from '../identity/duplicates.ts'
 import { canonicalAddress, clientAddress, isTrusted } from '../identity/client-address.ts'
 import { isPreflight, PreflightLimiter } from './preflight.ts'
+import { accessLogger } from './access-log.ts'
 import type { Runtime } from '../admission/runtime.ts'
 
 declare module 'fastify' {
@@ -37,6 +38,13 @@ declare module 'fastify' {
     shadow: 'allowed' | 'would-block' | 'unavailable' | null
     /** Origin of the upstream this request goes to (several upstreams by path prefix). */
     upstreamOrigin: string
+    /** Milliseconds until the upstream's response head (-1: no upstream response). */
+    upstreamMs: number
+    /** Access log only (log.access): the caller id and the path as the client sent them. */
+    accessCaller: string | null
+    accessPath: string | null
+    /** Access log only: the connection's bytesWritten when this request began. */
+    accessBytesAt: number
   }
 }
 
@@ -70,6 +78,10 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.decorateRequest('upstreamStartedAt', 0n)
   app.decorateRequest('shadow', null)
   app.decorateRequest('upstreamOrigin', '')
+  app.decorateRequest('upstreamMs', -1)
+  app.decorateRequest('accessCaller', null)
+  app.decorateRequest('accessPath', null)
+  app.decorateRequest('accessBytesAt', 0)
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
@@ -78,6 +90,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
+  const access = config.log.access ? accessLogger(deps.log.child({ log: 'access' }), config.log.accessCaller) : null
   const allowTrace = config.proxy.allowTrace
   const preflight = config.proxy.preflight
   const preflights = new PreflightLimiter(config.proxy.preflightLimit)
@@ -85,6 +98,10 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (request, reply) => {
     // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
     reply.header(REQUEST_ID_HEADER, request.id)
+    if (access !== null) {
+      request.accessPath = pathOf(request.url)
+      request.accessBytesAt = request.raw.socket.bytesWritten
+    }
     if (request.method === 'TRACE' && !allowTrace) {
       reply.header('allow', ALLOW)
       sendProblem(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
@@ -131,6 +148,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       if (tierHeader !== undefined && !set.trustsTierHeaderFromAnyone &&
         (runtime.trustedProxies === null || peer === undefined || !isTrusted(runtime.trustedProxies, canonicalAddress(peer)))) tierHeader = undefined
     }
+    if (access !== null) request.accessCaller = identity.id
     const rawPath = pathOf(request.url)
     const admitted = await admit(admission, runtime, {
       id: identity.id,
@@ -177,6 +195,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     if (request.upstreamStartedAt !== 0n) {
       metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
     }
+    if (access !== null) access(request, reply)
     if (closing) setImmediate(() => app.server.closeIdleConnections())
     done()
   })
@@ -217,7 +236,9 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       },
       rewriteHeaders: (headers, request) => {
         if (request === undefined) return headers
-        metrics.bound.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
+        const seconds = Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9
+        metrics.bound.upstreamDuration.observe(seconds)
+        request.upstreamMs = seconds * 1000
         dropHopByHop(headers)
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
         if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
