@@ -63,6 +63,11 @@ export const PROBLEMS = {
   NO_CONTROL_ROUTE: kind({ status: 404, detail: (method: string, url: string) => `No route ${method} ${url} on the control port.` }),
   /** TRACE while proxy.allowTrace is off (sent with Allow). */
   METHOD_NOT_ALLOWED: kind({ status: 405, detail: (method: string) => `${method} is not forwarded by this gateway.` }),
+  /** A control route asked with a method it does not serve (sent with Allow). */
+  CONTROL_METHOD_NOT_ALLOWED: kind({
+    status: 405,
+    detail: (method: string, path: string, allowed: string[]) => `${method} is not served on ${path}; it answers ${allowed.join(', ')}.`
+  }),
   REQUEST_TIMEOUT: kind({ status: 408, detail: () => 'The request was not received in time.' }),
   CONTENT_TOO_LARGE: kind({ status: 413, detail: say }),
   UNSUPPORTED_MEDIA_TYPE: kind({ status: 415, detail: say }),
