@@ -39,7 +39,9 @@ t.test('every admin route refuses a missing or wrong token, and is absent withou
     t.equal((await admin(off.controlUrl + path, method, body)).status, 404, `${method} ${path}: disabled without a token`)
   }
   t.equal((await admin(gw.controlUrl + '/v1/overrides', 'GET')).status, 200, 'the right token is accepted')
-  t.equal((await admin(gw.controlUrl + '/v1/overrides/someone', 'GET')).status, 404, 'no such route')
+  const wrongMethod = await admin(gw.controlUrl + '/v1/overrides/someone', 'GET')
+  t.equal(wrongMethod.status, 405, 'a known route asked with a method it does not serve')
+  t.match(wrongMethod.headers.get('allow'), /PUT.*DELETE|DELETE.*PUT/)
   t.equal(gw.logs.filter((l) => l.msg === 'admin request refused: missing or wrong token').length, 18, 'refusals are logged')
   t.notOk(JSON.stringify(gw.logs).includes(TOKEN), 'the token is never logged')
 })

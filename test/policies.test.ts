@@ -43,6 +43,7 @@ t.test('routes pick the policy and the cost; buckets are per (policy, caller)', 
 t.test('tiers from a header or a static map select other policies; unknown tiers fall back', async (t) => {
   const gw = await startTestGateway(t, {
     config: {
+      identity: { trustedProxies: ['127.0.0.1'] }, // the test client is the proxy setting the header
       limits: { capacity: 2, refillPerSecond: 0.001 },
       policies: { gold: { capacity: 5, refillPerSecond: 0.001 } },
       tiers: { header: 'x-user-tier', callers: { carol: 'gold' }, sets: { gold: { default: 'gold' } } }
@@ -53,6 +54,17 @@ t.test('tiers from a header or a static map select other policies; unknown tiers
   t.same(await statuses(gw.proxyUrl + '/x', 6, { user: 'carol' }), [201, 201, 201, 201, 201, 429], 'gold from the static map')
   t.same(await statuses(gw.proxyUrl + '/x', 3, { user: 'erin', headers: { 'x-user-tier': 'platinum' } }), [201, 201, 429], 'unknown tier: the default policy')
   t.same(await statuses(gw.proxyUrl + '/x', 3, { user: 'fred' }), [201, 201, 429], 'no tier: the default policy')
+})
+
+t.test('the tier header is believed only from identity.trustedProxies unless tiers.trustHeaderFrom is any', async (t) => {
+  const tiers = { header: 'x-user-tier', sets: { gold: { default: 'gold' } } }
+  const base = { limits: { capacity: 2, refillPerSecond: 0.001 }, policies: { gold: { capacity: 5, refillPerSecond: 0.001 } } }
+  const untrusted = await startTestGateway(t, { config: { ...base, tiers, identity: { trustedProxies: ['10.0.0.0/8'] } } })
+  t.same(await statuses(untrusted.proxyUrl + '/x', 3, { user: 'gus', headers: { 'x-user-tier': 'gold' } }), [201, 201, 429],
+    'a client that is not a trusted proxy cannot name its own tier')
+  const anyone = await startTestGateway(t, { config: { ...base, tiers: { ...tiers, trustHeaderFrom: 'any' } } })
+  t.same(await statuses(anyone.proxyUrl + '/x', 6, { user: 'gus', headers: { 'x-user-tier': 'gold' } }), [201, 201, 201, 201, 201, 429],
+    'trustHeaderFrom: any believes every client')
 })
 
 t.test('allow list is never limited; deny list always gets 403', async (t) => {

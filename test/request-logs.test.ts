@@ -134,3 +134,15 @@ t.test('LOG_LEVEL: debug in the real process logs each request with its id; warn
   await send(quiet.proxyUrl + '/q', { user: 'quiet' })
   t.same(quiet.logs.filter((l) => l.level < 40), [], 'nothing below warn')
 })
+
+t.test('a 502 at the default level: one warn line with the cause, no stack, no statusCode 500', async (t) => {
+  const gw = await startTestGateway(t, { upstreamUrl: 'http://127.0.0.1:1' })
+  const before = gw.logs.length
+  const r = await send(gw.proxyUrl + '/a', { user: 'u502' })
+  t.equal(r.status, 502)
+  await waitFor(() => gw.logs.length > before, { what: 'the 502 logged' })
+  const lines = gw.logs.slice(before)
+  t.equal(lines.length, 1, 'one line: ' + JSON.stringify(lines))
+  t.match(lines[0], { level: 40, msg: 'upstream unreachable', cause: /ECONNREFUSED/, code: 'ECONNREFUSED', status: 502, upstream: 'http://127.0.0.1:1' })
+  t.notMatch(JSON.stringify(lines), /stack|statusCode|"status":500/, 'no stack trace and no 500')
+})

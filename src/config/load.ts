@@ -19,6 +19,8 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['UPSTREAM_TLS_VERIFY', 'proxy.upstreamTlsVerify', 'boolean'],
   ['FORWARDED_HEADERS', 'proxy.forwardedHeaders', 'boolean'],
   ['WEBSOCKET', 'proxy.websocket', 'boolean'],
+  ['ALLOW_TRACE', 'proxy.allowTrace', 'boolean'],
+  ['PREFLIGHT', 'proxy.preflight', 'string'],
   ['TLS_CERT_FILE', 'proxy.tlsCertFile', 'string'],
   ['TLS_KEY_FILE', 'proxy.tlsKeyFile', 'string'],
   ['CONTROL_PORT', 'control.port', 'int'],
@@ -52,7 +54,9 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
   ['FAIL_MODE', 'fallback.mode', 'string'],
   ['FAIL_LOCAL_REPLICAS', 'fallback.localReplicas', 'int'],
-  ['LOG_LEVEL', 'log.level', 'string']
+  ['LOG_LEVEL', 'log.level', 'string'],
+  ['ACCESS_LOG', 'log.access', 'boolean'],
+  ['ACCESS_LOG_CALLER', 'log.accessCaller', 'string']
 ]
 
 export class ConfigError extends Error {
@@ -128,23 +132,84 @@ export interface LoadOptions {
 }
 
 export function loadConfig (options: LoadOptions = {}): Config {
+  return loadConfigWithSources(options).config
+}
+
+/** A loaded configuration and where it came from (`print-config`, the start-up log). */
+export interface LoadedConfig {
+  readonly config: Config
+  /** The files read, in the order they were merged. */
+  readonly files: readonly string[]
+  /**
+   * Dotted field path → where its value was set: `file <path>`, `env <VAR>` or `override`.
+   * A field absent here (and under no listed prefix) has its schema default.
+   */
+  readonly sources: ReadonlyMap<string, string>
+}
+
+/** Records every leaf path of `tree` (arrays are leaves) as coming from `source`. */
+function recordLeaves (tree: Tree, source: string, into: Map<string, string>, prefix = ''): void {
+  for (const [key, value] of Object.entries(tree)) {
+    const path = prefix + key
+    if (isTree(value)) recordLeaves(value, source, into, path + '.')
+    else {
+      // A later source replaces a whole subtree set earlier (an array or a scalar).
+      for (const known of [...into.keys()]) if (known.startsWith(path + '.')) into.delete(known)
+      into.set(path, source)
+    }
+  }
+}
+
+/** Where a field's value came from: the nearest recorded path at or above it, else "default". */
+export function sourceOf (sources: ReadonlyMap<string, string>, path: string): string {
+  for (let p = path; p !== ''; p = p.includes('.') ? p.slice(0, p.lastIndexOf('.')) : '') {
+    const s = sources.get(p)
+    if (s !== undefined) return s
+  }
+  return 'default'
+}
+
+export function loadConfigWithSources (options: LoadOptions = {}): LoadedConfig {
   const env = options.env ?? process.env
   let tree: Tree = {}
+  const files: string[] = []
+  const sources = new Map<string, string>()
   const defaultFile = join(packageRoot(), 'config', 'default.yaml')
-  if (!options.skipDefaultFile && existsSync(defaultFile)) tree = merge(tree, readFile(defaultFile))
-  if (env.CONFIG_FILE) tree = merge(tree, readFile(resolve(env.CONFIG_FILE)))
+  const addFile = (path: string, source: string): void => {
+    const doc = readFile(path)
+    tree = merge(tree, doc)
+    files.push(path)
+    recordLeaves(doc, source, sources)
+  }
+  // The package's own defaults file only restates the schema defaults: "default" either way.
+  if (!options.skipDefaultFile && existsSync(defaultFile)) addFile(defaultFile, 'default')
+  if (env.CONFIG_FILE) addFile(resolve(env.CONFIG_FILE), `file ${resolve(env.CONFIG_FILE)}`)
 
   const fromEnv = new Map<string, string>()
+  // Every bad variable is reported, with every bad field of the rest.
+  const envErrors: string[] = []
   for (const [name, path, kind] of ENVIRONMENT) {
     const raw = env[name]
     if (raw === undefined || raw === '') continue
-    setPath(tree, path, convert(name, raw, kind))
+    let value: unknown
+    try {
+      value = convert(name, raw, kind)
+    } catch (err) {
+      envErrors.push(`  ${path}: ${(err as Error).message}`)
+      continue
+    }
+    setPath(tree, path, value)
     fromEnv.set(path, name)
+    sources.set(path, `env ${name}`)
   }
-  if (options.overrides) tree = merge(tree, options.overrides)
+  if (options.overrides) {
+    tree = merge(tree, options.overrides)
+    recordLeaves(options.overrides, 'override', sources)
+  }
 
   const result = configSchema.safeParse(tree)
-  if (result.success) return result.data
+  if (result.success && envErrors.length === 0) return { config: result.data, files, sources }
+  if (result.success) throw new ConfigError('invalid configuration:\n' + envErrors.join('\n'))
   const lines = result.error.issues.map((issue) => {
     const keys = 'keys' in issue && Array.isArray(issue.keys) ? issue.keys : []
     const base = issue.path.join('.')
@@ -152,5 +217,5 @@ export function loadConfig (options: LoadOptions = {}): Config {
     const source = fromEnv.get(base)
     return `  ${field}: ${issue.message}${source ? ` (from ${source})` : ''}`
   })
-  throw new ConfigError('invalid configuration:\n' + lines.join('\n'))
+  throw new ConfigError('invalid configuration:\n' + [...envErrors, ...lines].join('\n'))
 }

@@ -29,6 +29,21 @@ const proxy = z.strictObject({
   forwardedHeaders: z.boolean().default(true),
   /** Proxy WebSocket upgrades; each upgrade is limited like a request (src/proxy/websocket.ts). */
   websocket: z.boolean().default(true),
+  /** Forward TRACE (off: 405; TRACE echoes the request, cookies and credentials included). */
+  allowTrace: z.boolean().default(false),
+  /**
+   * CORS preflights (OPTIONS with Origin and Access-Control-Request-Method). forward: to the
+   * upstream without a caller id and without spending, limited per client address by the
+   * numbers below; limit: like any request (caller id and bucket); refuse: 403.
+   */
+  preflight: z.enum(['forward', 'limit', 'refuse']).default('forward'),
+  /** Per client address, for forwarded preflights: a bucket of `capacity` refilled at `refillPerSecond`. */
+  preflightLimit: z.strictObject({
+    capacity: positive.default(20),
+    refillPerSecond: positive.default(5),
+    /** Most addresses remembered; the least recently seen are forgotten first. */
+    maxAddresses: z.number().int().positive().default(10_000)
+  }).prefault({}),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384),
   /** PEM files: with both set, the proxy port speaks HTTPS (TLS terminated here). */
@@ -152,7 +167,15 @@ const fallback = z.strictObject({
 })
 
 const log = z.strictObject({
-  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /**
+   * One JSON line per proxied request at info (README, "Access log"). Off by default: the load
+   * balancer in front usually keeps one, and at full speed the line costs about as much as
+   * the decision; no per-request work is done while it is off.
+   */
+  access: z.boolean().default(false),
+  /** The caller id in the access log: as sent, or its SHA-256 (first 16 hex digits). */
+  accessCaller: z.enum(['raw', 'hashed']).default('raw')
 })
 
 /**

@@ -12,7 +12,8 @@ import type { Limiter } from '../limiter/limiter.ts'
 import { parseKey } from '../identity/caller-id.ts'
 import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable } from '../core/problems.ts'
 import { requestIdFor } from '../observability/request-id.ts'
-import { checkSchemas, problemSchema } from './schemas.ts'
+import { checkSchemas, checkShapes, problemSchema } from './schemas.ts'
+import { checkBodyValidator } from './check-validation.ts'
 import { decide, screen, type Admission, type Screened } from '../admission/admit.ts'
 import { registerAdmin } from './admin.ts'
 import type { ControlDeps } from './deps.ts'
@@ -40,6 +41,15 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } }
   })
 
+  // Every route's pattern and methods, so that a known path asked with another method gets 405.
+  const known: Array<{ pattern: RegExp, methods: Set<string> }> = []
+  app.addHook('onRoute', (route) => {
+    const pattern = new RegExp('^' + route.url.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/:[^/]+/g, '[^/]+') + '/?$')
+    let entry = known.find((k) => k.pattern.source === pattern.source)
+    if (entry === undefined) known.push(entry = { pattern, methods: new Set() })
+    for (const m of Array.isArray(route.method) ? route.method : [route.method]) entry.methods.add(m)
+  })
+
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -57,9 +67,16 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     }
     const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
     if (!client) request.log.error({ err }, 'control request failed')
-    reply.code(client ? err.statusCode! : 500).type(PROBLEM_TYPE).send(client ? clientProblem(err.statusCode!, err.message) : problem('CONTROL_INTERNAL'))
+    const message = err.statusCode === 415 ? `${err.message}. Send the body as JSON with "Content-Type: application/json".` : err.message
+    reply.code(client ? err.statusCode! : 500).type(PROBLEM_TYPE).send(client ? clientProblem(err.statusCode!, message) : problem('CONTROL_INTERNAL'))
   })
   app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0]!
+    const allowed = [...new Set(known.filter((k) => k.pattern.test(path)).flatMap((k) => [...k.methods]))]
+    if (allowed.length > 0) {
+      reply.code(405).header('allow', allowed.join(', ')).type(PROBLEM_TYPE).send(problem('CONTROL_METHOD_NOT_ALLOWED', request.method, path, allowed))
+      return
+    }
     reply.code(404).type(PROBLEM_TYPE).send(problem('NO_CONTROL_ROUTE', request.method, request.url))
   })
 
@@ -85,8 +102,12 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   }
   const admission = { limiter, metrics, overrides: deps.overrides }
 
+  const shapes = checkShapes(config.control.maxChecksPerRequest, config.limits.cost)
+  const validateCheck = checkBodyValidator(shapes.single, shapes.batch)
   app.post<{ Body: CheckInput | { checks: CheckInput[] } }>('/v1/check', {
-    schema: checkSchemas(config.control.maxChecksPerRequest, config.limits.cost)
+    schema: checkSchemas(config.control.maxChecksPerRequest, config.limits.cost),
+    // By the shape sent, not both at once (check-validation.ts); the schema documents it.
+    validatorCompiler: () => validateCheck
   }, async (request) => {
     const body = request.body
     if ('checks' in body) {

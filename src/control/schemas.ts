@@ -25,40 +25,52 @@ const decision = {
   }
 }
 
-export function checkSchemas (maxChecks: number, defaultCost: number): Record<string, unknown> {
-  const check = {
+/** The single check and the batch, as JSON schemas (validation and the OpenAPI document). */
+export function checkShapes (maxChecks: number, defaultCost: number): { single: Record<string, unknown>, batch: Record<string, unknown> } {
+  const single = {
     type: 'object',
+    title: 'One check',
     required: ['key'],
     additionalProperties: false,
     properties: {
-      key: { type: 'string', minLength: 1, maxLength: 255, description: 'Caller id (at most 255 bytes, no control characters).' },
-      cost: { type: 'integer', minimum: 1, maximum: 1_000_000, description: `Tokens to spend; at most the policy capacity (default ${defaultCost}).` },
-      policy: { type: 'string', description: 'Policy name (default: the default policy).' }
-    }
+      key: { type: 'string', minLength: 1, maxLength: 255, description: 'Caller id (at most 255 bytes, no control characters).', example: 'svc-42' },
+      cost: { type: 'integer', minimum: 1, maximum: 1_000_000, description: `Tokens to spend; at most the policy capacity (default: the policy's or the route's cost, ${defaultCost} for the default policy).`, example: 1 },
+      policy: { type: 'string', description: 'Policy name (default: the default policy). Ignored when method or path is given.', example: 'default' },
+      method: { type: 'string', pattern: '^[A-Za-z-]+$', description: 'With method and/or path, the proxy\'s route rules, tiers and access lists pick the policy and cost, as for a proxied request (method default GET).', example: 'GET' },
+      path: { type: 'string', pattern: '^/', description: 'The request path the check stands for (default /), matched against the route rules.', example: '/v1/items' }
+    },
+    example: { key: 'svc-42', cost: 1 }
   }
+  const batch = {
+    type: 'object',
+    title: 'Several checks',
+    required: ['checks'],
+    additionalProperties: false,
+    properties: { checks: { type: 'array', minItems: 1, maxItems: maxChecks, items: single, description: `1 to ${maxChecks} checks, decided in order.` } },
+    example: { checks: [{ key: 'svc-42' }, { key: 'svc-43', cost: 2 }] }
+  }
+  return { single, batch }
+}
+
+const problemResponse = (description: string) => ({ description, $ref: 'problem#' })
+
+export function checkSchemas (maxChecks: number, defaultCost: number): Record<string, unknown> {
+  const { single, batch } = checkShapes(maxChecks, defaultCost)
   return {
     summary: 'Spend tokens for one key, or several at once, and say whether each is allowed.',
     tags: ['check'],
-    body: {
-      oneOf: [
-        check,
-        {
-          type: 'object',
-          required: ['checks'],
-          additionalProperties: false,
-          properties: { checks: { type: 'array', minItems: 1, maxItems: maxChecks, items: check } }
-        }
-      ]
-    },
+    body: { oneOf: [single, batch], example: { key: 'svc-42', cost: 1 } },
     response: {
       200: {
+        description: 'The decision (one check) or the decisions in order (several).',
         oneOf: [
           decision,
           { type: 'object', required: ['results'], properties: { results: { type: 'array', items: decision } } }
         ]
       },
-      400: { $ref: 'problem#' },
-      503: { $ref: 'problem#' }
+      400: problemResponse('The body is not a valid check: the detail names the field (and the index of a bad item in a batch).'),
+      415: problemResponse('The body is not JSON: send Content-Type: application/json.'),
+      503: problemResponse('PostgreSQL and Redis are both unreachable and FAIL_MODE=closed (Retry-After).')
     }
   }
 }

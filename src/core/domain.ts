@@ -52,7 +52,10 @@ export interface Decision {
   readonly decidedBy: Decider
 }
 
-/** Why a request was refused before any bucket was touched (400 caller id, 401 token, 403 deny list). */
+/**
+ * Why a request was refused before any bucket was touched (400 caller id or a repeated
+ * identity/tier header, 401 token, 403 deny list).
+ */
 export type RejectReason =
-  | 'missing' | 'too-long' | 'control-characters' | 'invalid-utf8'
+  | 'missing' | 'too-long' | 'control-characters' | 'invalid-utf8' | 'duplicate-header'
   | 'bad-address' | 'missing-token' | 'invalid-token' | 'deny-list'

@@ -45,6 +45,8 @@ const say = (detail: string): string => detail
 export const PROBLEMS = {
   /** The caller id is missing or malformed (the detail names the header and the rule). */
   CALLER_ID_INVALID: kind({ status: 400, detail: say }),
+  /** An identity or tier header sent more than once (the detail names it). */
+  DUPLICATE_HEADER: kind({ status: 400, detail: say }),
   /** A framework-level refusal of the request (control API validation); the detail is its message. */
   BAD_REQUEST: kind({ status: 400, detail: say }),
   MALFORMED_REQUEST: kind({ status: 400, detail: () => 'The request is not valid HTTP/1.1.' }),
@@ -56,8 +58,16 @@ export const PROBLEMS = {
   TOKEN_INVALID: kind({ status: 401, detail: say }),
   ADMIN_TOKEN_REQUIRED: kind({ status: 401, detail: () => 'A valid "Authorization: Bearer <ADMIN_TOKEN>" header is required.' }),
   CALLER_DENIED: kind({ status: 403, detail: () => 'This caller is not allowed to use this gateway.' }),
+  PREFLIGHT_REFUSED: kind({ status: 403, detail: () => 'CORS preflight requests are not served by this gateway (proxy.preflight: refuse).' }),
   ADMIN_DISABLED: kind({ status: 404, detail: () => 'The admin API is disabled: set ADMIN_TOKEN to enable it.' }),
   NO_CONTROL_ROUTE: kind({ status: 404, detail: (method: string, url: string) => `No route ${method} ${url} on the control port.` }),
+  /** TRACE while proxy.allowTrace is off (sent with Allow). */
+  METHOD_NOT_ALLOWED: kind({ status: 405, detail: (method: string) => `${method} is not forwarded by this gateway.` }),
+  /** A control route asked with a method it does not serve (sent with Allow). */
+  CONTROL_METHOD_NOT_ALLOWED: kind({
+    status: 405,
+    detail: (method: string, path: string, allowed: string[]) => `${method} is not served on ${path}; it answers ${allowed.join(', ')}.`
+  }),
   REQUEST_TIMEOUT: kind({ status: 408, detail: () => 'The request was not received in time.' }),
   CONTENT_TOO_LARGE: kind({ status: 413, detail: say }),
   UNSUPPORTED_MEDIA_TYPE: kind({ status: 415, detail: say }),
@@ -67,6 +77,13 @@ export const PROBLEMS = {
     detail: (policy: string, capacity: number, windowSeconds: number, retryAfterSeconds: number) =>
       `Rate limit exceeded for policy "${policy}" (${capacity} requests per ${windowSeconds} s); retry in ${retryAfterSeconds} s.`,
     extensions: (policy: string) => ({ 'violated-policies': [policy] })
+  }),
+  /** Forwarded CORS preflights from one client address beyond proxy.preflightLimit (sent with Retry-After). */
+  PREFLIGHT_LIMITED: kind({
+    status: 429,
+    type: QUOTA_EXCEEDED,
+    detail: (retryAfterSeconds: number) => `Too many CORS preflight requests from this address; retry in ${retryAfterSeconds} s.`,
+    extensions: () => ({ 'violated-policies': ['preflight'] })
   }),
   HEADER_TOO_LARGE: kind({ status: 431, detail: (maxBytes: number) => `The request head is larger than ${maxBytes} bytes.` }),
   PROXY_INTERNAL: kind({ status: 500, detail: () => 'The gateway failed to handle this request.' }),

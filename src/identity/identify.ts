@@ -8,19 +8,28 @@ import type { IdentityConfig } from './schema.ts'
 import { clientAddress, trustList } from './client-address.ts'
 import { parseCallerId, parseKey } from './caller-id.ts'
 import { createTokenVerifier } from './jwt.ts'
+import { duplicateDetail, isRepeated } from './duplicates.ts'
 
 export type Identified =
   | { readonly ok: true, readonly id: string, readonly claims: Record<string, unknown> | null }
   | { readonly ok: false, readonly status: 400 | 401, readonly reason: string, readonly detail: string }
 
-export type Identifier = (headers: IncomingHttpHeaders, peer: string | undefined) => Identified | Promise<Identified>
+/** `rawHeaders` (request.raw.rawHeaders) reveals a repeated identity header that Node joined or dropped. */
+export type Identifier = (headers: IncomingHttpHeaders, peer: string | undefined, rawHeaders: readonly string[]) => Identified | Promise<Identified>
+
+/** The refusal of a request that names its caller twice. */
+export function duplicateHeader (header: string): Identified {
+  return { ok: false, status: 400, reason: 'duplicate-header', detail: duplicateDetail(header) }
+}
 
 export function createIdentifier (identity: IdentityConfig): Identifier {
   switch (identity.source) {
     case 'header': {
       const header = identity.header
-      return (headers) => {
-        const r = parseCallerId(headers[header], header)
+      return (headers, _peer, rawHeaders) => {
+        const value = headers[header]
+        if (isRepeated(value, rawHeaders, header)) return duplicateHeader(header)
+        const r = parseCallerId(value, header)
         return r.ok ? { ok: true, id: r.id, claims: null } : { ok: false, status: 400, reason: r.reason, detail: r.detail }
       }
     }
@@ -34,8 +43,12 @@ export function createIdentifier (identity: IdentityConfig): Identifier {
     case 'jwt': {
       const verifier = createTokenVerifier(identity.jwt!)
       const claim = identity.jwt!.claim
-      return async (headers) => {
-        const r = await verifier.verify(headers[verifier.header])
+      // Node keeps only the first Authorization header: count the raw ones.
+      const joined = verifier.header !== 'authorization'
+      return async (headers, _peer, rawHeaders) => {
+        const token = headers[verifier.header]
+        if (isRepeated(token, rawHeaders, verifier.header, joined)) return duplicateHeader(verifier.header)
+        const r = await verifier.verify(token)
         if (!r.ok) return { ok: false, status: 401, reason: r.reason, detail: r.detail }
         const value = r.payload[claim]
         const id = typeof value === 'string' ? parseKey(value) : typeof value === 'number' ? parseKey(String(value)) : null

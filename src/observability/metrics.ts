@@ -26,11 +26,13 @@ export type Store = 'postgres' | 'redis'
 const SOURCES: Record<DecisionSource, true> = { redis: true, postgres: true, 'new-user': true, local: true, 'redis-fallback': true, 'local-fallback': true, 'fail-open': true }
 export const DECISION_SOURCES = Object.keys(SOURCES) as DecisionSource[]
 const REASONS: Record<RejectReason, true> = {
-  missing: true, 'too-long': true, 'control-characters': true, 'invalid-utf8': true, 'bad-address': true, 'missing-token': true, 'invalid-token': true, 'deny-list': true
+  missing: true, 'too-long': true, 'control-characters': true, 'invalid-utf8': true, 'duplicate-header': true, 'bad-address': true, 'missing-token': true, 'invalid-token': true, 'deny-list': true
 }
 /** Requests Node's HTTP parser refused before Fastify saw them (src/proxy/client-error.ts). */
 export const CLIENT_ERROR_REASONS = ['header-too-large', 'malformed-request', 'client-timeout'] as const
-export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...CLIENT_ERROR_REASONS]
+/** CORS preflights refused by their per-address limit (proxy.preflightLimit). */
+export const PREFLIGHT_REASONS = ['preflight-limit'] as const
+export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...CLIENT_ERROR_REASONS, ...PREFLIGHT_REASONS]
 /** Which store decides each source; decisions are counted and timed by both labels. */
 export const DECIDERS_OF: Readonly<Record<DecisionSource, readonly Decider[]>> = {
   redis: ['redis', 'postgres'], postgres: ['postgres'], 'new-user': ['postgres'], local: ['gateway'], 'redis-fallback': ['redis'], 'local-fallback': ['gateway'], 'fail-open': ['gateway']

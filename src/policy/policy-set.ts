@@ -88,6 +88,8 @@ export class PolicySet {
   readonly defaultPolicy: LimitPolicy
   readonly tierHeader: string | undefined
   readonly tierClaim: string | undefined
+  /** tiers.trustHeaderFrom: any (else the tier header counts only from identity.trustedProxies). */
+  readonly trustsTierHeaderFromAnyone: boolean
   readonly #callerTiers: ReadonlyMap<string, string>
   readonly #tierDefaults: ReadonlyMap<string, Resolution>
   readonly #routes: readonly CompiledRoute[]
@@ -143,6 +145,7 @@ export class PolicySet {
 
     this.tierHeader = config.tiers.header
     this.tierClaim = config.tiers.claim
+    this.trustsTierHeaderFromAnyone = config.tiers.trustHeaderFrom === 'any'
     this.#callerTiers = new Map(Object.entries(config.tiers.callers))
     this.#allow = new Set(config.access.allow)
     this.#deny = new Set(config.access.deny)
@@ -204,7 +207,7 @@ export class PolicySet {
         max_route_cost: this.maxCost.get(p.name) ?? p.cost
       })),
       routes: this.#config.routes.map((r) => ({ methods: r.methods ?? null, path: r.path, policy: r.policy, ...(r.cost === undefined ? {} : { cost: r.cost }) })),
-      tiers: { header: this.tierHeader ?? null, claim: this.tierClaim ?? null, callers: this.#config.tiers.callers, sets: this.#config.tiers.sets },
+      tiers: { header: this.tierHeader ?? null, trust_header_from: this.#config.tiers.trustHeaderFrom, claim: this.tierClaim ?? null, callers: this.#config.tiers.callers, sets: this.#config.tiers.sets },
       access: { allow: this.#config.access.allow, deny: this.#config.access.deny },
       upstreams: [
         ...this.#upstreams.map((u) => ({ prefix: u.prefix, url: u.origin + u.basePath, strip_prefix: u.stripPrefix })),

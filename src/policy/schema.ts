@@ -6,6 +6,7 @@
  */
 import { z } from 'zod'
 import { compilePathRule } from './path.ts'
+import { PROXIED_METHODS } from '../core/methods.ts'
 
 const positive = z.number().positive()
 const headerName = z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase())
@@ -31,7 +32,8 @@ export const policyDefinition = z.strictObject({
   shadow: z.boolean().default(false)
 })
 
-const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'] as const
+/** Exactly the methods the proxy accepts (src/core/methods.ts). */
+const METHODS = PROXIED_METHODS as [string, ...string[]]
 
 export const routeRule = z.strictObject({
   /** Any method when absent. */
@@ -45,6 +47,11 @@ export const routeRule = z.strictObject({
 export const tiers = z.strictObject({
   /** Request header naming the caller's tier. Trust it only if something in front sets it. */
   header: headerName.optional(),
+  /**
+   * Whose tier header is believed: `trusted-proxies` (default: only a peer listed in
+   * identity.trustedProxies; from anyone else the header is ignored) or `any` client.
+   */
+  trustHeaderFrom: z.enum(['trusted-proxies', 'any']).default('trusted-proxies'),
   /** JWT claim naming the tier (identity.source: jwt). */
   claim: z.string().min(1).optional(),
   /** Static caller id → tier map; wins over the header and the claim. */

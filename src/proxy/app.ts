@@ -22,7 +22,12 @@ import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable, type Problem }
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
 import { pathOf } from '../policy/path.ts'
+import { FASTIFY_METHODS, PROXIED_METHODS } from '../core/methods.ts'
 import { upstreamUrl } from '../policy/policy-set.ts'
+import { duplicateDetail, isRepeated } from '../identity/duplicates.ts'
+import { canonicalAddress, clientAddress, isTrusted } from '../identity/client-address.ts'
+import { isPreflight, PreflightLimiter } from './preflight.ts'
+import { accessLogger } from './access-log.ts'
 import type { Runtime } from '../admission/runtime.ts'
 
 declare module 'fastify' {
@@ -33,6 +38,13 @@ declare module 'fastify' {
     shadow: 'allowed' | 'would-block' | 'unavailable' | null
     /** Origin of the upstream this request goes to (several upstreams by path prefix). */
     upstreamOrigin: string
+    /** Milliseconds until the upstream's response head (-1: no upstream response). */
+    upstreamMs: number
+    /** Access log only (log.access): the caller id and the path as the client sent them. */
+    accessCaller: string | null
+    accessPath: string | null
+    /** Access log only: the connection's bytesWritten when this request began. */
+    accessBytesAt: number
   }
 }
 
@@ -60,10 +72,16 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     clientErrorHandler: clientErrorHandler(metrics, config.proxy.maxHeaderBytes),
     ...serverOptions(config.proxy)
   }) as unknown as FastifyInstance
+  // Every method Node parses goes upstream (WebDAV and extension methods included).
+  for (const method of PROXIED_METHODS) if (!FASTIFY_METHODS.has(method)) app.addHttpMethod(method, { hasBody: true })
   app.decorateRequest('decision', null)
   app.decorateRequest('upstreamStartedAt', 0n)
   app.decorateRequest('shadow', null)
   app.decorateRequest('upstreamOrigin', '')
+  app.decorateRequest('upstreamMs', -1)
+  app.decorateRequest('accessCaller', null)
+  app.decorateRequest('accessPath', null)
+  app.decorateRequest('accessBytesAt', 0)
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
@@ -72,28 +90,71 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
+  const access = config.log.access ? accessLogger(deps.log.child({ log: 'access' }), config.log.accessCaller) : null
+  const allowTrace = config.proxy.allowTrace
+  const preflight = config.proxy.preflight
+  const preflights = new PreflightLimiter(config.proxy.preflightLimit)
+  const ALLOW = PROXIED_METHODS.filter((m) => m !== 'TRACE').join(', ')
   app.addHook('onRequest', async (request, reply) => {
     // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
     reply.header(REQUEST_ID_HEADER, request.id)
+    if (access !== null) {
+      request.accessPath = pathOf(request.url)
+      request.accessBytesAt = request.raw.socket.bytesWritten
+    }
+    if (request.method === 'TRACE' && !allowTrace) {
+      reply.header('allow', ALLOW)
+      sendProblem(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
+      return reply
+    }
     // One read of the live configuration: this request sees all of one version.
     const runtime = deps.runtime.current
     const set = runtime.policies
-    const identifying = runtime.identify(request.headers, request.socket.remoteAddress)
+    const peer = request.socket.remoteAddress
+    if (preflight !== 'limit' && isPreflight(request.method, request.headers)) {
+      if (preflight === 'refuse') {
+        sendProblem(reply, problem('PREFLIGHT_REFUSED'), null)
+        return reply
+      }
+      const address = clientAddress(peer, request.headers['x-forwarded-for'], runtime.trustedProxies)
+      const wait = preflights.take(address.ok ? address.address : String(peer))
+      if (wait > 0) {
+        metrics.rejectedRequests.inc({ reason: 'preflight-limit' })
+        reply.header('retry-after', String(wait))
+        sendProblem(reply, problem('PREFLIGHT_LIMITED', wait), null)
+        return reply
+      }
+      toUpstream(request, set)
+      return
+    }
+    const identifying = runtime.identify(request.headers, peer, request.raw.rawHeaders)
     // Only JWT identity is asynchronous: the others should not pay a turn of the microtask queue.
     const identity = identifying instanceof Promise ? await identifying : identifying
     if (!identity.ok) {
       metrics.rejectedRequests.inc({ reason: identity.reason })
       if (identity.status === 401) reply.header('www-authenticate', identity.reason === 'invalid-token' ? 'Bearer error="invalid_token"' : 'Bearer')
-      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : 'CALLER_ID_INVALID', identity.detail), null)
+      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : identity.reason === 'duplicate-header' ? 'DUPLICATE_HEADER' : 'CALLER_ID_INVALID', identity.detail), null)
       return reply
     }
-    const url = request.url
-    const rawPath = pathOf(url)
+    let tierHeader: string | string[] | undefined
+    if (set.tierHeader !== undefined) {
+      tierHeader = request.headers[set.tierHeader]
+      if (isRepeated(tierHeader, request.raw.rawHeaders, set.tierHeader)) {
+        metrics.rejectedRequests.inc({ reason: 'duplicate-header' })
+        sendProblem(reply, problem('DUPLICATE_HEADER', duplicateDetail(set.tierHeader)), null)
+        return reply
+      }
+      // Believed only from a trusted proxy unless tiers.trustHeaderFrom says any client.
+      if (tierHeader !== undefined && !set.trustsTierHeaderFromAnyone &&
+        (runtime.trustedProxies === null || peer === undefined || !isTrusted(runtime.trustedProxies, canonicalAddress(peer)))) tierHeader = undefined
+    }
+    if (access !== null) request.accessCaller = identity.id
+    const rawPath = pathOf(request.url)
     const admitted = await admit(admission, runtime, {
       id: identity.id,
       method: request.method,
       path: rawPath,
-      tierHeader: set.tierHeader === undefined ? undefined : request.headers[set.tierHeader],
+      tierHeader,
       claims: identity.claims
     }, request.log as Logger)
     switch (admitted.kind) {
@@ -119,11 +180,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         if (admitted.shadow !== null) request.shadow = admitted.shadow
         else request.decision = admitted.decision
     }
-    const target = set.upstreamFor(rawPath)
-    request.upstreamOrigin = target.origin
-    const rewritten = upstreamUrl(target, url)
-    if (rewritten !== null) request.raw.url = rewritten // read by the proxy handler, after routing
-    request.upstreamStartedAt = process.hrtime.bigint()
+    toUpstream(request, set)
   })
 
   // Graceful shutdown: Node closes the connections that are idle when the server closes, but a
@@ -138,6 +195,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     if (request.upstreamStartedAt !== 0n) {
       metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
     }
+    if (access !== null) access(request, reply)
     if (closing) setImmediate(() => app.server.closeIdleConnections())
     done()
   })
@@ -156,6 +214,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const proxyOptions: FastifyHttpProxyOptions = {
     // The upstream is chosen per request (path prefix, hot-reloadable): see getUpstream.
     upstream: '',
+    httpMethods: [...PROXIED_METHODS],
     // reply-from logs two info lines per request on its own; per-request logs are debug-only.
     disableRequestLogging: !deps.log.isLevelEnabled('debug'),
     undici: upstream as object,
@@ -177,7 +236,9 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       },
       rewriteHeaders: (headers, request) => {
         if (request === undefined) return headers
-        metrics.bound.upstreamDuration.observe(Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9)
+        const seconds = Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9
+        metrics.bound.upstreamDuration.observe(seconds)
+        request.upstreamMs = seconds * 1000
         dropHopByHop(headers)
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
         if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
@@ -192,7 +253,9 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         }
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
         metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
-        reply.log.warn({ err: error }, timeout ? 'upstream timed out' : 'upstream unreachable')
+        // One line with the cause (reply-from wraps it in a 500 FastifyError; the client gets 502/504).
+        const cause = (error.cause ?? error) as Error & { code?: string }
+        reply.log.warn({ upstream: reply.request.upstreamOrigin, cause: cause.message, code: cause.code, status: timeout ? 504 : 502 }, timeout ? 'upstream timed out' : 'upstream unreachable')
         if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
         sendProblem(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
       }
@@ -232,6 +295,16 @@ class ProxyLogController extends LogController {
     this.#metrics.bound.upstreamErrors.interrupted.inc()
     reply.log.warn({ err: error }, 'upstream response interrupted after its head was sent; client connection aborted')
   }
+}
+
+/** Picks the upstream by path prefix and rewrites the target for it. */
+function toUpstream (request: FastifyRequest, set: Runtime['policies']): void {
+  const url = request.url
+  const target = set.upstreamFor(pathOf(url))
+  request.upstreamOrigin = target.origin
+  const rewritten = upstreamUrl(target, url)
+  if (rewritten !== null) request.raw.url = rewritten // read by the proxy handler, after routing
+  request.upstreamStartedAt = process.hrtime.bigint()
 }
 
 /** Plain HTTP, or HTTPS when a certificate and key are configured. */

@@ -1,0 +1,86 @@
+/** Running the gateway as a process: configuration, logging, start-up, signals, exit codes. */
+import closeWithGrace from 'close-with-grace'
+import { join, resolve } from 'node:path'
+import { ConfigError, loadConfig, loadConfigWithSources, type LoadedConfig } from './config/load.ts'
+import { redactUrl } from './config/redact.ts'
+import type { Config } from './config/schema.ts'
+import { packageRoot, packageVersion } from './core/package.ts'
+import { isUnreachable } from './stores/postgres/postgres-store.ts'
+import { prepareFirstRun, type FirstRun } from './first-run.ts'
+import { createLogger } from './observability/log.ts'
+import { startGateway } from './server.ts'
+
+/** What is about to run, in one start-up line: an operator reads the setup off the log. */
+export function startupSummary (config: Config, loaded: Pick<LoadedConfig, 'files'>): Record<string, unknown> {
+  return {
+    version: packageVersion(),
+    node: process.version,
+    config_files: loaded.files,
+    upstream: config.proxy.upstreamUrl === undefined ? 'built-in echo upstream' : redactUrl(config.proxy.upstreamUrl),
+    upstreams: config.upstreams.map((u) => ({ prefix: u.prefix, url: redactUrl(u.url) })),
+    identity: config.identity.source,
+    decides: 'postgres',
+    redis_decides_without_postgres: config.fallback.redisDecides,
+    fail_mode: config.fallback.mode,
+    synchronous_commit: config.postgres.synchronousCommit,
+    local_deny_cache: config.localDenyCache.enabled,
+    postgres: redactUrl(config.postgres.url),
+    redis: config.redis.enabled ? redactUrl(config.redis.url) : 'disabled',
+    proxy: `${config.proxy.host}:${config.proxy.port}${config.proxy.tlsCertFile === undefined ? '' : ' (https)'}`,
+    control: `${config.control.host}:${config.control.port}`
+  }
+}
+
+/** Starts the gateway and runs it until SIGTERM/SIGINT (npm start, the image, the bin). */
+export async function runGateway (): Promise<void> {
+  let config
+  let loaded: LoadedConfig
+  try {
+    loaded = loadConfigWithSources()
+    config = loaded.config
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`ratelimit-gateway: ${err.message}\n`)
+      process.exit(2)
+    }
+    throw err
+  }
+  const log = createLogger(config.log.level)
+  log.info('Logger initialized successfully')
+
+  let gateway: Awaited<ReturnType<typeof startGateway>> | undefined
+  let firstRun: FirstRun | undefined
+  // SIGHUP reloads the configuration (the default action would end the process).
+  process.on('SIGHUP', () => {
+    if (gateway === undefined) log.warn('SIGHUP during start-up ignored; send it again once the gateway is listening')
+    else gateway.reload('SIGHUP')
+  })
+  try {
+    // Hot reload re-reads the same sources: config/default.yaml, CONFIG_FILE, the environment.
+    const watch = [join(packageRoot(), 'config', 'default.yaml')]
+    if (process.env.CONFIG_FILE) watch.push(resolve(process.env.CONFIG_FILE))
+    // A renewed TLS certificate (certbot and the like) is picked up without a signal.
+    for (const file of [config.proxy.tlsCertFile, config.proxy.tlsKeyFile]) if (file !== undefined) watch.push(resolve(file))
+    // No DATABASE_URL and no local PostgreSQL: the embedded one (src/first-run.ts).
+    const dev = firstRun = await prepareFirstRun(config, process.env, log)
+    log.info(startupSummary(dev.config, loaded), `ratelimit-gateway ${packageVersion()} starting`)
+    gateway = await startGateway(dev.config, log, { loadConfig: () => dev.apply(loadConfig()), watch })
+  } catch (err) {
+    await firstRun?.close().catch(() => {})
+    const hint = isUnreachable(err) && (firstRun?.config ?? config).postgres.requiredAtStart
+      ? ' (PostgreSQL does not answer; DATABASE_REQUIRED_AT_START=false starts the gateway without it, Redis or the fail mode deciding until it answers)'
+      : ''
+    log.fatal({ err }, `could not start: ${(err as Error).message}${hint}`)
+    process.exit(1)
+  }
+
+  const running = gateway
+  const stores = firstRun
+  closeWithGrace({ delay: 25_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
+    if (err !== undefined) log.error({ err }, 'shutting down after an error')
+    else log.info({ signal }, 'shutting down: finishing in-flight requests')
+    await running.close()
+    await stores.close()
+    log.info('shutdown complete')
+  })
+}
