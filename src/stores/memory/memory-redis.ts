@@ -23,6 +23,7 @@ import {
   type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisVerdict, type SnapshotCache
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
+import { decodeMember, encodeMember, memberOf } from '../owned-member.ts'
 
 export interface MemoryRedisOptions {
   /** The Redis server clock (TIME), epoch milliseconds. */
@@ -62,26 +63,6 @@ export function encodeSnapshot (s: BucketSnapshot): string {
 /** The real adapters' key: one hash tag per bucket. */
 export function memoryBucketKey (prefix: string, cacheName: string, userId: string): string {
   return `${prefix}{${cacheName}:${userId}}`
-}
-
-/** The owned set's member, as the real decider encodes it (JSON array). */
-export function encodeOwnedMember (policy: Policy, userId: string): string {
-  return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond, policy.cacheName ?? policy.name])
-}
-
-interface OwnedMember extends OwnedBucket { readonly member: string }
-
-function decodeOwnedMember (member: string): OwnedMember | null {
-  try {
-    const value: unknown = JSON.parse(member)
-    if (!Array.isArray(value) || value.length !== 5) return null
-    const [policy, userId, capacity, refillPerSecond, cacheName] = value as unknown[]
-    if (typeof policy !== 'string' || typeof userId !== 'string' || typeof capacity !== 'number' ||
-        typeof refillPerSecond !== 'number' || !(capacity > 0) || !(refillPerSecond > 0) || typeof cacheName !== 'string') return null
-    return { member, policy, cacheName, userId, capacity, refillPerSecond }
-  } catch {
-    return null
-  }
 }
 
 /** The server: its data, clock and outage switches. `cache` and `decider` are its two clients. */
@@ -308,7 +289,7 @@ export class MemoryRedisDecider implements RedisDecider {
     if (!this.available) return REDIS_UNAVAILABLE
     r.decideCalls++
     const { policy, userId, cost } = request
-    r.sadd(encodeOwnedMember(policy, userId))
+    r.sadd(encodeMember(policy, userId))
     const [status, tokens] = r.decideScript(r.key(policy.cacheName ?? policy.name, userId), cost, policy.capacity,
       policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force)
     if (status === -1) return REDIS_HANDING_BACK
@@ -323,7 +304,7 @@ export class MemoryRedisDecider implements RedisDecider {
     const page = members.slice(0, Math.max(1, count))
     const buckets: OwnedBucket[] = []
     for (const member of page) {
-      const bucket = decodeOwnedMember(member)
+      const bucket = decodeMember(member)
       if (bucket !== null) buckets.push(bucket)
       else r.srem(member)
     }
@@ -349,8 +330,7 @@ export class MemoryRedisDecider implements RedisDecider {
       const done = r.handedBackScript(r.key(b.cacheName, b.userId), merged === null || merged === undefined ? '' : encodeSnapshot(merged),
         fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
       if (done === 1) {
-        r.srem((b as Partial<OwnedMember>).member ?? encodeOwnedMember(
-          { name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond, cacheName: b.cacheName }, b.userId))
+        r.srem(memberOf(b))
       }
     })
   }

@@ -26,11 +26,8 @@ import type { StoreHealth } from '../health.ts'
 import { createRedisClient } from './client.ts'
 import { defineScripts, type ScriptedRedis } from './scripts.ts'
 import { bucketKey, encode } from './snapshot-cache.ts'
+import { decodeMember, encodeMember, memberOf, type OwnedMember } from '../owned-member.ts'
 
-/** An owned bucket as read from the set: the member it was read as, to remove exactly that. */
-interface OwnedMember extends OwnedBucket {
-  readonly member: string
-}
 
 export class RedisDecider implements RedisDeciderPort {
   readonly #prefix: string
@@ -158,8 +155,7 @@ export class RedisDecider implements RedisDeciderPort {
         fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
     }))
     // Taken back by Redis meanwhile (0): stays in the set for the next pass.
-    const finished = buckets.filter((_, i) => done[i] === 1).map((b) => (b as OwnedMember).member ?? encodeMember(
-      { name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond, cacheName: b.cacheName }, b.userId))
+    const finished = buckets.filter((_, i) => done[i] === 1).map(memberOf)
     if (finished.length > 0) await client.srem(this.ownedSetKey, ...finished)
   }
 
@@ -167,23 +163,5 @@ export class RedisDecider implements RedisDeciderPort {
     const client = this.#client
     if (client === null || client.status !== 'ready') throw new Error('Redis is not connected')
     return client
-  }
-}
-
-/** The set member names the bucket and the policy it was decided with (JSON array). */
-export function encodeMember (policy: Policy, userId: string): string {
-  return JSON.stringify([policy.name, userId, policy.capacity, policy.refillPerSecond, policy.cacheName ?? policy.name])
-}
-
-export function decodeMember (member: string): OwnedMember | null {
-  try {
-    const value: unknown = JSON.parse(member)
-    if (!Array.isArray(value) || value.length !== 5) return null
-    const [policy, userId, capacity, refillPerSecond, cacheName] = value as unknown[]
-    if (typeof policy !== 'string' || typeof userId !== 'string' || typeof capacity !== 'number' ||
-        typeof refillPerSecond !== 'number' || !(capacity > 0) || !(refillPerSecond > 0) || typeof cacheName !== 'string') return null
-    return { member, policy, cacheName, userId, capacity, refillPerSecond }
-  } catch {
-    return null
   }
 }
