@@ -5,7 +5,8 @@
 #   docker run --init -p 8080:8080 -e DATABASE_URL=... -e REDIS_URL=... -e UPSTREAM_URL=... ratelimit-gateway
 # docs/deploy.md has the details; docker-compose.yml runs the whole stack.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# A maintained Node LTS (the package supports Node >= 20.18.1: package.json engines).
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app

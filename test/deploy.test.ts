@@ -33,7 +33,9 @@ t.test('docker-compose.yml passes a real Compose parser and wires the stack', as
   t.same(Object.keys(services).sort(), ['gateway-1', 'gateway-2', 'grafana', 'postgres', 'prometheus', 'redis', 'upstream'], 'the seven services')
   for (const name of ['gateway-1', 'gateway-2']) {
     const gw = services[name]
-    t.equal(gw.build.context, root, `${name} is built from this repository's Dockerfile`)
+    t.equal(gw.build, undefined, `${name} is not built again`)
+    t.equal(gw.image, services.upstream.image, `${name} runs the image the upstream service builds`)
+    t.equal(gw.pull_policy, 'never', `${name}: the local image, never pulled`)
     t.equal(gw.init, true, `${name}: an init process reaps and forwards signals`)
     t.match(gw.environment, {
       DATABASE_URL: /^postgres:\/\/gateway:[^@]+@postgres:5432\/ratelimit$/,
@@ -48,6 +50,8 @@ t.test('docker-compose.yml passes a real Compose parser and wires the stack', as
   }
   t.ok(services.postgres.healthcheck && services.redis.healthcheck, 'the stores have health checks to wait on')
   t.match(services.upstream.command, ['node', 'dist/src/cli/demo-upstream.js'], 'demo upstream from the same image')
+  t.equal(services.upstream.build.context, root, "the image is built once, from this repository's Dockerfile")
+  t.same(Object.keys(services).filter((n) => services[n].build !== undefined), ['upstream'], 'one build for the whole stack')
   t.ok(volumes.pgdata !== undefined, 'PostgreSQL data on a named volume')
 
   // Every bind mount names a file or folder of this repository.
@@ -121,7 +125,7 @@ t.test('the Dockerfile: multi-stage, non-root, health check, exec-form entry', a
   const lastFrom = steps.lastIndexOf(froms[froms.length - 1]!)
   const runtime = steps.slice(lastFrom)
   t.match(froms[froms.length - 1]!.args, /slim|alpine|NODE_IMAGE/, 'runtime stage from a small base')
-  t.ok(steps.some((s) => s.op === 'ARG' && /NODE_IMAGE=node:20-[a-z]+-slim|NODE_IMAGE=node:20-alpine/.test(s.args)), 'the base is node 20 slim')
+  t.ok(steps.some((s) => s.op === 'ARG' && /NODE_IMAGE=node:(22|24)-[a-z]+-slim|NODE_IMAGE=node:(22|24)-alpine/.test(s.args)), 'the base is a maintained Node LTS, slim')
   const user = runtime.filter((s) => s.op === 'USER').pop()
   t.ok(user !== undefined && !/^(root|0)(:|$)/.test(user.args), `runs as a non-root user (${user?.args})`)
   t.notOk(runtime.some((s) => s.op === 'RUN' && /npm (ci|install)(?!.*--omit=dev)/.test(s.args)), 'no dev install in the runtime stage')

@@ -20,10 +20,10 @@ import type { ControlDeps } from './deps.ts'
 type KeyRoute = { Params: { key: string }, Querystring: { policy?: string } }
 interface OverrideBody { capacity?: number, refill_per_second?: number }
 
-const keyParams = { type: 'object', required: ['key'], properties: { key: { type: 'string', description: 'The caller id (URL-encoded).' } } }
-const policyQuery = { type: 'object', additionalProperties: false, properties: { policy: { type: 'string', description: 'Policy name (default: "default").' } } }
+const keyParams = { type: 'object', required: ['key'], properties: { key: { type: 'string', description: 'The caller id (URL-encoded).', example: 'svc-42' } } }
+const policyQuery = { type: 'object', additionalProperties: false, properties: { policy: { type: 'string', description: 'Policy name (default: "default").', example: 'default' } } }
 const problems = { 400: { $ref: 'problem#' }, 401: { $ref: 'problem#' }, 404: { $ref: 'problem#' }, 503: { $ref: 'problem#' } }
-const actorHeader = { type: 'object', properties: { 'x-admin-actor': { type: 'string', maxLength: 100, description: 'Who is making the change, for the log (default "admin").' } } }
+const actorHeader = { type: 'object', properties: { 'x-admin-actor': { type: 'string', maxLength: 100, description: 'Who is making the change, for the log (default "admin").', example: 'alice' } } }
 
 const overrideSchema = {
   type: 'object',
@@ -174,7 +174,8 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
         properties: {
           capacity: { type: 'number', exclusiveMinimum: 0, maximum: 1e9, description: 'Bucket size for this caller; at least the largest cost routed to the policy.' },
           refill_per_second: { type: 'number', exclusiveMinimum: 0, maximum: 1e9, description: 'Refill rate for this caller.' }
-        }
+        },
+        example: { capacity: 100, refill_per_second: 10 }
       },
       response: { 200: overrideSchema, ...problems }
     }

@@ -14,6 +14,8 @@ import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable } from '../core
 import { requestIdFor } from '../observability/request-id.ts'
 import { checkSchemas, checkShapes, problemSchema } from './schemas.ts'
 import { checkBodyValidator } from './check-validation.ts'
+import { describeResponses } from './openapi.ts'
+import { packageVersion } from '../core/package.ts'
 import { decide, screen, type Admission, type Screened } from '../admission/admit.ts'
 import { registerAdmin } from './admin.ts'
 import type { ControlDeps } from './deps.ts'
@@ -38,7 +40,7 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
     requestIdHeader: false,
     genReqId: requestIdFor,
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } }
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false, keywords: ['example'] } }
   })
 
   // Every route's pattern and methods, so that a known path asked with another method gets 405.
@@ -53,9 +55,10 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'Rate-limiting gateway: control API', version: '1.0.0', description: 'Direct rate-limit checks, bucket administration, health and metrics. The proxy port forwards everything else to the upstream.' },
+      info: { title: 'Rate-limiting gateway: control API', version: packageVersion(), description: 'Direct rate-limit checks, bucket administration, health and metrics. The proxy port forwards everything else to the upstream.' },
       components: { securitySchemes: { admin: { type: 'http', scheme: 'bearer' } } }
-    }
+    },
+    transform: describeResponses
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
