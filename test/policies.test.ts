@@ -151,3 +151,25 @@ t.test('several upstreams by path prefix, with the limiter and headers on each',
   t.equal((await send(gw.proxyUrl + '/other', { user: 'jan' })).status, 201)
   t.equal(gw.upstream!.received.at(-1)!.url, '/other', 'unmatched prefixes go to the default upstream')
 })
+
+t.test('POST /v1/check with a method and path applies the proxy\'s routes, costs and access lists; key and cost alone keep their meaning', async (t) => {
+  const gw = await startTestGateway(t, {
+    config: {
+      limits: { capacity: 10, refillPerSecond: 0.001 },
+      policies: { uploads: { capacity: 10, refillPerSecond: 0.001, cost: 4 } },
+      routes: [{ methods: ['POST'], path: '/upload/**', policy: 'uploads' }],
+      access: { allow: ['robot'], deny: ['mallory'] }
+    }
+  })
+  const check = async (body: unknown): Promise<Record<string, unknown>> =>
+    await (await fetch(gw.controlUrl + '/v1/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).json() as Record<string, unknown>
+  t.match(await check({ key: 'ann', method: 'POST', path: '/upload/a' }), { allowed: true, policy: 'uploads', remaining: 6 }, 'the route\'s policy and cost')
+  // The same bucket as the proxy's: the proxy now sees what the check spent.
+  const proxied = await send(gw.proxyUrl + '/upload/b', { user: 'ann', method: 'POST', body: 'x' })
+  t.equal(proxied.headers.get('x-ratelimit-remaining'), '2', 'one bucket for the check and the proxy')
+  t.match(await check({ key: 'ann', method: 'POST', path: '/upload/c' }), { allowed: false, policy: 'uploads', remaining: 2 })
+  t.match(await check({ key: 'ann', method: 'GET', path: '/upload/c' }), { allowed: true, policy: 'default', remaining: 9 }, 'another method: another route')
+  t.match(await check({ key: 'ann' }), { allowed: true, policy: 'default', remaining: 8 }, 'key alone: the default policy, as before')
+  t.match(await check({ key: 'mallory', method: 'GET', path: '/' }), { allowed: false, source: 'deny-list' }, 'the deny list applies with a method')
+  t.match(await check({ key: 'robot', method: 'GET', path: '/' }), { allowed: true, source: 'allow-list' }, 'the allow list applies with a method')
+})

@@ -16,12 +16,12 @@ const decision = {
   required: ['allowed', 'limit', 'remaining', 'reset_after_ms', 'retry_after_ms', 'source', 'policy'],
   properties: {
     allowed: { type: 'boolean' },
-    limit: { type: 'number', description: 'Bucket capacity.' },
-    remaining: { type: 'integer', description: 'Whole tokens left after this check.' },
+    limit: { type: 'number', nullable: true, description: 'Bucket capacity (null for a caller on the allow or deny list: no bucket).' },
+    remaining: { type: 'integer', nullable: true, description: 'Whole tokens left after this check (null without a bucket).' },
     reset_after_ms: { type: 'integer', description: 'Milliseconds until the bucket is full.' },
     retry_after_ms: { type: 'integer', description: 'Milliseconds until the cost can be paid (0 when allowed).' },
-    source: { type: 'string', enum: ['redis', 'postgres', 'new-user', 'local', 'redis-fallback', 'local-fallback', 'fail-open'] },
-    policy: { type: 'string' }
+    source: { type: 'string', enum: ['redis', 'postgres', 'new-user', 'local', 'redis-fallback', 'local-fallback', 'fail-open', 'allow-list', 'deny-list'], description: 'X-Data-Source; allow-list and deny-list only for a check with a method (the access lists apply).' },
+    policy: { type: 'string', nullable: true }
   }
 }
 
