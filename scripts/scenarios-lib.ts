@@ -15,6 +15,25 @@ export interface ScenarioResult {
   expectations: Expectation[]
 }
 
+/** fetch's "fetch failed" with its cause, e.g. "connect ECONNREFUSED 127.0.0.1:8080". */
+export function fetchErrorCause (err: unknown): string {
+  const e = err as Error & { cause?: Error & { code?: string } }
+  const cause = e.cause
+  if (cause === undefined) return e.message
+  return cause.message.includes(cause.code ?? '\0') || cause.code === undefined ? cause.message : `${cause.code}: ${cause.message}`
+}
+
+/** null when the target answers at all (any status), else why it cannot be reached. */
+export async function unreachable (target: string): Promise<string | null> {
+  try {
+    const res = await fetch(target, { method: 'HEAD', signal: AbortSignal.timeout(5_000) })
+    await res.arrayBuffer()
+    return null
+  } catch (err) {
+    return fetchErrorCause(err)
+  }
+}
+
 const ICON: Record<string, string> = { 'new-user': '🆕 new-user', redis: '🔴 redis   ', postgres: '🐘 postgres' }
 
 async function hit (target: string, user: string, header = 'x-user-id'): Promise<Outcome> {

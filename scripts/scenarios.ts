@@ -3,7 +3,7 @@
  *   TARGET (default http://localhost:8080/)  SCENARIO_USER (default user_123)
  * Exits 1 when any expectation fails.
  */
-import { SCENARIOS } from './scenarios-lib.ts'
+import { fetchErrorCause, SCENARIOS, unreachable } from './scenarios-lib.ts'
 
 const target = process.env.TARGET ?? 'http://localhost:8080/'
 const base = process.env.SCENARIO_USER ?? 'user_123'
@@ -13,6 +13,13 @@ console.log('🚀 Rate Limiter Test Suite')
 console.log(`Target: ${target}`)
 console.log(`User: ${base} (each scenario uses ${base}-${run}-<scenario>, so every run starts fresh)`)
 
+// One probe first: an unreachable target is reported once, with its cause, not six times.
+const down = await unreachable(target)
+if (down !== null) {
+  console.log(`\n💥 Cannot reach ${target}: ${down}\n   Is the gateway running (npm start)? Set TARGET to its proxy URL.`)
+  process.exit(1)
+}
+
 let failures = 0
 let index = 0
 for (const [id, scenario] of SCENARIOS) {
@@ -21,7 +28,7 @@ for (const [id, scenario] of SCENARIOS) {
   try {
     result = await scenario(target, `${base}-${run}-${id}`)
   } catch (err) {
-    console.log(`\n========== TEST ${index}: ${id} ==========\n💥 ${(err as Error).message}`)
+    console.log(`\n========== TEST ${index}: ${id} ==========\n💥 ${fetchErrorCause(err)}`)
     failures++
     continue
   }

@@ -173,3 +173,13 @@ t.test('POST /v1/check with a method and path applies the proxy\'s routes, costs
   t.match(await check({ key: 'mallory', method: 'GET', path: '/' }), { allowed: false, source: 'deny-list' }, 'the deny list applies with a method')
   t.match(await check({ key: 'robot', method: 'GET', path: '/' }), { allowed: true, source: 'allow-list' }, 'the allow list applies with a method')
 })
+
+t.test('config/examples/policies.yaml runs as it stands: every route reaches the upstream, the tier header is not believed', async (t) => {
+  const gw = await startTestGateway(t, { configFile: 'config/examples/policies.yaml' })
+  for (const [method, path] of [['POST', '/v1/files/bulk'], ['PUT', '/v1/files/a'], ['GET', '/v1/users/1/avatar'], ['GET', '/v1/search'], ['GET', '/v1/items'], ['DELETE', '/v1/items/1'], ['GET', '/other']] as const) {
+    const r = await send(gw.proxyUrl + path, { method, user: `example-${method}-${path}`, ...(method === 'GET' ? {} : { body: 'x' }) })
+    t.equal(r.status, 201, `${method} ${path} reaches the upstream`)
+  }
+  const gold = await send(gw.proxyUrl + '/v1/items', { user: 'self-promoted', headers: { 'x-user-tier': 'gold' } })
+  t.equal(gold.headers.get('ratelimit-policy'), '"reads";q=120;w=12', 'a client cannot make itself gold with the header')
+})

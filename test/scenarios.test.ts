@@ -1,6 +1,10 @@
 // The original runner's six scenarios, through a real gateway to a real upstream, with real
 // PostgreSQL and Redis; plus the stricter concurrency checks of issue 2.
 import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { packageRoot } from '../src/core/package.ts'
+import { freePort } from './helpers/private-stores.ts'
 import { SCENARIOS, concurrent } from '../scripts/scenarios-lib.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { burst } from './helpers/http.ts'
@@ -43,4 +47,15 @@ t.test('Redis pointed at a port where nothing listens: Postgres answers every re
   t.same(sources, ['new-user', ...Array(14).fill('postgres')], 'decided by Postgres')
   const outages = gw.logs.filter((l) => l.msg === 'Redis unavailable')
   t.equal(outages.length, 1, 'the outage is logged once, not per request')
+})
+
+t.test('npm run scenarios against an unreachable target: the cause, once', async (t) => {
+  const target = `http://127.0.0.1:${await freePort()}/` // nothing listens there
+  const run = spawnSync(process.execPath, [join(packageRoot(), 'dist', 'scripts', 'scenarios.js')], {
+    env: { PATH: process.env.PATH ?? '', TARGET: target }, encoding: 'utf8', timeout: 30_000
+  })
+  t.equal(run.status, 1)
+  t.equal(run.stdout.match(/ECONNREFUSED/g)?.length, 1, 'ECONNREFUSED said once: ' + run.stdout)
+  t.ok(run.stdout.includes(`Cannot reach ${target}: `), 'names the target')
+  t.notMatch(run.stdout, /TEST 1/, 'no scenario is attempted')
 })
