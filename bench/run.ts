@@ -45,7 +45,7 @@ const GATEWAY_MAIN = join(here, '..', 'src', 'main.js')
 /** The gateway runs as `npm start` runs it: the same Node flags. */
 const GATEWAY_NODE_FLAGS = env.BENCH_GATEWAY_NODE_FLAGS !== undefined ? env.BENCH_GATEWAY_NODE_FLAGS.split(/\s+/).filter(Boolean) : (() => {
   const pkg = JSON.parse(readFileSync(join(here, '..', '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }
-  const m = /^node\s+(.*?)\s*dist\/src\/main\.js$/.exec(pkg.scripts.start ?? '')
+  const m = /^(?:exec\s+)?node\s+(.*?)\s*dist\/src\/main\.js$/.exec(pkg.scripts.start ?? '')
   return m === null || m[1] === '' ? [] : m[1]!.split(/\s+/)
 })()
 const run = `bench_${process.pid}_${randomBytes(3).toString('hex')}`

@@ -8,7 +8,7 @@ import { packageRoot } from '../src/core/package.ts'
 t.test('npm start and the Dockerfile start the gateway with the same Node flags', async (t) => {
   const root = packageRoot()
   const start = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start!
-  const fromStart = /^node\s+(.*?)\s*dist\/src\/main\.js$/.exec(start)?.[1]?.split(/\s+/) ?? []
+  const fromStart = /^(?:exec\s+)?node\s+(.*?)\s*dist\/src\/main\.js$/.exec(start)?.[1]?.split(/\s+/) ?? []
   const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(root, 'Dockerfile'), 'utf8'))?.[1]
   const fromImage = (JSON.parse(cmd ?? '[]') as string[]).slice(1, -1)
   t.ok(fromStart.includes('--max-semi-space-size=8'), `npm start: ${start}`)
