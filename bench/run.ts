@@ -10,7 +10,7 @@
  *   BENCH_PROCESS_WARMUP seconds of load on every new server process before its first case (6)
  *   BENCH_CALLERS distinct callers in cases 3, 6 and 7 (50000)
  *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
- *   BENCH_ONLY=1,2,3,4,5,6,L,7 (a subset of cases, for tuning; L = the local-cache rows)  BENCH_LOADGEN=autocannon (even when wrk is installed)
+ *   BENCH_ONLY=1,2,3,4,5,6,L,A,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log)  BENCH_LOADGEN=autocannon (even when wrk is installed)
  *   --profile  also run case 3 against a gateway under `node --cpu-prof` and summarise its top frames
  * Gateway settings (DATABASE_POOL_SIZE, DATABASE_BATCH_WINDOW_MS, ...) pass through from the environment;
  * BENCH_GATEWAY_NODE_FLAGS replaces the Node flags taken from `npm start`.
@@ -418,6 +418,15 @@ async function main (): Promise<void> {
       await warmProcess('gateway-local-5', local5.url, mix('m-l'))
       await measure('5L', 'case 5 with the local over-limit cache', local5.url, mix('m-l'), { controlUrl: local5.controlUrl, cpu: cpuOf(local5.child) })
       await stop(local5.child)
+    }
+
+    if (wants('A')) {
+      // Case 3's load with the access log on (ACCESS_LOG=true, one JSON line per request to
+      // stdout, drained by the bench): what the line costs per request, against case 3.
+      const acc = await startGatewayProc('gateway-access', upstreamUrl, { ACCESS_LOG: 'true' })
+      await warmProcess('gateway-access', acc.url, callers)
+      await measure('3A', 'case 3 with the access log on', acc.url, callers, { controlUrl: acc.controlUrl, cpu: cpuOf(acc.child) })
+      await stop(acc.child)
     }
 
     if (wants('7')) {

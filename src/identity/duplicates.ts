@@ -15,14 +15,19 @@ export function headerCount (rawHeaders: readonly string[], name: string): numbe
   return n
 }
 
+/** Headers of which Node keeps the first and silently drops the rest (http.IncomingMessage). */
+const FIRST_WINS = new Set(['age', 'authorization', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host',
+  'if-modified-since', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'referer',
+  'retry-after', 'server', 'user-agent'])
+
 /**
- * True when `name` was sent more than once. Joined values contain a comma, so a value without
- * one skips the scan; `joined: false` headers (Authorization) are always scanned.
+ * True when `name` (lower case) was sent more than once. Joined values contain a comma, so a
+ * value without one skips the scan; headers Node keeps only the first of are always scanned.
  */
-export function isRepeated (value: string | string[] | undefined, rawHeaders: readonly string[], name: string, joined = true): boolean {
+export function isRepeated (value: string | string[] | undefined, rawHeaders: readonly string[], name: string): boolean {
   if (value === undefined) return false
   if (Array.isArray(value)) return value.length > 1
-  if (joined && !value.includes(',')) return false
+  if (!value.includes(',') && !FIRST_WINS.has(name)) return false
   return headerCount(rawHeaders, name) > 1
 }
 

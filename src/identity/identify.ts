@@ -43,11 +43,9 @@ export function createIdentifier (identity: IdentityConfig): Identifier {
     case 'jwt': {
       const verifier = createTokenVerifier(identity.jwt!)
       const claim = identity.jwt!.claim
-      // Node keeps only the first Authorization header: count the raw ones.
-      const joined = verifier.header !== 'authorization'
       return async (headers, _peer, rawHeaders) => {
         const token = headers[verifier.header]
-        if (isRepeated(token, rawHeaders, verifier.header, joined)) return duplicateHeader(verifier.header)
+        if (isRepeated(token, rawHeaders, verifier.header)) return duplicateHeader(verifier.header)
         const r = await verifier.verify(token)
         if (!r.ok) return { ok: false, status: 401, reason: r.reason, detail: r.detail }
         const value = r.payload[claim]
