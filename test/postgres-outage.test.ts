@@ -133,6 +133,8 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
 
   // Logged once per transition, per gateway.
   for (const gw of gateways as TestGateway[]) {
+    const transitions = gw.logs.filter((l) => l.level >= 40 && /PostgreSQL/.test(l.msg)).map((l) => `${l.msg} (${String((l.err as { message?: string } | undefined)?.message ?? '')})`)
+    if (transitions.length !== 4) t.comment(`PostgreSQL transitions: ${transitions.join('; ')}`) // says why, when a count below is off
     t.equal(gw.logs.filter((l) => l.msg.startsWith('PostgreSQL unreachable: Redis decides')).length, 1, 'fallback logged once')
     t.equal(gw.logs.filter((l) => l.msg === 'PostgreSQL decides again').length, 1, 'recovery logged once')
   }
