@@ -153,3 +153,21 @@ t.test('Lifecycle: closes in reverse order, once; a failing close is logged and 
   t.same(warnings.map((l) => l.resource), ['third', 'second'], 'each failure logged, with its resource')
   t.match(warnings.map((l) => (l.err as { message: string }).message), ['c threw at once', 'b would not close'])
 })
+
+t.test('a gateway whose clock runs ahead, before its first PostgreSQL reply, does not refill a snapshot Redis takes over into the future', async (t) => {
+  let db = 1_700_000_000_000
+  const { pg, redis } = stores(() => db)
+  const gatewayAhead = () => db + 1_000 // this host's clock runs 1 s ahead of the database's
+  // Another gateway spent the bucket: PostgreSQL's snapshot, cached, on the database clock.
+  const key = redis.key(policy.name, 'ahead')
+  redis.set(key, `0|${db}`, 60)
+  pg.down = true
+  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider },
+    { fallback: fallback('closed'), metrics, log: createLogger('silent'), now: gatewayAhead })
+  t.teardown(async () => await limiter.close())
+  const d = await limiter.check(policy, 'ahead', 1)
+  t.equal(d.source, 'redis-fallback', 'Redis decides (PostgreSQL down)')
+  t.equal(d.allowed, false, 'no token refilled from the gateway\'s fast clock (1 s ahead would have granted one)')
+  db += 1_000
+  t.equal((await limiter.check(policy, 'ahead', 1)).allowed, true, 'refill on the Redis clock continues from the take-over')
+})

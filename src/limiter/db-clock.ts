@@ -28,6 +28,11 @@ export class DbClock {
     if (offset > this.#current) this.#current = offset
   }
 
+  /** Whether any reply has been seen: before it, nowMs() is only the local clock. */
+  get observed (): boolean {
+    return this.#current !== -Infinity || this.#previous !== -Infinity
+  }
+
   /** Offset to add to the local clock; 0 until the first sample. */
   get offsetMs (): number {
     const best = Math.max(this.#current, this.#previous)

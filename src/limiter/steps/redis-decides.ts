@@ -26,7 +26,11 @@ export class RedisDecides {
 
   /** `force`: take the bucket back from a hand-back (PostgreSQL is down after all). */
   async decide (request: BucketRequest, force: boolean): Promise<RedisOutcome> {
-    const verdict = await this.#redis.decide(request, this.#clock.nowMs(), force)
+    // Before any PostgreSQL reply the estimate is only this host's clock, which may run ahead:
+    // then a taken-over snapshot is not refilled to "now" at all (0). That can refuse a caller
+    // the refill since its snapshot, never allow one twice.
+    const clock = this.#clock
+    const verdict = await this.#redis.decide(request, clock.observed ? clock.nowMs() : 0, force)
     if (verdict.kind !== 'decided') return verdict.kind === 'handing-back' ? 'handing-back' : null
     this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
     return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, 'redis-fallback', 'redis')
