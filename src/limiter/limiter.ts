@@ -48,7 +48,6 @@ export type Deciding = 'redis-fallback' | FailModeDeciding
 export class Limiter {
   readonly clock: DbClock
   readonly #cache: SnapshotCache
-  readonly #redis: RedisDecider
   readonly #metrics: Metrics
   readonly #log: Logger
   readonly #mode: DecidingMode
@@ -62,7 +61,6 @@ export class Limiter {
   constructor (ports: LimiterPorts, options: LimiterOptions) {
     const { metrics, log } = options
     this.#cache = ports.cache
-    this.#redis = ports.redis
     this.#metrics = metrics
     this.#log = log
     this.#fallback = options.fallback
