@@ -7,6 +7,7 @@ import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { startStallingRelay } from './helpers/faults.ts'
+import { freePort } from './helpers/private-stores.ts'
 import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
@@ -105,4 +106,36 @@ t.test('Redis stops answering behind one gateway: every request costs at most th
   }
   const metrics = await (await fetch(stalled.controlUrl + '/metrics')).text()
   t.match(metrics, /gateway_cache_lookups_total\{result="(error|skipped)"\} [1-9]/, 'the stalled reads were given up')
+})
+
+t.test('Redis stops answering while PostgreSQL is down: Redis decisions cost at most fallback.redisTimeoutMs, then the fail mode decides', async (t) => {
+  const redisUrl = new URL(TEST_REDIS_URL)
+  const relay = await startStallingRelay(t, redisUrl.hostname, Number(redisUrl.port || 6379))
+  const deadPort = await freePort() // PostgreSQL: nothing listens
+  const redisTimeoutMs = 300
+  const gw = await startTestGateway(t, {
+    databaseUrl: `postgres://postgres@127.0.0.1:${deadPort}/none`,
+    redisUrl: `redis://127.0.0.1:${relay.port}`,
+    config: {
+      limits: { capacity: CAPACITY, refillPerSecond: RATE },
+      postgres: { requiredAtStart: false, connectTimeoutSeconds: 1 },
+      fallback: { mode: 'local', redisTimeoutMs, probeIntervalMs: 200 }
+    }
+  })
+  // The Redis decider connects in the background: until it has, the fail mode decides.
+  const before = await waitFor(async () => { const r = await send(gw.proxyUrl + '/x', { user: 'rs-warm' }); return r.headers.get('x-data-source') === 'redis-fallback' ? r : null }, { what: 'Redis deciding' })
+  t.equal(before!.status, 201, 'Redis decides while PostgreSQL is down')
+  relay.stall()
+  const sources = new Set<string>()
+  let slowest = 0
+  for (let i = 0; i < 12; i++) {
+    const started = performance.now()
+    const res = await send(gw.proxyUrl + '/x', { user: `rs-${i % 3}` })
+    slowest = Math.max(slowest, performance.now() - started)
+    t.ok(res.status === 201 || res.status === 429, `answered (${res.status})`)
+    sources.add(res.headers.get('x-data-source') ?? '')
+  }
+  t.ok(slowest < redisTimeoutMs + MARGIN_MS, `slowest request ${slowest.toFixed(0)} ms (Redis decision timeout ${redisTimeoutMs} ms)`)
+  t.ok(sources.has('local-fallback'), `the fail mode took over (${[...sources].join(', ')})`)
+  relay.heal()
 })
