@@ -5,7 +5,8 @@
  * mode are mapped here. The proxy's onRequest and POST /v1/check both use it and only turn
  * the result into a reply.
  */
-import type { Decision } from '../core/domain.ts'
+import { makeVerdict } from '../core/decision.ts'
+import type { Verdict } from '../core/domain.ts'
 import { BadRequest, StoreUnavailableError } from '../core/errors.ts'
 import type { Limiter } from '../limiter/limiter.ts'
 import type { Logger } from '../observability/log.ts'
@@ -40,8 +41,8 @@ export type Screened =
 export type Shadow = 'allowed' | 'would-block' | 'unavailable'
 
 export type Admission =
-  | { readonly kind: 'forward', readonly decision: Decision | null, readonly shadow: Shadow | null }
-  | { readonly kind: 'limited', readonly decision: Decision }
+  | { readonly kind: 'forward', readonly verdict: Verdict | null, readonly shadow: Shadow | null }
+  | { readonly kind: 'limited', readonly verdict: Verdict }
   | { readonly kind: 'deny-listed' }
   /** No store can decide and FAIL_MODE=closed: 503 with Retry-After. */
   | { readonly kind: 'unavailable', readonly retryAfterSeconds: number }
@@ -54,7 +55,7 @@ export interface AdmissionDeps {
 
 const ALLOW_LISTED: Screened = Object.freeze({ kind: 'allow-listed' })
 const DENY_LISTED = Object.freeze({ kind: 'deny-listed' }) as Screened & Admission
-const UNLIMITED: Admission = Object.freeze({ kind: 'forward', decision: null, shadow: null })
+const UNLIMITED: Admission = Object.freeze({ kind: 'forward', verdict: null, shadow: null })
 
 /** Resolves what a request is charged against. Throws BadRequest for an unknown policy name. */
 export function screen (runtime: Runtime, overrides: OverrideTable, request: AdmissionRequest): Screened {
@@ -89,21 +90,21 @@ export async function decide (deps: AdmissionDeps, screened: Screened, log: Logg
     return UNLIMITED
   }
   const { policy, id, cost } = screened
-  let decision: Decision | null = null
+  let verdict: Verdict | null = null
   try {
-    decision = await deps.limiter.check(policy, id, cost, log)
+    verdict = makeVerdict([await deps.limiter.check(policy, id, cost, log)], id)
   } catch (err) {
     if (!(err instanceof StoreUnavailableError)) throw err
     if (!policy.shadow) return { kind: 'unavailable', retryAfterSeconds: err.retryAfterSeconds }
   }
   if (policy.shadow) {
     // Shadow mode: decided and counted like any other, reported, never enforced.
-    const shadow: Shadow = decision === null ? 'unavailable' : decision.allowed ? 'allowed' : 'would-block'
+    const shadow: Shadow = verdict === null ? 'unavailable' : verdict.allowed ? 'allowed' : 'would-block'
     deps.metrics.shadowDecisions.inc({ policy: policy.name, result: shadow === 'would-block' ? 'would_block' : shadow })
-    if (shadow === 'would-block') log.info({ user_id: id, policy: policy.name, cost, source: decision!.source }, 'shadow policy would block')
-    return { kind: 'forward', decision, shadow }
+    if (shadow === 'would-block') log.info({ user_id: id, policy: policy.name, cost, source: verdict!.primary.source }, 'shadow policy would block')
+    return { kind: 'forward', verdict, shadow }
   }
-  return decision!.allowed ? { kind: 'forward', decision, shadow: null } : { kind: 'limited', decision: decision! }
+  return verdict!.allowed ? { kind: 'forward', verdict, shadow: null } : { kind: 'limited', verdict: verdict! }
 }
 
 /** screen, then decide: one request through admission. */

@@ -21,6 +21,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['WEBSOCKET', 'proxy.websocket', 'boolean'],
   ['ALLOW_TRACE', 'proxy.allowTrace', 'boolean'],
   ['PREFLIGHT', 'proxy.preflight', 'string'],
+  ['RATELIMIT_PARTITION_KEY_SECRET', 'proxy.partitionKeySecret', 'string'],
   ['TLS_CERT_FILE', 'proxy.tlsCertFile', 'string'],
   ['TLS_KEY_FILE', 'proxy.tlsKeyFile', 'string'],
   ['CONTROL_PORT', 'control.port', 'int'],

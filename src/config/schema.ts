@@ -46,6 +46,12 @@ const proxy = z.strictObject({
   }).prefault({}),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384),
+  /**
+   * Set: every RateLimit item carries draft-11's `pk`, a keyed hash (HMAC-SHA256) of the policy
+   * and the caller id under this secret, so a client can tell partitions apart without the
+   * response revealing the caller id. Unset (the default): no `pk`.
+   */
+  partitionKeySecret: z.string().min(16).optional(),
   /** PEM files: with both set, the proxy port speaks HTTPS (TLS terminated here). */
   tlsCertFile: z.string().min(1).optional(),
   tlsKeyFile: z.string().min(1).optional()

@@ -7,12 +7,12 @@ import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import { readFileSync } from 'node:fs'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Config } from '../config/schema.ts'
-import type { Decision } from '../core/domain.ts'
+import type { Verdict } from '../core/domain.ts'
 import type { Logger } from '../observability/log.ts'
 import { STATUS_CLASSES, type Metrics } from '../observability/metrics.ts'
 import type { Limiter } from '../limiter/limiter.ts'
 import { admit } from '../admission/admit.ts'
-import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
+import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, PartitionKeys, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
@@ -32,7 +32,8 @@ import type { Runtime } from '../admission/runtime.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
-    decision: Decision | null
+    /** Every bucket the request was charged against (null: not limited). */
+    decision: Verdict | null
     upstreamStartedAt: bigint
     /** Set for shadow-mode policies: what enforcement would have done. */
     shadow: 'allowed' | 'would-block' | 'unavailable' | null
@@ -83,10 +84,13 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.decorateRequest('accessPath', null)
   app.decorateRequest('accessBytesAt', 0)
 
+  const pk = config.proxy.partitionKeySecret === undefined ? null : new PartitionKeys(config.proxy.partitionKeySecret)
+  const send = (reply: FastifyReply<any, any, any, any>, body: Problem, verdict: Verdict | null): void => sendProblem(reply, body, verdict, pk)
+
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
     if (!client) request.log.error({ err }, 'request failed')
-    sendProblem(reply, client ? clientProblem(err.statusCode!, err.message) : problem('PROXY_INTERNAL'), request.decision)
+    send(reply, client ? clientProblem(err.statusCode!, err.message) : problem('PROXY_INTERNAL'), request.decision)
   })
 
   const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
@@ -104,7 +108,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     }
     if (request.method === 'TRACE' && !allowTrace) {
       reply.header('allow', ALLOW)
-      sendProblem(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
+      send(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
       return reply
     }
     // One read of the live configuration: this request sees all of one version.
@@ -113,7 +117,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     const peer = request.socket.remoteAddress
     if (preflight !== 'limit' && isPreflight(request.method, request.headers)) {
       if (preflight === 'refuse') {
-        sendProblem(reply, problem('PREFLIGHT_REFUSED'), null)
+        send(reply, problem('PREFLIGHT_REFUSED'), null)
         return reply
       }
       const address = clientAddress(peer, request.headers['x-forwarded-for'], runtime.trustedProxies)
@@ -121,7 +125,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       if (wait > 0) {
         metrics.rejectedRequests.inc({ reason: 'preflight-limit' })
         reply.header('retry-after', String(wait))
-        sendProblem(reply, problem('PREFLIGHT_LIMITED', wait), null)
+        send(reply, problem('PREFLIGHT_LIMITED', wait), null)
         return reply
       }
       toUpstream(request, set)
@@ -133,7 +137,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     if (!identity.ok) {
       metrics.rejectedRequests.inc({ reason: identity.reason })
       if (identity.status === 401) reply.header('www-authenticate', identity.reason === 'invalid-token' ? 'Bearer error="invalid_token"' : 'Bearer')
-      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : identity.reason === 'duplicate-header' ? 'DUPLICATE_HEADER' : 'CALLER_ID_INVALID', identity.detail), null)
+      send(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : identity.reason === 'duplicate-header' ? 'DUPLICATE_HEADER' : 'CALLER_ID_INVALID', identity.detail), null)
       return reply
     }
     let tierHeader: string | string[] | undefined
@@ -141,7 +145,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       tierHeader = request.headers[set.tierHeader]
       if (isRepeated(tierHeader, request.raw.rawHeaders, set.tierHeader)) {
         metrics.rejectedRequests.inc({ reason: 'duplicate-header' })
-        sendProblem(reply, problem('DUPLICATE_HEADER', duplicateDetail(set.tierHeader)), null)
+        send(reply, problem('DUPLICATE_HEADER', duplicateDetail(set.tierHeader)), null)
         return reply
       }
       // Believed only from a trusted proxy unless tiers.trustHeaderFrom says any client.
@@ -159,26 +163,27 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     }, request.log as Logger)
     switch (admitted.kind) {
       case 'deny-listed':
-        sendProblem(reply, problem('CALLER_DENIED'), null)
+        send(reply, problem('CALLER_DENIED'), null)
         return reply
       case 'unavailable': {
         // Both stores down and FAIL_MODE=closed (docs/reliability.md).
         const closed = storesUnavailable(admitted.retryAfterSeconds)
         reply.headers(closed.headers)
-        sendProblem(reply, closed.body, null)
+        send(reply, closed.body, null)
         return reply
       }
       case 'limited': {
-        const d = admitted.decision
-        request.decision = d
-        const headers = rateLimitHeaders(d)
+        const v = admitted.verdict
+        request.decision = v
+        const headers = rateLimitHeaders(v, pk)
         reply.headers(headers)
-        reply.code(429).type(PROBLEM_TYPE).send(problem('QUOTA_EXCEEDED', d.policy.name, d.policy.capacity, windowSeconds(d.policy), Number(headers['retry-after'])))
+        const violated = v.violated.map((d) => ({ name: d.policy.name, capacity: d.policy.capacity, windowSeconds: windowSeconds(d.policy) }))
+        reply.code(429).type(PROBLEM_TYPE).send(problem('QUOTA_EXCEEDED', violated, Number(headers['retry-after'])))
         return reply
       }
       case 'forward':
         if (admitted.shadow !== null) request.shadow = admitted.shadow
-        else request.decision = admitted.decision
+        else request.decision = admitted.verdict
     }
     toUpstream(request, set)
   })
@@ -242,7 +247,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         dropHopByHop(headers)
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
         if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
-        if (request.decision !== null) writeRateLimitHeaders(headers, request.decision)
+        if (request.decision !== null) writeRateLimitHeaders(headers, request.decision, pk)
         return headers
       },
       onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
@@ -257,7 +262,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         const cause = (error.cause ?? error) as Error & { code?: string }
         reply.log.warn({ upstream: reply.request.upstreamOrigin, cause: cause.message, code: cause.code, status: timeout ? 504 : 502 }, timeout ? 'upstream timed out' : 'upstream unreachable')
         if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
-        sendProblem(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
+        send(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
       }
     }
   }
@@ -327,7 +332,7 @@ export function readTlsFiles (proxy: Config['proxy']): { cert: Buffer, key: Buff
   return { cert: read(proxy.tlsCertFile, 'tlsCertFile', 'TLS_CERT_FILE'), key: read(proxy.tlsKeyFile, 'tlsKeyFile', 'TLS_KEY_FILE') }
 }
 
-function sendProblem (reply: FastifyReply<any, any, any, any>, body: Problem, decision: Decision | null): void {
-  if (decision !== null) reply.headers(rateLimitHeaders(decision))
+function sendProblem (reply: FastifyReply<any, any, any, any>, body: Problem, verdict: Verdict | null, pk: PartitionKeys | null): void {
+  if (verdict !== null) reply.headers(rateLimitHeaders(verdict, pk))
   reply.code(body.status).type(PROBLEM_TYPE).send(body)
 }
