@@ -34,7 +34,16 @@ export interface AdmissionRequest {
 
 /** What the request is charged against, before any bucket is touched. */
 export type Screened =
-  | { readonly kind: 'charge', readonly id: string, readonly policy: LimitPolicy, readonly cost: number }
+  | {
+    readonly kind: 'charge'
+    readonly id: string
+    /** policies[0] and costs[0]. */
+    readonly policy: LimitPolicy
+    readonly cost: number
+    /** Every bucket the request is charged against (overrides applied), all or nothing. */
+    readonly policies: readonly LimitPolicy[]
+    readonly costs: readonly number[]
+  }
   | { readonly kind: 'allow-listed' }
   | { readonly kind: 'deny-listed' }
 
@@ -61,8 +70,8 @@ const UNLIMITED: Admission = Object.freeze({ kind: 'forward', verdict: null, sha
 export function screen (runtime: Runtime, overrides: OverrideTable, request: AdmissionRequest): Screened {
   const set = runtime.policies
   const id = request.id
-  let configured: LimitPolicy
-  let cost: number
+  let configured: readonly LimitPolicy[]
+  let costs: readonly number[]
   if (request.method !== undefined) {
     if (set.isDenied(id)) return DENY_LISTED
     if (set.isAllowed(id)) return ALLOW_LISTED
@@ -70,13 +79,16 @@ export function screen (runtime: Runtime, overrides: OverrideTable, request: Adm
       ? set.tierOf(id, set.tierHeader === undefined ? undefined : request.tierHeader, set.tierClaim === undefined ? undefined : request.claims?.[set.tierClaim])
       : null
     const resolved = set.resolve(request.method, normalizePath(request.path ?? '/'), tier)
-    configured = resolved.policy
-    cost = resolved.cost
+    configured = resolved.policies
+    costs = resolved.costs
   } else {
-    configured = policyNamed(runtime, request.policyName)
-    cost = configured.cost
+    const named = policyNamed(runtime, request.policyName)
+    configured = [named]
+    costs = [named.cost]
   }
-  return { kind: 'charge', id, policy: overrides.apply(configured, id), cost: request.cost ?? cost }
+  const policies = overrides.size === 0 ? configured : configured.map((p) => overrides.apply(p, id))
+  if (request.cost !== undefined) costs = costs.map(() => request.cost!)
+  return { kind: 'charge', id, policy: policies[0]!, cost: costs[0]!, policies, costs }
 }
 
 /** Spends the screened request's tokens and says what becomes of it. */
@@ -92,7 +104,9 @@ export async function decide (deps: AdmissionDeps, screened: Screened, log: Logg
   const { policy, id, cost } = screened
   let verdict: Verdict | null = null
   try {
-    verdict = makeVerdict([await deps.limiter.check(policy, id, cost, log)], id)
+    verdict = screened.policies.length === 1
+      ? makeVerdict([await deps.limiter.check(policy, id, cost, log)], id)
+      : await deps.limiter.checkAll(screened.policies.map((p, i) => ({ policy: p, userId: id, cost: screened.costs[i]! })), id, log)
   } catch (err) {
     if (!(err instanceof StoreUnavailableError)) throw err
     if (!policy.shadow) return { kind: 'unavailable', retryAfterSeconds: err.retryAfterSeconds }

@@ -217,6 +217,7 @@ const SECTIONS = {
   log: section(log.prefault({}), 'restart'),
   // Policies (docs/policies.md): rebuilt whole on every reload.
   policies: section(policySections.policies, 'hot'),
+  defaultPolicy: section(policySections.defaultPolicy, 'hot'),
   routes: section(policySections.routes, 'hot'),
   tiers: section(policySections.tiers, 'hot'),
   access: section(policySections.access, 'hot'),

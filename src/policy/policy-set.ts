@@ -5,7 +5,7 @@
  * and no allocation. Hot reload builds a new set and swaps it in whole (holder.ts).
  */
 import type { Policy } from '../core/domain.ts'
-import type { PolicyConfig } from './schema.ts'
+import { policyNames, type PolicyConfig } from './schema.ts'
 import { compilePathRule, hasPrefix, type PathRule } from './path.ts'
 
 /** A policy as configured: the bucket's numbers plus how requests routed to it are charged. */
@@ -22,8 +22,13 @@ export interface LimitPolicy extends Policy {
   readonly cacheName: string
 }
 
-/** What applies to one request: the policy, the cost, and the route that chose them. */
+/** What applies to one request: the policies, their costs, and the route that chose them. */
 export interface Resolution {
+  /** Every policy the request is charged against, all or nothing (one, unless configured as a list). */
+  readonly policies: readonly LimitPolicy[]
+  /** The cost each of them is charged (the route's, else each policy's own). */
+  readonly costs: readonly number[]
+  /** policies[0] and costs[0]. */
   readonly policy: LimitPolicy
   readonly cost: number
   /** Index in `routes`, or -1 for the default. */
@@ -118,7 +123,7 @@ export class PolicySet {
 
     const maxCost = new Map<string, number>()
     const charge = (r: Resolution): Resolution => {
-      maxCost.set(r.policy.name, Math.max(maxCost.get(r.policy.name) ?? 0, r.cost))
+      r.policies.forEach((p, i) => maxCost.set(p.name, Math.max(maxCost.get(p.name) ?? 0, r.costs[i]!)))
       return r
     }
     const get = (name: string): LimitPolicy => {
@@ -127,19 +132,22 @@ export class PolicySet {
       return p
     }
     const tierNames = Object.keys(config.tiers.sets)
-    const resolveFor = (policyName: string, cost: number | undefined, route: number, tier: string | null): Resolution => {
-      const target = tier === null ? policyName : config.tiers.sets[tier]![policyName] ?? policyName
-      const policy = get(target)
-      return charge({ policy, cost: cost ?? policy.cost, route })
+    const resolveFor = (policyNames: readonly string[], cost: number | undefined, route: number, tier: string | null): Resolution => {
+      const targets = policyNames.map((name) => tier === null ? name : config.tiers.sets[tier]![name] ?? name)
+      // A tier may map two of a list's policies to one: that bucket is charged once.
+      const chosen = [...new Set(targets)].map(get)
+      const costs = chosen.map((p) => cost ?? p.cost)
+      return charge({ policies: chosen, costs, policy: chosen[0]!, cost: costs[0]!, route })
     }
 
-    this.#default = resolveFor('default', undefined, -1, null)
-    this.#tierDefaults = new Map(tierNames.map((t) => [t, resolveFor('default', undefined, -1, t)]))
+    const defaultNames = config.defaultPolicy ?? ['default']
+    this.#default = resolveFor(defaultNames, undefined, -1, null)
+    this.#tierDefaults = new Map(tierNames.map((t) => [t, resolveFor(defaultNames, undefined, -1, t)]))
     this.#routes = config.routes.map((r, i) => ({
       methods: r.methods === undefined ? null : new Set(r.methods),
       rule: compilePathRule(r.path),
-      base: resolveFor(r.policy, r.cost, i, null),
-      byTier: new Map(tierNames.map((t) => [t, resolveFor(r.policy, r.cost, i, t)]))
+      base: resolveFor(policyNames(r.policy), r.cost, i, null),
+      byTier: new Map(tierNames.map((t) => [t, resolveFor(policyNames(r.policy), r.cost, i, t)]))
     }))
     this.maxCost = maxCost
 
@@ -206,7 +214,8 @@ export class PolicySet {
         shadow: p.shadow,
         max_route_cost: this.maxCost.get(p.name) ?? p.cost
       })),
-      routes: this.#config.routes.map((r) => ({ methods: r.methods ?? null, path: r.path, policy: r.policy, ...(r.cost === undefined ? {} : { cost: r.cost }) })),
+      default_policy: this.#default.policies.map((p) => p.name),
+      routes: this.#config.routes.map((r) => ({ methods: r.methods ?? null, path: r.path, policy: r.policy.length === 1 ? r.policy[0] : r.policy, ...(r.cost === undefined ? {} : { cost: r.cost }) })),
       tiers: { header: this.tierHeader ?? null, trust_header_from: this.#config.tiers.trustHeaderFrom, claim: this.tierClaim ?? null, callers: this.#config.tiers.callers, sets: this.#config.tiers.sets },
       access: { allow: this.#config.access.allow, deny: this.#config.access.deny },
       upstreams: [

@@ -35,12 +35,25 @@ export const policyDefinition = z.strictObject({
 /** Exactly the methods the proxy accepts (src/core/methods.ts). */
 const METHODS = PROXIED_METHODS as [string, ...string[]]
 
+/**
+ * One policy, or several charged together (all or nothing: the request passes only if every
+ * bucket can pay). A list names each policy once.
+ */
+export const policyList = z.union([policyName, z.array(policyName).min(1).max(8)]).transform((p) => typeof p === 'string' ? [p] : p)
+  .refine((list) => new Set(list).size === list.length, { message: 'names a policy twice' })
+
+/** The names a route or the default charges, as a list. */
+export function policyNames (p: string | readonly string[]): readonly string[] {
+  return typeof p === 'string' ? [p] : p
+}
+
 export const routeRule = z.strictObject({
   /** Any method when absent. */
   methods: z.array(z.string().transform((m) => m.toUpperCase()).pipe(z.enum(METHODS))).min(1).optional(),
   /** A prefix (`/api`) or a pattern with `*` (one segment) and a final `**` (the rest). */
   path: pathRule.default('/'),
-  policy: policyName.default('default'),
+  /** A policy name or a list of them (`[burst, hourly, monthly]`). */
+  policy: policyList.default(['default']),
   cost: positive.optional()
 })
 
@@ -88,6 +101,8 @@ export const upstreamRoute = z.strictObject({
 
 export const policySections = {
   policies: z.record(policyName, policyDefinition).default({}),
+  /** What a request no route matches is charged: a policy or a list of them (default: `default`). */
+  defaultPolicy: policyList.default(['default']),
   routes: z.array(routeRule).default([]),
   tiers: tiers.prefault({}),
   access: access.prefault({}),
@@ -100,6 +115,7 @@ export interface PolicyConfig {
   upstreams: Array<z.output<typeof upstreamRoute>>
   access: z.output<typeof access>
   policies: Record<string, z.output<typeof policyDefinition>>
+  defaultPolicy: readonly string[]
   routes: Array<z.output<typeof routeRule>>
   tiers: z.output<typeof tiers>
 }
@@ -120,23 +136,33 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
     const cost = p.cost ?? config.limits.cost
     if (cost > capacityOf(name)) issues.push({ path: ['policies', name, 'cost'], message: `cost ${cost} exceeds capacity ${capacityOf(name)} (such a request could never pass)` })
   }
-  // Every (route, tier) pair ends at some policy; its cost must fit that policy.
+  // Every (route, tier) pair ends at some policies; the cost must fit each of them.
   const tierMaps = Object.values(config.tiers.sets)
-  config.routes.forEach((route, i) => {
-    if (!known.has(route.policy)) {
-      issues.push({ path: ['routes', i, 'policy'], message: `unknown policy "${route.policy}"; known: ${list}` })
+  const shadowOf = (name: string): boolean => config.policies[name]?.shadow ?? false
+  const checkList = (names: readonly string[], cost: number | undefined, at: Array<string | number>): void => {
+    const unknown = names.filter((n) => !known.has(n))
+    if (unknown.length > 0) {
+      issues.push({ path: [...at, 'policy'], message: `unknown policy "${unknown[0]!}"; known: ${list}` })
       return
     }
     for (const map of [{}, ...tierMaps] as Array<Record<string, string>>) {
-      const target = map[route.policy] ?? route.policy
-      if (!known.has(target)) continue // reported under tiers
-      const cost = route.cost ?? costOf(target)
-      if (cost > capacityOf(target)) {
-        issues.push({ path: ['routes', i, 'cost'], message: `cost ${cost} exceeds the capacity ${capacityOf(target)} of policy "${target}" (such a request could never pass)` })
-        break
+      const targets = names.map((n) => map[n] ?? n)
+      if (targets.some((n) => !known.has(n))) continue // reported under tiers
+      if (new Set(targets.map(shadowOf)).size > 1) {
+        issues.push({ path: [...at, 'policy'], message: `mixes shadow and enforced policies (${targets.join(', ')}); a request is either enforced or shadowed` })
+        return
+      }
+      for (const target of targets) {
+        const c = cost ?? costOf(target)
+        if (c > capacityOf(target)) {
+          issues.push({ path: [...at, 'cost'], message: `cost ${c} exceeds the capacity ${capacityOf(target)} of policy "${target}" (such a request could never pass)` })
+          return
+        }
       }
     }
-  })
+  }
+  checkList(config.defaultPolicy, undefined, ['defaultPolicy'])
+  config.routes.forEach((route, i) => { checkList(route.policy, route.cost, ['routes', i]) })
   for (const [tier, map] of Object.entries(config.tiers.sets)) {
     for (const [from, to] of Object.entries(map)) {
       if (!known.has(from)) issues.push({ path: ['tiers', 'sets', tier, from], message: `unknown policy "${from}"; known: ${list}` })
