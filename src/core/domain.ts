@@ -10,6 +10,10 @@ export interface Policy {
    * snapshot is only ever projected under the numbers it was computed with.
    */
   readonly cacheName?: string
+  /** Refund the cost when the upstream was unreachable or timed out (502/504). */
+  readonly refundUpstreamError?: boolean
+  /** Refund the cost when the upstream answered 5xx. */
+  readonly refund5xx?: boolean
 }
 
 /**

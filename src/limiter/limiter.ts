@@ -151,7 +151,10 @@ export class Limiter {
       out[i] = d
       if (!d.allowed) {
         const charged = out.slice(0, i) as Decision[]
-        await Promise.all(charged.map(async (c, j) => await this.#giveBack(requests[j]!, c)))
+        await Promise.all(charged.map(async (c, j) => {
+          const done = await this.#giveBack(requests[j]!, c)
+          this.#metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
+        }))
         return await this.#refusedEarly(requests, keys, out, null, charged)
       }
     }
@@ -178,6 +181,31 @@ export class Limiter {
       const tokens = read.kind === 'snapshot' ? tokensAt(read, r.policy, now) : r.policy.capacity
       return makeDecision(r.policy, r.cost, true, tokens, read.kind === 'snapshot' ? 'redis' : 'postgres', read.kind === 'snapshot' ? 'redis' : 'postgres')
     })
+  }
+
+  /**
+   * A policy refund (the upstream failed): the buckets of an allowed request whose policy says
+   * so get their cost back, each from the store that charged it, never above capacity. Counted
+   * in gateway_refunds_total; off the response path (never throws).
+   */
+  async refund (verdict: Verdict, reason: 'upstream-error' | '5xx'): Promise<void> {
+    if (!verdict.allowed) return
+    const due = verdict.decisions.filter((d) => d.source !== 'fail-open' && (reason === '5xx' ? d.policy.refund5xx : d.policy.refundUpstreamError) === true)
+    if (due.length === 0) return
+    const requests = due.map((d) => ({ policy: d.policy, userId: verdict.userId, cost: d.cost }))
+    const results = new Array<boolean>(due.length).fill(false)
+    // PostgreSQL's in one round trip; the others (Redis, this gateway's share) one by one.
+    const pg = due.map((d, i) => d.decidedBy === 'postgres' ? i : -1).filter((i) => i >= 0)
+    if (pg.length > 0) {
+      try {
+        await this.#postgres.refund(pg.map((i) => requests[i]!), pg.map((i) => this.#cache.key(requests[i]!.policy.cacheName ?? requests[i]!.policy.name, verdict.userId)))
+        for (const i of pg) results[i] = true
+      } catch (err) {
+        this.#log.warn({ err, user_id: verdict.userId }, 'refund failed: PostgreSQL did not take the tokens back')
+      }
+    }
+    await Promise.all(due.map(async (d, i) => { if (d.decidedBy !== 'postgres') results[i] = await this.#giveBack(requests[i]!, d) }))
+    due.forEach((d, i) => this.#metrics.refunds.inc({ policy: d.policy.name, reason, result: results[i] ? 'refunded' : 'failed' }))
   }
 
   /** Gives a charged bucket's tokens back to the store that charged it (never above capacity). */

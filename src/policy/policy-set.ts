@@ -14,6 +14,10 @@ export interface LimitPolicy extends Policy {
   readonly cost: number
   /** Decide and report, never refuse. */
   readonly shadow: boolean
+  /** Give the tokens back when the upstream was unreachable or timed out (502/504). */
+  readonly refundUpstreamError: boolean
+  /** Give the tokens back when the upstream answered 5xx. */
+  readonly refund5xx: boolean
   /**
    * Names this policy's cached snapshots. It carries the numbers, so a snapshot computed
    * under other numbers (before a reload or an override) is never projected under these:
@@ -55,8 +59,25 @@ export function cacheNameOf (name: string, capacity: number, refillPerSecond: nu
   return `${name}@${capacity}/${refillPerSecond}`
 }
 
-export function makeLimitPolicy (name: string, capacity: number, refillPerSecond: number, cost: number, shadow: boolean): LimitPolicy {
-  return { name, capacity, refillPerSecond, cost, shadow, cacheName: cacheNameOf(name, capacity, refillPerSecond) }
+export type RefundOn = 'upstream-error' | '5xx'
+
+export function makeLimitPolicy (name: string, capacity: number, refillPerSecond: number, cost: number, shadow: boolean,
+  refund: readonly RefundOn[] = []): LimitPolicy {
+  return {
+    name,
+    capacity,
+    refillPerSecond,
+    cost,
+    shadow,
+    refundUpstreamError: refund.includes('upstream-error'),
+    refund5xx: refund.includes('5xx'),
+    cacheName: cacheNameOf(name, capacity, refillPerSecond)
+  }
+}
+
+/** The refund reasons a policy was built with. */
+export function refundsOf (policy: LimitPolicy): RefundOn[] {
+  return [...(policy.refundUpstreamError ? ['upstream-error' as const] : []), ...(policy.refund5xx ? ['5xx' as const] : [])]
 }
 
 export function parseUpstream (prefix: string, url: string, stripPrefix: boolean): UpstreamTarget {
@@ -113,10 +134,10 @@ export class PolicySet {
     const { limits } = config
     const policies = new Map<string, LimitPolicy>()
     const defaultDef = config.policies.default
-    policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false))
+    policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false, defaultDef?.refund ?? []))
     for (const [name, def] of Object.entries(config.policies)) {
       if (name === 'default') continue
-      policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow))
+      policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow, def.refund ?? []))
     }
     this.policies = policies
     this.defaultPolicy = policies.get('default')!
@@ -212,6 +233,7 @@ export class PolicySet {
         refill_per_second: p.refillPerSecond,
         cost: p.cost,
         shadow: p.shadow,
+        refund: refundsOf(p),
         max_route_cost: this.maxCost.get(p.name) ?? p.cost
       })),
       default_policy: this.#default.policies.map((p) => p.name),

@@ -29,7 +29,12 @@ export const policyDefinition = z.strictObject({
   /** Tokens a request routed here costs unless its route says otherwise. */
   cost: positive.optional(),
   /** Decide, count and log, but always forward. */
-  shadow: z.boolean().default(false)
+  shadow: z.boolean().default(false),
+  /**
+   * When the tokens a request spent are given back: `upstream-error` (the upstream was
+   * unreachable or timed out: 502/504), `5xx` (the upstream answered 5xx). None by default.
+   */
+  refund: z.array(z.enum(['upstream-error', '5xx'])).default([]).refine((l) => new Set(l).size === l.length, { message: 'names a reason twice' })
 })
 
 /** Exactly the methods the proxy accepts (src/core/methods.ts). */

@@ -41,6 +41,8 @@ declare module 'fastify' {
     upstreamOrigin: string
     /** Milliseconds until the upstream's response head (-1: no upstream response). */
     upstreamMs: number
+    /** The upstream could not be reached or timed out (answered 502/504 by the gateway). */
+    upstreamFailed: boolean
     /** Access log only (log.access): the caller id and the path as the client sent them. */
     accessCaller: string | null
     accessPath: string | null
@@ -80,6 +82,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.decorateRequest('shadow', null)
   app.decorateRequest('upstreamOrigin', '')
   app.decorateRequest('upstreamMs', -1)
+  app.decorateRequest('upstreamFailed', false)
   app.decorateRequest('accessCaller', null)
   app.decorateRequest('accessPath', null)
   app.decorateRequest('accessBytesAt', 0)
@@ -199,6 +202,12 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.addHook('onResponse', (request, reply, done) => {
     if (request.upstreamStartedAt !== 0n) {
       metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
+      // Policy refunds (docs/policies.md): off the response path, by the store that charged.
+      const verdict = request.decision
+      if (verdict !== null && verdict.allowed) {
+        if (request.upstreamFailed) void limiter.refund(verdict, 'upstream-error')
+        else if (reply.statusCode >= 500 && request.upstreamMs >= 0) void limiter.refund(verdict, '5xx')
+      }
     }
     if (access !== null) access(request, reply)
     if (closing) setImmediate(() => app.server.closeIdleConnections())
@@ -257,6 +266,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
           return
         }
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
+        reply.request.upstreamFailed = true
         metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
         // One line with the cause (reply-from wraps it in a 500 FastifyError; the client gets 502/504).
         const cause = (error.cause ?? error) as Error & { code?: string }
