@@ -6,8 +6,9 @@
  * the result into a reply.
  */
 import { makeVerdict } from '../core/decision.ts'
-import type { Verdict } from '../core/domain.ts'
+import type { Decision, Verdict } from '../core/domain.ts'
 import { BadRequest, StoreUnavailableError } from '../core/errors.ts'
+import type { ConcurrencyLimiter, Slots } from '../limiter/concurrency.ts'
 import type { Limiter } from '../limiter/limiter.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
@@ -43,6 +44,8 @@ export type Screened =
     /** Every bucket the request is charged against (overrides applied), all or nothing. */
     readonly policies: readonly LimitPolicy[]
     readonly costs: readonly number[]
+    /** Concurrency policies: a slot of each is held while the request is in flight. */
+    readonly concurrency: readonly LimitPolicy[]
   }
   | { readonly kind: 'allow-listed' }
   | { readonly kind: 'deny-listed' }
@@ -50,7 +53,7 @@ export type Screened =
 export type Shadow = 'allowed' | 'would-block' | 'unavailable'
 
 export type Admission =
-  | { readonly kind: 'forward', readonly verdict: Verdict | null, readonly shadow: Shadow | null }
+  | { readonly kind: 'forward', readonly verdict: Verdict | null, readonly shadow: Shadow | null, readonly slots?: Slots | null }
   | { readonly kind: 'limited', readonly verdict: Verdict }
   | { readonly kind: 'deny-listed' }
   /** No store can decide and FAIL_MODE=closed: 503 with Retry-After. */
@@ -60,8 +63,11 @@ export interface AdmissionDeps {
   readonly limiter: Limiter
   readonly metrics: Metrics
   readonly overrides: { readonly table: OverrideTable }
+  /** Concurrency slots (absent: concurrency policies are not enforced, as by POST /v1/check). */
+  readonly concurrency?: ConcurrencyLimiter
 }
 
+const NONE: readonly LimitPolicy[] = Object.freeze([])
 const ALLOW_LISTED: Screened = Object.freeze({ kind: 'allow-listed' })
 const DENY_LISTED = Object.freeze({ kind: 'deny-listed' }) as Screened & Admission
 const UNLIMITED: Admission = Object.freeze({ kind: 'forward', verdict: null, shadow: null })
@@ -72,6 +78,7 @@ export function screen (runtime: Runtime, overrides: OverrideTable, request: Adm
   const id = request.id
   let configured: readonly LimitPolicy[]
   let costs: readonly number[]
+  let concurrency: readonly LimitPolicy[] = NONE
   if (request.method !== undefined) {
     if (set.isDenied(id)) return DENY_LISTED
     if (set.isAllowed(id)) return ALLOW_LISTED
@@ -81,6 +88,7 @@ export function screen (runtime: Runtime, overrides: OverrideTable, request: Adm
     const resolved = set.resolve(request.method, normalizePath(request.path ?? '/'), tier)
     configured = resolved.policies
     costs = resolved.costs
+    concurrency = resolved.concurrency
   } else {
     const named = policyNamed(runtime, request.policyName)
     configured = [named]
@@ -88,7 +96,7 @@ export function screen (runtime: Runtime, overrides: OverrideTable, request: Adm
   }
   const policies = overrides.size === 0 ? configured : configured.map((p) => overrides.apply(p, id))
   if (request.cost !== undefined) costs = costs.map(() => request.cost!)
-  return { kind: 'charge', id, policy: policies[0]!, cost: costs[0]!, policies, costs }
+  return { kind: 'charge', id, policy: policies[0]!, cost: costs[0]!, policies, costs, concurrency }
 }
 
 /** Spends the screened request's tokens and says what becomes of it. */
@@ -102,12 +110,22 @@ export async function decide (deps: AdmissionDeps, screened: Screened, log: Logg
     return UNLIMITED
   }
   const { policy, id, cost } = screened
+  // Concurrency slots first: a caller with every slot taken is refused without spending tokens.
+  let slots: Slots | null = null
+  let held: Decision[] = []
+  if (screened.concurrency.length > 0 && deps.concurrency !== undefined && !policy.shadow) {
+    const got = await deps.concurrency.acquire(screened.concurrency, id)
+    if (got.slots === null) return { kind: 'limited', verdict: makeVerdict(got.decisions, id) }
+    slots = got.slots
+    held = got.decisions
+  }
   let verdict: Verdict | null = null
   try {
     verdict = screened.policies.length === 1
       ? makeVerdict([await deps.limiter.check(policy, id, cost, log)], id)
       : await deps.limiter.checkAll(screened.policies.map((p, i) => ({ policy: p, userId: id, cost: screened.costs[i]! })), id, log)
   } catch (err) {
+    slots?.release()
     if (!(err instanceof StoreUnavailableError)) throw err
     if (!policy.shadow) return { kind: 'unavailable', retryAfterSeconds: err.retryAfterSeconds }
   }
@@ -118,7 +136,10 @@ export async function decide (deps: AdmissionDeps, screened: Screened, log: Logg
     if (shadow === 'would-block') log.info({ user_id: id, policy: policy.name, cost, source: verdict!.primary.source }, 'shadow policy would block')
     return { kind: 'forward', verdict, shadow }
   }
-  return verdict!.allowed ? { kind: 'forward', verdict, shadow: null } : { kind: 'limited', verdict: verdict! }
+  if (held.length > 0) verdict = makeVerdict([...verdict!.decisions, ...held], id)
+  if (verdict!.allowed) return { kind: 'forward', verdict, shadow: null, slots }
+  slots?.release()
+  return { kind: 'limited', verdict: verdict! }
 }
 
 /** screen, then decide: one request through admission. */
@@ -132,5 +153,6 @@ export function policyNamed (runtime: Runtime, name: string | undefined): LimitP
   if (name === undefined) return set.defaultPolicy
   const policy = set.policies.get(name)
   if (policy === undefined) throw new BadRequest(`Unknown policy "${name}"; known: ${[...set.policies.keys()].join(', ')}.`)
+  if (policy.concurrency !== undefined) throw new BadRequest(`Policy "${name}" is a concurrency policy: it has no bucket to check or peek.`)
   return policy
 }

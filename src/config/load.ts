@@ -52,6 +52,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['REDIS_URL', 'redis.url', 'string'],
   ['REDIS_ENABLED', 'redis.enabled', 'boolean'],
   ['REDIS_KEY_PREFIX', 'redis.keyPrefix', 'string'],
+  ['CONCURRENCY_LEASE_MS', 'redis.leaseMs', 'int'],
   ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
   ['FAIL_MODE', 'fallback.mode', 'string'],
   ['FAIL_LOCAL_REPLICAS', 'fallback.localReplicas', 'int'],

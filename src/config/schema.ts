@@ -146,6 +146,11 @@ const redis = z.strictObject({
     }
   }).default('redis://127.0.0.1:6379'),
   keyPrefix: z.string().default('rl:'),
+  /**
+   * How long a concurrency slot's lease lives unless its gateway renews it (every third of it):
+   * the longest a gateway that died holding slots can block its callers.
+   */
+  leaseMs: z.number().int().min(300).default(10_000),
   /** A Redis read slower than this is treated as a miss. */
   commandTimeoutMs: z.number().int().positive().default(50),
   connectTimeoutMs: z.number().int().positive().default(1_000)

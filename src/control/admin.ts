@@ -93,7 +93,7 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
     const override = overrides.table.get(policy.name, key)
     // Every bucket the caller has under the live policies (a plan's burst, hourly and monthly
     // limits are separate buckets), each with its override applied.
-    const all = [...deps.runtime.current.policies.policies.values()].map((p) => overrides.table.apply(p, key))
+    const all = [...deps.runtime.current.policies.policies.values()].filter((p) => p.concurrency === undefined).map((p) => overrides.table.apply(p, key))
     const buckets = await Promise.all(all.map(async (p) => {
       const peeked = p.name === policy.name ? { snapshot, nowMs } : await deps.store.peek(p.name, key)
       const left = peeked.snapshot === null ? p.capacity : tokensAt(peeked.snapshot, p, peeked.nowMs)

@@ -22,6 +22,25 @@ export function makeDecision (policy: Policy, cost: number, allowed: boolean, to
   }
 }
 
+/**
+ * A concurrency policy's decision: `inFlight` requests of the caller in flight (this one
+ * included when allowed) out of `policy.concurrency`; a refusal may retry in a second.
+ */
+export function makeConcurrencyDecision (policy: Policy, allowed: boolean, inFlight: number, source: DecisionSource, decidedBy: Decider): Decision {
+  const limit = policy.concurrency ?? policy.capacity
+  return {
+    allowed,
+    policy,
+    cost: 1,
+    tokens: Math.max(0, limit - inFlight),
+    source,
+    decidedBy,
+    resetAfterMs: 0,
+    retryAfterMs: allowed ? 0 : 1000,
+    nextTokenMs: 0
+  }
+}
+
 /** How many more requests of its cost a bucket can pay now: fewer is more restrictive. */
 function headroom (d: Decision): number {
   return Math.floor((Math.max(0, d.tokens) + 1e-9) / d.cost)

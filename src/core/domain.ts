@@ -14,6 +14,11 @@ export interface Policy {
   readonly refundUpstreamError?: boolean
   /** Refund the cost when the upstream answered 5xx. */
   readonly refund5xx?: boolean
+  /**
+   * Set for a concurrency policy: at most this many requests of one caller in flight (its
+   * `capacity` is the same number; it has no token bucket).
+   */
+  readonly concurrency?: number
 }
 
 /**

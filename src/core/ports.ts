@@ -156,3 +156,24 @@ export interface RedisDecider {
   /** Hand-back step 2 (merge committed): each bucket becomes a snapshot of its merged row. */
   handedBack (buckets: readonly OwnedBucket[], snapshots: ReadonlyArray<BucketSnapshot | null>): Promise<void>
 }
+
+/** What Redis answered when asked for a concurrency slot. */
+export type LeaseVerdict =
+  | { readonly kind: 'acquired', readonly inFlight: number }
+  | { readonly kind: 'refused', readonly inFlight: number }
+  | { readonly kind: 'unavailable' }
+
+/**
+ * Concurrency slots as leases in Redis (one sorted set per caller and policy: member = lease
+ * id, score = expiry on the Redis clock). A lease lives `leaseMs` unless renewed, so a gateway
+ * that dies without releasing its slots blocks its callers at most that long.
+ */
+export interface LeaseStore {
+  readonly enabled: boolean
+  /** Takes a slot if fewer than `limit` live leases exist. Never throws. */
+  acquire (policy: string, userId: string, limit: number, leaseId: string, leaseMs: number): Promise<LeaseVerdict>
+  /** Extends live leases by `leaseMs` (the ones still in flight). Never throws. */
+  renew (leases: ReadonlyArray<{ readonly policy: string, readonly userId: string, readonly leaseId: string }>, leaseMs: number): Promise<void>
+  /** Frees a slot. Never throws. */
+  release (policy: string, userId: string, leaseId: string): Promise<void>
+}

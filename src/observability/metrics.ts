@@ -150,6 +150,13 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly concurrency = new FastCounter({
+    name: 'gateway_concurrency_slots_total',
+    help: 'Concurrency slots asked for (policy concurrency: N), by policy, result (acquired, refused) and decided_by (redis: a lease in Redis; gateway: this gateway\'s share while Redis is unavailable).',
+    labelNames: ['policy', 'result', 'decided_by'] as const,
+    registers: [this.registry]
+  })
+
   readonly allowListed = new FastCounter({
     name: 'gateway_allow_listed_requests_total',
     help: 'Requests from callers on the allow list, forwarded without touching a bucket.',

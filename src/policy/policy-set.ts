@@ -35,6 +35,8 @@ export interface Resolution {
   /** policies[0] and costs[0]. */
   readonly policy: LimitPolicy
   readonly cost: number
+  /** Concurrency policies of the list (slots, not buckets), usually none. */
+  readonly concurrency: readonly LimitPolicy[]
   /** Index in `routes`, or -1 for the default. */
   readonly route: number
 }
@@ -137,6 +139,11 @@ export class PolicySet {
     policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false, defaultDef?.refund ?? []))
     for (const [name, def] of Object.entries(config.policies)) {
       if (name === 'default') continue
+      if (def.concurrency !== undefined) {
+        const n = def.concurrency
+        policies.set(name, { ...makeLimitPolicy(name, n, n, 1, false), concurrency: n })
+        continue
+      }
       policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow, def.refund ?? []))
     }
     this.policies = policies
@@ -156,9 +163,10 @@ export class PolicySet {
     const resolveFor = (policyNames: readonly string[], cost: number | undefined, route: number, tier: string | null): Resolution => {
       const targets = policyNames.map((name) => tier === null ? name : config.tiers.sets[tier]![name] ?? name)
       // A tier may map two of a list's policies to one: that bucket is charged once.
-      const chosen = [...new Set(targets)].map(get)
+      const all = [...new Set(targets)].map(get)
+      const chosen = all.filter((p) => p.concurrency === undefined)
       const costs = chosen.map((p) => cost ?? p.cost)
-      return charge({ policies: chosen, costs, policy: chosen[0]!, cost: costs[0]!, route })
+      return charge({ policies: chosen, costs, policy: chosen[0]!, cost: costs[0]!, route, concurrency: all.filter((p) => p.concurrency !== undefined) })
     }
 
     const defaultNames = config.defaultPolicy ?? ['default']
@@ -234,6 +242,7 @@ export class PolicySet {
         cost: p.cost,
         shadow: p.shadow,
         refund: refundsOf(p),
+        ...(p.concurrency === undefined ? {} : { concurrency: p.concurrency }),
         max_route_cost: this.maxCost.get(p.name) ?? p.cost
       })),
       default_policy: this.#default.policies.map((p) => p.name),

@@ -23,6 +23,11 @@ const pathRule = z.string().superRefine((value, ctx) => {
 })
 
 export const policyDefinition = z.strictObject({
+  /**
+   * A concurrency policy: at most this many requests of one caller in flight across all
+   * gateways (no token bucket: capacity, refillPerSecond, cost and refund do not apply).
+   */
+  concurrency: z.number().int().positive().optional(),
   /** Defaults: limits.capacity, limits.refillPerSecond, limits.cost. */
   capacity: positive.optional(),
   refillPerSecond: positive.optional(),
@@ -137,7 +142,16 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
   const capacityOf = (name: string): number => config.policies[name]?.capacity ?? config.limits.capacity
   const costOf = (name: string): number => config.policies[name]?.cost ?? config.limits.cost
 
+  const isConcurrency = (name: string): boolean => config.policies[name]?.concurrency !== undefined
   for (const [name, p] of Object.entries(config.policies)) {
+    if (p.concurrency !== undefined) {
+      if (name === 'default') issues.push({ path: ['policies', name, 'concurrency'], message: 'the default policy is a token bucket; name a concurrency policy of its own' })
+      for (const field of ['capacity', 'refillPerSecond', 'cost', 'shadow'] as const) {
+        if (field === 'shadow' ? p.shadow : p[field] !== undefined) issues.push({ path: ['policies', name, field], message: `a concurrency policy has no ${field}` })
+      }
+      if (p.refund.length > 0) issues.push({ path: ['policies', name, 'refund'], message: 'a concurrency policy has nothing to refund' })
+      continue
+    }
     const cost = p.cost ?? config.limits.cost
     if (cost > capacityOf(name)) issues.push({ path: ['policies', name, 'cost'], message: `cost ${cost} exceeds capacity ${capacityOf(name)} (such a request could never pass)` })
   }
@@ -153,11 +167,16 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
     for (const map of [{}, ...tierMaps] as Array<Record<string, string>>) {
       const targets = names.map((n) => map[n] ?? n)
       if (targets.some((n) => !known.has(n))) continue // reported under tiers
-      if (new Set(targets.map(shadowOf)).size > 1) {
+      if (targets.every(isConcurrency)) {
+        issues.push({ path: [...at, 'policy'], message: `names only concurrency policies (${targets.join(', ')}); add at least one rate policy` })
+        return
+      }
+      const rates = targets.filter((n) => !isConcurrency(n))
+      if (new Set(rates.map(shadowOf)).size > 1) {
         issues.push({ path: [...at, 'policy'], message: `mixes shadow and enforced policies (${targets.join(', ')}); a request is either enforced or shadowed` })
         return
       }
-      for (const target of targets) {
+      for (const target of rates) {
         const c = cost ?? costOf(target)
         if (c > capacityOf(target)) {
           issues.push({ path: [...at, 'cost'], message: `cost ${c} exceeds the capacity ${capacityOf(target)} of policy "${target}" (such a request could never pass)` })

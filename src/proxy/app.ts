@@ -11,6 +11,7 @@ import type { Verdict } from '../core/domain.ts'
 import type { Logger } from '../observability/log.ts'
 import { STATUS_CLASSES, type Metrics } from '../observability/metrics.ts'
 import type { Limiter } from '../limiter/limiter.ts'
+import type { ConcurrencyLimiter } from '../limiter/concurrency.ts'
 import { admit } from '../admission/admit.ts'
 import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, PartitionKeys, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
@@ -54,6 +55,8 @@ declare module 'fastify' {
 export interface ProxyDeps {
   readonly config: Config
   readonly limiter: Limiter
+  /** Concurrency slots (policy concurrency: N); absent: not enforced. */
+  readonly concurrency?: ConcurrencyLimiter
   readonly metrics: Metrics
   readonly log: Logger
   /** The live configuration (policies, identity, upstreams); hot reload swaps it. */
@@ -96,7 +99,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     send(reply, client ? clientProblem(err.statusCode!, err.message) : problem('PROXY_INTERNAL'), request.decision)
   })
 
-  const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
+  const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides, ...(deps.concurrency === undefined ? {} : { concurrency: deps.concurrency }) }
   const access = config.log.access ? accessLogger(deps.log.child({ log: 'access' }), config.log.accessCaller) : null
   const allowTrace = config.proxy.allowTrace
   const preflight = config.proxy.preflight
@@ -185,6 +188,8 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         return reply
       }
       case 'forward':
+        // Concurrency slots are held until the response ends or the client leaves.
+        if (admitted.slots != null) { const slots = admitted.slots; reply.raw.once('close', () => { slots.release() }) }
         if (admitted.shadow !== null) request.shadow = admitted.shadow
         else request.decision = admitted.verdict
     }

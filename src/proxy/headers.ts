@@ -60,7 +60,9 @@ function policyHeaders (p: Policy): PolicyHeaders {
   let h = perPolicy.get(p)
   if (h === undefined) {
     const quotedName = sfString(p.name)
-    h = { quotedName, policy: `${quotedName};q=${p.capacity};w=${windowSeconds(p)}`, limit: String(p.capacity) }
+    // A concurrency policy counts requests in flight: no window (draft-11's quota unit for it).
+    const policy = p.concurrency === undefined ? `${quotedName};q=${p.capacity};w=${windowSeconds(p)}` : `${quotedName};q=${p.concurrency};qu="concurrent-requests"`
+    h = { quotedName, policy, limit: String(p.capacity) }
     perPolicy.set(p, h)
   }
   return h
@@ -95,7 +97,10 @@ function remainingOf (d: Decision): string {
 }
 
 function rateLimitItem (d: Decision, verdict: Verdict, pk: PartitionKeys | null): string {
-  const item = `${policyHeaders(d.policy).quotedName};r=${remainingOf(d)};t=${effectiveWindow(d)}`
+  // A concurrency slot frees when a request ends, not after a time: `t` only on a refusal (retry in 1 s).
+  const item = d.policy.concurrency !== undefined && d.allowed
+    ? `${policyHeaders(d.policy).quotedName};r=${remainingOf(d)}`
+    : `${policyHeaders(d.policy).quotedName};r=${remainingOf(d)};t=${effectiveWindow(d)}`
   return pk === null ? item : `${item};pk=${pk.of(d.policy.name, verdict.userId)}`
 }
 
