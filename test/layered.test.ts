@@ -138,3 +138,17 @@ t.test('concurrent requests of one caller (one batch, one transaction): exactly 
     t.equal(buckets.get('hourly')!.remaining, 0)
   }
 })
+
+t.test('config/examples/plan.yaml answers as docs/policies.md ("A worked plan") says', async (t) => {
+  const gw = await startTestGateway(t, { configFile: 'config/examples/plan.yaml' })
+  const res = await send(gw.proxyUrl + '/v1/items', { user: 'plan-gus' })
+  t.equal(res.status, 201)
+  t.equal(res.headers.get('ratelimit-policy'), '"inflight";q=5;qu="concurrent-requests", "burst";q=10;w=5, "hourly";q=1000;w=3600, "monthly";q=50000;w=2592000')
+  t.equal(res.headers.get('ratelimit'), '"inflight";r=4, "burst";r=9;t=1, "hourly";r=999;t=4, "monthly";r=49999;t=52')
+  const statuses: number[] = []
+  for (let i = 0; i < 11; i++) statuses.push((await send(gw.proxyUrl + '/v1/items', { user: 'plan-hal' })).status)
+  t.same(statuses, [...Array(10).fill(201), 429], 'eleven in a row: ten pass, burst refuses the eleventh')
+  const slow = await Promise.all(Array.from({ length: 6 }, async () => await send(gw.proxyUrl + '/slow/800', { user: 'plan-ivy' })))
+  t.same(slow.map((r) => r.status).sort(), [200, 200, 200, 200, 200, 429], 'six slow ones at once: inflight refuses the sixth')
+  t.same(slow.find((r) => r.status === 429)!.json()['violated-policies'], ['inflight'])
+})
