@@ -17,6 +17,8 @@ import { OverrideStore } from './stores/postgres/override-store.ts'
 import { StoreHealth } from './stores/health.ts'
 import { RedisDecider } from './stores/redis/redis-decider.ts'
 import { RedisSnapshotCache } from './stores/redis/snapshot-cache.ts'
+import { RedisLeases } from './stores/redis/leases.ts'
+import { ConcurrencyLimiter } from './limiter/concurrency.ts'
 import { buildProxy, readTlsFiles } from './proxy/app.ts'
 import { startEchoUpstream } from './proxy/echo-upstream.ts'
 import { buildControl } from './control/app.ts'
@@ -93,8 +95,10 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
         await overrides.start()
       }, postgresMissing)
     }
+    const concurrency = life.add('concurrency slots', new ConcurrencyLimiter(new RedisLeases(redis.client, config.redis.keyPrefix, metrics),
+      config.redis.leaseMs, config.fallback.localReplicas, metrics), (c) => { c.close() })
     const control = life.add('control listener', await buildControl({ config, limiter, store: postgres, cache: redis, metrics, log, runtime, overrides }), async (c) => await c.close())
-    const proxy = life.add('proxy listener', await buildProxy({ config, limiter, metrics, log, runtime, overrides }), async (p) => await p.close())
+    const proxy = life.add('proxy listener', await buildProxy({ config, limiter, concurrency, metrics, log, runtime, overrides }), async (p) => await p.close())
 
     const reload = (reason: string): ReloadResult => {
       if (options.loadConfig === undefined) return { ok: false, error: 'no configuration source to reload from' }
@@ -113,6 +117,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       const fallback = next.config.fallback
       if (JSON.stringify(fallback) !== JSON.stringify(runtime.current.config.fallback)) {
         limiter.reconfigure(fallback)
+        concurrency.reconfigure(fallback.localReplicas)
         decider.setTimeout(fallback.redisTimeoutMs)
         log.info({ reason, fallback }, 'fail-over settings applied')
       }

@@ -51,6 +51,7 @@ t.test('both stores down: local, open and closed fail modes', async (t) => {
     t.match(res.headers.get('content-type'), /^application\/problem\+json/)
     t.equal(res.headers.get('retry-after'), '1')
     t.match(res.json().detail, /cannot reach its stores/)
+    t.equal(res.json().type, 'https://iana.org/assignments/http-problem-types#temporary-reduced-capacity', 'the IANA problem type')
     const check = await fetch(closed.controlUrl + '/v1/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"key":"shut"}' })
     t.equal(check.status, 503, 'the check endpoint too')
     t.equal(check.headers.get('retry-after'), '1')

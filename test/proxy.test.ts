@@ -4,6 +4,7 @@ import t from 'tap'
 import { request } from 'node:http'
 import { startTestGateway } from './helpers/gateway.ts'
 import { rawStatus, send } from './helpers/http.ts'
+import { rateLimitOf } from './helpers/ratelimit.ts'
 
 t.test('method, path, query, body, status and headers pass through', async (t) => {
   const gw = await startTestGateway(t)
@@ -133,11 +134,12 @@ t.test('rate-limit headers follow the draft and replace the upstream\'s', async 
   const res = await send(gw.proxyUrl + '/headers', { user: 'hdr', headers: { 'x-data-source': 'client-lies', ratelimit: 'nope' } })
   t.equal(res.status, 200)
   t.equal(res.headers.get('x-data-source'), 'new-user')
-  t.equal(res.headers.get('ratelimit-policy'), '"default";q=10;w=10')
-  t.equal(res.headers.get('ratelimit'), '"default";r=9;t=1')
+  const rl = rateLimitOf(res.headers)
+  t.same(rl.policy, [{ name: 'default', params: { q: 10, w: 10 } }], 'q and w: the time to refill an empty bucket')
+  t.same(rl.limit, [{ name: 'default', params: { r: 9, t: 1 } }], 't: seconds until the next whole token (1/s)')
   t.equal(res.headers.get('x-ratelimit-limit'), '10')
   t.equal(res.headers.get('x-ratelimit-remaining'), '9')
-  t.equal(res.headers.get('x-ratelimit-reset'), '1')
+  t.equal(res.headers.get('x-ratelimit-reset'), '1', 'legacy Reset: seconds until full')
   const seen = gw.upstream!.received.at(-1)!
   t.equal(seen.headers['x-data-source'], undefined, 'client-sent X-Data-Source is not forwarded')
   t.equal(seen.headers.ratelimit, undefined, 'client-sent RateLimit is not forwarded')
@@ -153,8 +155,10 @@ t.test('a blocked request is not forwarded and gets a problem+json 429', async (
   t.equal(gw.upstream!.received.length, before, 'not forwarded')
   t.match(res.headers.get('content-type'), /^application\/problem\+json/)
   t.equal(res.headers.get('retry-after'), '2', 'whole seconds until one token at 0.5/s')
-  t.equal(res.headers.get('ratelimit-policy'), '"default";q=2;w=4')
-  t.match(res.headers.get('ratelimit'), /^"default";r=0;t=[34]$/)
+  const rl = rateLimitOf(res.headers)
+  t.same(rl.policy, [{ name: 'default', params: { q: 2, w: 4 } }])
+  t.same(rl.limit, [{ name: 'default', params: { r: 0, t: 2 } }], 'draft-11: t is when the cost can be paid, as Retry-After says')
+  t.equal(res.headers.get('x-ratelimit-reset'), '4', 'legacy Reset keeps its meaning: seconds until full')
   const body = res.json()
   t.equal(body.type, 'https://iana.org/assignments/http-problem-types#quota-exceeded')
   t.equal(body.status, 429)
@@ -178,4 +182,29 @@ t.test('upstream unreachable answers 502, too slow answers 504, both problem+jso
   t.match(r504.json().detail, /200 ms/)
   const metrics = await (await fetch(slow.controlUrl + '/metrics')).text()
   t.match(metrics, /gateway_upstream_errors_total\{kind="timeout"\} 1/)
+})
+
+t.test('draft-11 headers: t is the seconds until the next whole token, pk a keyed hash when configured', async (t) => {
+  const secret = 'a-partition-key-secret-for-tests'
+  const gw = await startTestGateway(t, { config: { limits: { capacity: 10, refillPerSecond: 0.25 }, proxy: { partitionKeySecret: secret } } })
+  const first = await send(gw.proxyUrl + '/a', { user: 'pk-ann' })
+  const rl = rateLimitOf(first.headers)
+  t.same(rl.policy, [{ name: 'default', params: { q: 10, w: 40 } }], 'RateLimit-Policy carries no pk (it describes the policy)')
+  t.equal(rl.limit[0]!.params.r, 9)
+  t.equal(rl.limit[0]!.params.t, 4, 'one token at 0.25/s: 4 s')
+  const pk = rl.limit[0]!.params.pk as Buffer
+  t.ok(Buffer.isBuffer(pk), 'pk is an SF Byte Sequence')
+  t.equal(pk.length, 16)
+  const { createHmac } = await import('node:crypto')
+  t.same(pk, createHmac('sha256', secret).update('default').update('\0').update('pk-ann').digest().subarray(0, 16), 'HMAC-SHA256 of policy and caller')
+  t.notOk(first.headers.get('ratelimit')!.includes('pk-ann'), 'the caller id is not revealed')
+  const second = await send(gw.proxyUrl + '/a', { user: 'pk-ann' })
+  t.equal(rateLimitOf(second.headers).limit[0]!.params.t, 4, 'still 4 s to the next whole token')
+  t.equal(second.headers.get('x-ratelimit-reset'), '8', 'legacy Reset: 2 tokens short of full at 0.25/s')
+  const other = await send(gw.proxyUrl + '/a', { user: 'pk-ben' })
+  t.notSame(rateLimitOf(other.headers).limit[0]!.params.pk, pk, 'another caller, another partition key')
+
+  const plain = await startTestGateway(t)
+  const res = await send(plain.proxyUrl + '/a', { user: 'pk-ann' })
+  t.equal(rateLimitOf(res.headers).limit[0]!.params.pk, undefined, 'no pk by default')
 })

@@ -5,8 +5,10 @@
  * mode are mapped here. The proxy's onRequest and POST /v1/check both use it and only turn
  * the result into a reply.
  */
-import type { Decision } from '../core/domain.ts'
+import { makeVerdict } from '../core/decision.ts'
+import type { Decision, Verdict } from '../core/domain.ts'
 import { BadRequest, StoreUnavailableError } from '../core/errors.ts'
+import type { ConcurrencyLimiter, Slots } from '../limiter/concurrency.ts'
 import type { Limiter } from '../limiter/limiter.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
@@ -33,15 +35,26 @@ export interface AdmissionRequest {
 
 /** What the request is charged against, before any bucket is touched. */
 export type Screened =
-  | { readonly kind: 'charge', readonly id: string, readonly policy: LimitPolicy, readonly cost: number }
+  | {
+    readonly kind: 'charge'
+    readonly id: string
+    /** policies[0] and costs[0]. */
+    readonly policy: LimitPolicy
+    readonly cost: number
+    /** Every bucket the request is charged against (overrides applied), all or nothing. */
+    readonly policies: readonly LimitPolicy[]
+    readonly costs: readonly number[]
+    /** Concurrency policies: a slot of each is held while the request is in flight. */
+    readonly concurrency: readonly LimitPolicy[]
+  }
   | { readonly kind: 'allow-listed' }
   | { readonly kind: 'deny-listed' }
 
 export type Shadow = 'allowed' | 'would-block' | 'unavailable'
 
 export type Admission =
-  | { readonly kind: 'forward', readonly decision: Decision | null, readonly shadow: Shadow | null }
-  | { readonly kind: 'limited', readonly decision: Decision }
+  | { readonly kind: 'forward', readonly verdict: Verdict | null, readonly shadow: Shadow | null, readonly slots?: Slots | null }
+  | { readonly kind: 'limited', readonly verdict: Verdict }
   | { readonly kind: 'deny-listed' }
   /** No store can decide and FAIL_MODE=closed: 503 with Retry-After. */
   | { readonly kind: 'unavailable', readonly retryAfterSeconds: number }
@@ -50,18 +63,22 @@ export interface AdmissionDeps {
   readonly limiter: Limiter
   readonly metrics: Metrics
   readonly overrides: { readonly table: OverrideTable }
+  /** Concurrency slots (absent: concurrency policies are not enforced, as by POST /v1/check). */
+  readonly concurrency?: ConcurrencyLimiter
 }
 
+const NONE: readonly LimitPolicy[] = Object.freeze([])
 const ALLOW_LISTED: Screened = Object.freeze({ kind: 'allow-listed' })
 const DENY_LISTED = Object.freeze({ kind: 'deny-listed' }) as Screened & Admission
-const UNLIMITED: Admission = Object.freeze({ kind: 'forward', decision: null, shadow: null })
+const UNLIMITED: Admission = Object.freeze({ kind: 'forward', verdict: null, shadow: null })
 
 /** Resolves what a request is charged against. Throws BadRequest for an unknown policy name. */
 export function screen (runtime: Runtime, overrides: OverrideTable, request: AdmissionRequest): Screened {
   const set = runtime.policies
   const id = request.id
-  let configured: LimitPolicy
-  let cost: number
+  let configured: readonly LimitPolicy[]
+  let costs: readonly number[]
+  let concurrency: readonly LimitPolicy[] = NONE
   if (request.method !== undefined) {
     if (set.isDenied(id)) return DENY_LISTED
     if (set.isAllowed(id)) return ALLOW_LISTED
@@ -69,13 +86,17 @@ export function screen (runtime: Runtime, overrides: OverrideTable, request: Adm
       ? set.tierOf(id, set.tierHeader === undefined ? undefined : request.tierHeader, set.tierClaim === undefined ? undefined : request.claims?.[set.tierClaim])
       : null
     const resolved = set.resolve(request.method, normalizePath(request.path ?? '/'), tier)
-    configured = resolved.policy
-    cost = resolved.cost
+    configured = resolved.policies
+    costs = resolved.costs
+    concurrency = resolved.concurrency
   } else {
-    configured = policyNamed(runtime, request.policyName)
-    cost = configured.cost
+    const named = policyNamed(runtime, request.policyName)
+    configured = [named]
+    costs = [named.cost]
   }
-  return { kind: 'charge', id, policy: overrides.apply(configured, id), cost: request.cost ?? cost }
+  const policies = overrides.size === 0 ? configured : configured.map((p) => overrides.apply(p, id))
+  if (request.cost !== undefined) costs = costs.map(() => request.cost!)
+  return { kind: 'charge', id, policy: policies[0]!, cost: costs[0]!, policies, costs, concurrency }
 }
 
 /** Spends the screened request's tokens and says what becomes of it. */
@@ -89,21 +110,36 @@ export async function decide (deps: AdmissionDeps, screened: Screened, log: Logg
     return UNLIMITED
   }
   const { policy, id, cost } = screened
-  let decision: Decision | null = null
+  // Concurrency slots first: a caller with every slot taken is refused without spending tokens.
+  let slots: Slots | null = null
+  let held: Decision[] = []
+  if (screened.concurrency.length > 0 && deps.concurrency !== undefined && !policy.shadow) {
+    const got = await deps.concurrency.acquire(screened.concurrency, id)
+    if (got.slots === null) return { kind: 'limited', verdict: makeVerdict(got.decisions, id) }
+    slots = got.slots
+    held = got.decisions
+  }
+  let verdict: Verdict | null = null
   try {
-    decision = await deps.limiter.check(policy, id, cost, log)
+    verdict = screened.policies.length === 1
+      ? makeVerdict([await deps.limiter.check(policy, id, cost, log)], id)
+      : await deps.limiter.checkAll(screened.policies.map((p, i) => ({ policy: p, userId: id, cost: screened.costs[i]! })), id, log)
   } catch (err) {
+    slots?.release()
     if (!(err instanceof StoreUnavailableError)) throw err
     if (!policy.shadow) return { kind: 'unavailable', retryAfterSeconds: err.retryAfterSeconds }
   }
   if (policy.shadow) {
     // Shadow mode: decided and counted like any other, reported, never enforced.
-    const shadow: Shadow = decision === null ? 'unavailable' : decision.allowed ? 'allowed' : 'would-block'
+    const shadow: Shadow = verdict === null ? 'unavailable' : verdict.allowed ? 'allowed' : 'would-block'
     deps.metrics.shadowDecisions.inc({ policy: policy.name, result: shadow === 'would-block' ? 'would_block' : shadow })
-    if (shadow === 'would-block') log.info({ user_id: id, policy: policy.name, cost, source: decision!.source }, 'shadow policy would block')
-    return { kind: 'forward', decision, shadow }
+    if (shadow === 'would-block') log.info({ user_id: id, policy: policy.name, cost, source: verdict!.primary.source }, 'shadow policy would block')
+    return { kind: 'forward', verdict, shadow }
   }
-  return decision!.allowed ? { kind: 'forward', decision, shadow: null } : { kind: 'limited', decision: decision! }
+  if (held.length > 0) verdict = makeVerdict([...verdict!.decisions, ...held], id)
+  if (verdict!.allowed) return { kind: 'forward', verdict, shadow: null, slots }
+  slots?.release()
+  return { kind: 'limited', verdict: verdict! }
 }
 
 /** screen, then decide: one request through admission. */
@@ -117,5 +153,6 @@ export function policyNamed (runtime: Runtime, name: string | undefined): LimitP
   if (name === undefined) return set.defaultPolicy
   const policy = set.policies.get(name)
   if (policy === undefined) throw new BadRequest(`Unknown policy "${name}"; known: ${[...set.policies.keys()].join(', ')}.`)
+  if (policy.concurrency !== undefined) throw new BadRequest(`Policy "${name}" is a concurrency policy: it has no bucket to check or peek.`)
   return policy
 }

@@ -4,7 +4,7 @@ import type { Config } from './schema.ts'
 export const REDACTED = '[redacted]'
 
 /** Fields whose whole value is a secret. */
-const SECRET_FIELDS = new Set(['control.adminToken', 'identity.jwt.secret'])
+const SECRET_FIELDS = new Set(['control.adminToken', 'identity.jwt.secret', 'proxy.partitionKeySecret'])
 
 /** A URL with its password replaced; anything unparsable is returned as it is. */
 export function redactUrl (value: string): string {

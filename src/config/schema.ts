@@ -46,6 +46,12 @@ const proxy = z.strictObject({
   }).prefault({}),
   /** Longest request head accepted; longer answers 431. */
   maxHeaderBytes: z.number().int().min(1024).default(16_384),
+  /**
+   * Set: every RateLimit item carries draft-11's `pk`, a keyed hash (HMAC-SHA256) of the policy
+   * and the caller id under this secret, so a client can tell partitions apart without the
+   * response revealing the caller id. Unset (the default): no `pk`.
+   */
+  partitionKeySecret: z.string().min(16).optional(),
   /** PEM files: with both set, the proxy port speaks HTTPS (TLS terminated here). */
   tlsCertFile: z.string().min(1).optional(),
   tlsKeyFile: z.string().min(1).optional()
@@ -140,6 +146,11 @@ const redis = z.strictObject({
     }
   }).default('redis://127.0.0.1:6379'),
   keyPrefix: z.string().default('rl:'),
+  /**
+   * How long a concurrency slot's lease lives unless its gateway renews it (every third of it):
+   * the longest a gateway that died holding slots can block its callers.
+   */
+  leaseMs: z.number().int().min(300).default(10_000),
   /** A Redis read slower than this is treated as a miss. */
   commandTimeoutMs: z.number().int().positive().default(50),
   connectTimeoutMs: z.number().int().positive().default(1_000)
@@ -211,6 +222,7 @@ const SECTIONS = {
   log: section(log.prefault({}), 'restart'),
   // Policies (docs/policies.md): rebuilt whole on every reload.
   policies: section(policySections.policies, 'hot'),
+  defaultPolicy: section(policySections.defaultPolicy, 'hot'),
   routes: section(policySections.routes, 'hot'),
   tiers: section(policySections.tiers, 'hot'),
   access: section(policySections.access, 'hot'),

@@ -91,12 +91,21 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
     const { snapshot, nowMs } = await deps.store.peek(policy.name, key)
     const tokens = snapshot === null ? policy.capacity : tokensAt(snapshot, policy, nowMs)
     const override = overrides.table.get(policy.name, key)
+    // Every bucket the caller has under the live policies (a plan's burst, hourly and monthly
+    // limits are separate buckets), each with its override applied.
+    const all = [...deps.runtime.current.policies.policies.values()].filter((p) => p.concurrency === undefined).map((p) => overrides.table.apply(p, key))
+    const buckets = await Promise.all(all.map(async (p) => {
+      const peeked = p.name === policy.name ? { snapshot, nowMs } : await deps.store.peek(p.name, key)
+      const left = peeked.snapshot === null ? p.capacity : tokensAt(peeked.snapshot, p, peeked.nowMs)
+      return { exists: peeked.snapshot !== null, tokens: left, ...decisionBody(makeDecision(p, 0, true, left, 'postgres', 'postgres')) }
+    }))
     return {
       key,
       exists: snapshot !== null,
       tokens,
       ...decisionBody(makeDecision(policy, 0, true, tokens, 'postgres', 'postgres')),
-      override: override === undefined ? null : overrideBody(override)
+      override: override === undefined ? null : overrideBody(override),
+      buckets
     }
   })
 

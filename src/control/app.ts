@@ -91,8 +91,11 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
     const s = screen(deps.runtime.current, deps.overrides.table, routed
       ? { id: key.id, method: (input.method ?? 'GET').toUpperCase(), path: input.path ?? '/', ...(input.cost === undefined ? {} : { cost: input.cost }) }
       : { id: key.id, ...(input.policy === undefined ? {} : { policyName: input.policy }), ...(input.cost === undefined ? {} : { cost: input.cost }) })
-    if (s.kind === 'charge' && s.cost > s.policy.capacity) {
-      throw new BadRequest(`cost ${s.cost} exceeds the capacity of policy "${s.policy.name}" (${s.policy.capacity}); it could never be allowed.`)
+    if (s.kind === 'charge') {
+      s.policies.forEach((p, i) => {
+        const cost = s.costs[i]!
+        if (cost > p.capacity) throw new BadRequest(`cost ${cost} exceeds the capacity of policy "${p.name}" (${p.capacity}); it could never be allowed.`)
+      })
     }
     return s
   }

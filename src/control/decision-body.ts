@@ -1,5 +1,5 @@
 /** The JSON the control API answers for one check (POST /v1/check, the admin peek). */
-import type { Decision } from '../core/domain.ts'
+import type { Decision, Verdict } from '../core/domain.ts'
 import type { Admission } from '../admission/admit.ts'
 
 export function decisionBody (d: Decision): Record<string, unknown> {
@@ -15,13 +15,28 @@ export function decisionBody (d: Decision): Record<string, unknown> {
 }
 
 /**
+ * A request's answer: the most restrictive bucket's fields at the top level (as for one
+ * policy), the request's own verdict, and with several policies every bucket under `policies`.
+ */
+export function verdictBody (v: Verdict): Record<string, unknown> {
+  const body = decisionBody(v.primary)
+  body.allowed = v.allowed
+  body.retry_after_ms = Math.ceil(v.retryAfterMs)
+  if (v.decisions.length > 1) {
+    body.policies = v.decisions.map(decisionBody)
+    body.violated_policies = v.violated.map((d) => d.policy.name)
+  }
+  return body
+}
+
+/**
  * A check's answer. A shadow policy reports its decision as it is (the caller asked what the
  * bucket says); a caller on the deny list is refused, one on the allow list is never limited.
  */
 export function admissionBody (a: Admission): Record<string, unknown> {
   switch (a.kind) {
-    case 'limited': return decisionBody(a.decision)
-    case 'forward': return a.decision === null ? UNLIMITED : decisionBody(a.decision)
+    case 'limited': return verdictBody(a.verdict)
+    case 'forward': return a.verdict === null ? UNLIMITED : verdictBody(a.verdict)
     case 'deny-listed': return DENIED
     case 'unavailable': throw new Error('unreachable: answered as a 503')
   }

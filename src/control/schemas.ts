@@ -11,7 +11,7 @@ export const problemSchema = {
   }
 }
 
-const decision = {
+const bucket = {
   type: 'object',
   required: ['allowed', 'limit', 'remaining', 'reset_after_ms', 'retry_after_ms', 'source', 'policy'],
   properties: {
@@ -22,6 +22,15 @@ const decision = {
     retry_after_ms: { type: 'integer', description: 'Milliseconds until the cost can be paid (0 when allowed).' },
     source: { type: 'string', enum: ['redis', 'postgres', 'new-user', 'local', 'redis-fallback', 'local-fallback', 'fail-open', 'allow-list', 'deny-list'], description: 'X-Data-Source; allow-list and deny-list only for a check with a method (the access lists apply).' },
     policy: { type: 'string', nullable: true }
+  }
+}
+
+const decision = {
+  ...bucket,
+  properties: {
+    ...bucket.properties,
+    policies: { type: 'array', items: bucket, description: 'With several policies on the route (all or nothing): every bucket, most restrictive first; the top-level fields are the first one\'s, `allowed` and `retry_after_ms` the request\'s.' },
+    violated_policies: { type: 'array', items: { type: 'string' }, description: 'With several policies: the ones that refused (none was charged).' }
   }
 }
 

@@ -10,6 +10,15 @@ export interface Policy {
    * snapshot is only ever projected under the numbers it was computed with.
    */
   readonly cacheName?: string
+  /** Refund the cost when the upstream was unreachable or timed out (502/504). */
+  readonly refundUpstreamError?: boolean
+  /** Refund the cost when the upstream answered 5xx. */
+  readonly refund5xx?: boolean
+  /**
+   * Set for a concurrency policy: at most this many requests of one caller in flight (its
+   * `capacity` is the same number; it has no token bucket).
+   */
+  readonly concurrency?: number
 }
 
 /**
@@ -48,6 +57,11 @@ export interface Decision {
   readonly resetAfterMs: number
   /** Milliseconds until `cost` tokens are available (0 when allowed). */
   readonly retryAfterMs: number
+  /**
+   * Milliseconds until the bucket holds one more whole token than now (0 when it is full or no
+   * bucket was kept): draft-11's `t` on an allowed response.
+   */
+  readonly nextTokenMs: number
   readonly source: DecisionSource
   readonly decidedBy: Decider
 }
@@ -59,3 +73,21 @@ export interface Decision {
 export type RejectReason =
   | 'missing' | 'too-long' | 'control-characters' | 'invalid-utf8' | 'duplicate-header'
   | 'bad-address' | 'missing-token' | 'invalid-token' | 'deny-list'
+
+/**
+ * What one request's decisions add up to: every bucket it is charged against (most restrictive
+ * first), allowed only if all of them could pay. Built only by makeVerdict (decision.ts).
+ */
+export interface Verdict {
+  readonly allowed: boolean
+  /** Every bucket of the request, most restrictive first (the refusing ones lead). */
+  readonly decisions: readonly Decision[]
+  /** decisions[0]: what the legacy X-RateLimit-* headers and X-Data-Source describe. */
+  readonly primary: Decision
+  /** The buckets that could not pay (empty when allowed). */
+  readonly violated: readonly Decision[]
+  /** The longest wait among the refusing buckets (0 when allowed). */
+  readonly retryAfterMs: number
+  /** The caller the buckets belong to (for the optional partition key). */
+  readonly userId: string
+}

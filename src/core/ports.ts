@@ -13,7 +13,10 @@ export interface BucketRequest {
 }
 
 export interface StoreDecision {
+  /** The request was allowed (with several buckets: every one of them could pay, and paid). */
   readonly allowed: boolean
+  /** This bucket alone could pay its cost (false: one of the policies that refused). */
+  readonly canPay: boolean
   /** The bucket after the decision, on the database clock. */
   readonly snapshot: BucketSnapshot
   /** The row was created by this request. */
@@ -44,6 +47,17 @@ export interface OwnedBucket {
 export interface DecidingStore {
   /** Decides atomically (concurrent calls share one round trip: group commit). */
   decide (request: BucketRequest): Promise<StoreDecision>
+  /**
+   * Decides one request's buckets together, all or nothing, in the same transaction as the rest
+   * of its batch: allowed only if each can pay, and then each is charged; otherwise none is.
+   */
+  decideGroup (requests: readonly BucketRequest[]): Promise<StoreDecision[]>
+  /**
+   * Gives each request's `cost` back to its bucket (a refund: the upstream failed, or a request
+   * of several buckets was refused after some were charged), never above capacity. Returns the
+   * buckets after the refund (database clock).
+   */
+  refund (requests: readonly BucketRequest[]): Promise<BucketSnapshot[]>
   peek (policy: string, userId: string): Promise<BucketPeek>
   /** Forgets a bucket (the caller starts full); true if there was one. */
   reset (policy: string, userId: string): Promise<boolean>
@@ -132,6 +146,8 @@ export interface RedisDecider {
    * Redis takes over; `force` takes a bucket back from a hand-back in progress.
    */
   decide (request: BucketRequest, dbNowMs: number, force: boolean): Promise<RedisVerdict>
+  /** Gives `request.cost` back to a bucket Redis charged, never above capacity; false when it could not (not Redis-owned now, or Redis failed). */
+  refund (request: BucketRequest): Promise<boolean>
   /** Some of the Redis-owned buckets from `cursor` ('0' starts; '0' returned: done). */
   owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }>
   ownedCount (): Promise<number>
@@ -139,4 +155,25 @@ export interface RedisDecider {
   markHandingBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>>
   /** Hand-back step 2 (merge committed): each bucket becomes a snapshot of its merged row. */
   handedBack (buckets: readonly OwnedBucket[], snapshots: ReadonlyArray<BucketSnapshot | null>): Promise<void>
+}
+
+/** What Redis answered when asked for a concurrency slot. */
+export type LeaseVerdict =
+  | { readonly kind: 'acquired', readonly inFlight: number }
+  | { readonly kind: 'refused', readonly inFlight: number }
+  | { readonly kind: 'unavailable' }
+
+/**
+ * Concurrency slots as leases in Redis (one sorted set per caller and policy: member = lease
+ * id, score = expiry on the Redis clock). A lease lives `leaseMs` unless renewed, so a gateway
+ * that dies without releasing its slots blocks its callers at most that long.
+ */
+export interface LeaseStore {
+  readonly enabled: boolean
+  /** Takes a slot if fewer than `limit` live leases exist. Never throws. */
+  acquire (policy: string, userId: string, limit: number, leaseId: string, leaseMs: number): Promise<LeaseVerdict>
+  /** Extends live leases by `leaseMs` (the ones still in flight). Never throws. */
+  renew (leases: ReadonlyArray<{ readonly policy: string, readonly userId: string, readonly leaseId: string }>, leaseMs: number): Promise<void>
+  /** Frees a slot. Never throws. */
+  release (policy: string, userId: string, leaseId: string): Promise<void>
 }

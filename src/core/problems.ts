@@ -7,6 +7,11 @@
 export const PROBLEM_TYPE = 'application/problem+json'
 export const QUOTA_EXCEEDED = 'https://iana.org/assignments/http-problem-types#quota-exceeded'
 
+export const TEMPORARY_REDUCED_CAPACITY = 'https://iana.org/assignments/http-problem-types#temporary-reduced-capacity'
+
+/** A policy named in a 429's detail and `violated-policies`. */
+export interface ViolatedPolicy { readonly name: string, readonly capacity: number, readonly windowSeconds: number }
+
 export interface Problem {
   type: string
   title: string
@@ -71,12 +76,13 @@ export const PROBLEMS = {
   REQUEST_TIMEOUT: kind({ status: 408, detail: () => 'The request was not received in time.' }),
   CONTENT_TOO_LARGE: kind({ status: 413, detail: say }),
   UNSUPPORTED_MEDIA_TYPE: kind({ status: 415, detail: say }),
+  /** `violated`: every policy that refused the request (none of them was charged), most restrictive first. */
   QUOTA_EXCEEDED: kind({
     status: 429,
     type: QUOTA_EXCEEDED,
-    detail: (policy: string, capacity: number, windowSeconds: number, retryAfterSeconds: number) =>
-      `Rate limit exceeded for policy "${policy}" (${capacity} requests per ${windowSeconds} s); retry in ${retryAfterSeconds} s.`,
-    extensions: (policy: string) => ({ 'violated-policies': [policy] })
+    detail: (violated: readonly ViolatedPolicy[], retryAfterSeconds: number) =>
+      `Rate limit exceeded for ${violated.length === 1 ? 'policy' : 'policies'} ${violated.map((v) => `"${v.name}" (${v.capacity} requests per ${v.windowSeconds} s)`).join(', ')}; retry in ${retryAfterSeconds} s.`,
+    extensions: (violated: readonly ViolatedPolicy[]) => ({ 'violated-policies': violated.map((v) => v.name) })
   }),
   /** Forwarded CORS preflights from one client address beyond proxy.preflightLimit (sent with Retry-After). */
   PREFLIGHT_LIMITED: kind({
@@ -89,8 +95,8 @@ export const PROBLEMS = {
   PROXY_INTERNAL: kind({ status: 500, detail: () => 'The gateway failed to handle this request.' }),
   CONTROL_INTERNAL: kind({ status: 500, detail: () => 'Internal error; see the gateway log.' }),
   UPSTREAM_UNREACHABLE: kind({ status: 502, detail: () => 'The upstream could not be reached or failed mid-response.' }),
-  /** Both stores unreachable and FAIL_MODE=closed (sent with Retry-After). */
-  STORES_UNAVAILABLE: kind({ status: 503, detail: () => 'The rate limiter cannot reach its stores; retry shortly.' }),
+  /** Both stores unreachable and FAIL_MODE=closed (sent with Retry-After): the IANA problem type for it. */
+  STORES_UNAVAILABLE: kind({ status: 503, type: TEMPORARY_REDUCED_CAPACITY, detail: () => 'The rate limiter cannot reach its stores; retry shortly.' }),
   UPSTREAM_TIMEOUT: kind({ status: 504, detail: (timeoutMs: number) => `The upstream did not answer within ${timeoutMs} ms.` })
 } as const
 

@@ -45,6 +45,16 @@ export function msUntilAffordable (tokens: number, policy: Policy, cost: number)
   return ((cost - tokens) * 1000) / policy.refillPerSecond
 }
 
+/**
+ * Milliseconds until the bucket holds one more whole token than it does now (never beyond
+ * capacity); 0 when it is full.
+ */
+export function msUntilNextToken (tokens: number, policy: Policy): number {
+  if (tokens >= policy.capacity) return 0
+  const next = Math.min(policy.capacity, Math.floor(Math.max(0, tokens) + EPSILON) + 1)
+  return (Math.max(0, next - tokens) * 1000) / policy.refillPerSecond
+}
+
 /** Milliseconds until the bucket is full. */
 export function msUntilFull (tokens: number, policy: Policy): number {
   if (tokens >= policy.capacity) return 0

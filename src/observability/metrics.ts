@@ -143,6 +143,20 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly refunds = new FastCounter({
+    name: 'gateway_refunds_total',
+    help: 'Tokens given back (policy refund: the upstream was unreachable or timed out, or answered 5xx; or a request of several policies refused after some were charged while PostgreSQL was down), by policy, reason (upstream-error, 5xx, group-refused) and result (refunded, failed: the store that charged it could not take it back).',
+    labelNames: ['policy', 'reason', 'result'] as const,
+    registers: [this.registry]
+  })
+
+  readonly concurrency = new FastCounter({
+    name: 'gateway_concurrency_slots_total',
+    help: 'Concurrency slots asked for (policy concurrency: N), by policy, result (acquired, refused) and decided_by (redis: a lease in Redis; gateway: this gateway\'s share while Redis is unavailable).',
+    labelNames: ['policy', 'result', 'decided_by'] as const,
+    registers: [this.registry]
+  })
+
   readonly allowListed = new FastCounter({
     name: 'gateway_allow_listed_requests_total',
     help: 'Requests from callers on the allow list, forwarded without touching a bucket.',

@@ -4,7 +4,7 @@
  * (src/stores/postgres/override-store.ts keeps it fresh), so applying one costs a map lookup: the decision
  * needs the effective numbers in the gateway anyway, for the Redis deny path and the headers.
  */
-import { makeLimitPolicy, type LimitPolicy } from './policy-set.ts'
+import { makeLimitPolicy, refundsOf, type LimitPolicy } from './policy-set.ts'
 
 export interface Override {
   readonly policy: string
@@ -64,5 +64,5 @@ export class OverrideTable {
 
 /** The configured policy with an override's numbers (and a cache name that says so). */
 export function effectivePolicy (policy: LimitPolicy, capacity: number | null, refillPerSecond: number | null): LimitPolicy {
-  return makeLimitPolicy(policy.name, capacity ?? policy.capacity, refillPerSecond ?? policy.refillPerSecond, policy.cost, policy.shadow)
+  return makeLimitPolicy(policy.name, capacity ?? policy.capacity, refillPerSecond ?? policy.refillPerSecond, policy.cost, policy.shadow, refundsOf(policy))
 }

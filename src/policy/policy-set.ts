@@ -5,7 +5,7 @@
  * and no allocation. Hot reload builds a new set and swaps it in whole (holder.ts).
  */
 import type { Policy } from '../core/domain.ts'
-import type { PolicyConfig } from './schema.ts'
+import { policyNames, type PolicyConfig } from './schema.ts'
 import { compilePathRule, hasPrefix, type PathRule } from './path.ts'
 
 /** A policy as configured: the bucket's numbers plus how requests routed to it are charged. */
@@ -14,6 +14,10 @@ export interface LimitPolicy extends Policy {
   readonly cost: number
   /** Decide and report, never refuse. */
   readonly shadow: boolean
+  /** Give the tokens back when the upstream was unreachable or timed out (502/504). */
+  readonly refundUpstreamError: boolean
+  /** Give the tokens back when the upstream answered 5xx. */
+  readonly refund5xx: boolean
   /**
    * Names this policy's cached snapshots. It carries the numbers, so a snapshot computed
    * under other numbers (before a reload or an override) is never projected under these:
@@ -22,10 +26,17 @@ export interface LimitPolicy extends Policy {
   readonly cacheName: string
 }
 
-/** What applies to one request: the policy, the cost, and the route that chose them. */
+/** What applies to one request: the policies, their costs, and the route that chose them. */
 export interface Resolution {
+  /** Every policy the request is charged against, all or nothing (one, unless configured as a list). */
+  readonly policies: readonly LimitPolicy[]
+  /** The cost each of them is charged (the route's, else each policy's own). */
+  readonly costs: readonly number[]
+  /** policies[0] and costs[0]. */
   readonly policy: LimitPolicy
   readonly cost: number
+  /** Concurrency policies of the list (slots, not buckets), usually none. */
+  readonly concurrency: readonly LimitPolicy[]
   /** Index in `routes`, or -1 for the default. */
   readonly route: number
 }
@@ -50,8 +61,25 @@ export function cacheNameOf (name: string, capacity: number, refillPerSecond: nu
   return `${name}@${capacity}/${refillPerSecond}`
 }
 
-export function makeLimitPolicy (name: string, capacity: number, refillPerSecond: number, cost: number, shadow: boolean): LimitPolicy {
-  return { name, capacity, refillPerSecond, cost, shadow, cacheName: cacheNameOf(name, capacity, refillPerSecond) }
+export type RefundOn = 'upstream-error' | '5xx'
+
+export function makeLimitPolicy (name: string, capacity: number, refillPerSecond: number, cost: number, shadow: boolean,
+  refund: readonly RefundOn[] = []): LimitPolicy {
+  return {
+    name,
+    capacity,
+    refillPerSecond,
+    cost,
+    shadow,
+    refundUpstreamError: refund.includes('upstream-error'),
+    refund5xx: refund.includes('5xx'),
+    cacheName: cacheNameOf(name, capacity, refillPerSecond)
+  }
+}
+
+/** The refund reasons a policy was built with. */
+export function refundsOf (policy: LimitPolicy): RefundOn[] {
+  return [...(policy.refundUpstreamError ? ['upstream-error' as const] : []), ...(policy.refund5xx ? ['5xx' as const] : [])]
 }
 
 export function parseUpstream (prefix: string, url: string, stripPrefix: boolean): UpstreamTarget {
@@ -108,17 +136,22 @@ export class PolicySet {
     const { limits } = config
     const policies = new Map<string, LimitPolicy>()
     const defaultDef = config.policies.default
-    policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false))
+    policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false, defaultDef?.refund ?? []))
     for (const [name, def] of Object.entries(config.policies)) {
       if (name === 'default') continue
-      policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow))
+      if (def.concurrency !== undefined) {
+        const n = def.concurrency
+        policies.set(name, { ...makeLimitPolicy(name, n, n, 1, false), concurrency: n })
+        continue
+      }
+      policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow, def.refund ?? []))
     }
     this.policies = policies
     this.defaultPolicy = policies.get('default')!
 
     const maxCost = new Map<string, number>()
     const charge = (r: Resolution): Resolution => {
-      maxCost.set(r.policy.name, Math.max(maxCost.get(r.policy.name) ?? 0, r.cost))
+      r.policies.forEach((p, i) => maxCost.set(p.name, Math.max(maxCost.get(p.name) ?? 0, r.costs[i]!)))
       return r
     }
     const get = (name: string): LimitPolicy => {
@@ -127,19 +160,23 @@ export class PolicySet {
       return p
     }
     const tierNames = Object.keys(config.tiers.sets)
-    const resolveFor = (policyName: string, cost: number | undefined, route: number, tier: string | null): Resolution => {
-      const target = tier === null ? policyName : config.tiers.sets[tier]![policyName] ?? policyName
-      const policy = get(target)
-      return charge({ policy, cost: cost ?? policy.cost, route })
+    const resolveFor = (policyNames: readonly string[], cost: number | undefined, route: number, tier: string | null): Resolution => {
+      const targets = policyNames.map((name) => tier === null ? name : config.tiers.sets[tier]![name] ?? name)
+      // A tier may map two of a list's policies to one: that bucket is charged once.
+      const all = [...new Set(targets)].map(get)
+      const chosen = all.filter((p) => p.concurrency === undefined)
+      const costs = chosen.map((p) => cost ?? p.cost)
+      return charge({ policies: chosen, costs, policy: chosen[0]!, cost: costs[0]!, route, concurrency: all.filter((p) => p.concurrency !== undefined) })
     }
 
-    this.#default = resolveFor('default', undefined, -1, null)
-    this.#tierDefaults = new Map(tierNames.map((t) => [t, resolveFor('default', undefined, -1, t)]))
+    const defaultNames = config.defaultPolicy ?? ['default']
+    this.#default = resolveFor(defaultNames, undefined, -1, null)
+    this.#tierDefaults = new Map(tierNames.map((t) => [t, resolveFor(defaultNames, undefined, -1, t)]))
     this.#routes = config.routes.map((r, i) => ({
       methods: r.methods === undefined ? null : new Set(r.methods),
       rule: compilePathRule(r.path),
-      base: resolveFor(r.policy, r.cost, i, null),
-      byTier: new Map(tierNames.map((t) => [t, resolveFor(r.policy, r.cost, i, t)]))
+      base: resolveFor(policyNames(r.policy), r.cost, i, null),
+      byTier: new Map(tierNames.map((t) => [t, resolveFor(policyNames(r.policy), r.cost, i, t)]))
     }))
     this.maxCost = maxCost
 
@@ -204,9 +241,12 @@ export class PolicySet {
         refill_per_second: p.refillPerSecond,
         cost: p.cost,
         shadow: p.shadow,
+        refund: refundsOf(p),
+        ...(p.concurrency === undefined ? {} : { concurrency: p.concurrency }),
         max_route_cost: this.maxCost.get(p.name) ?? p.cost
       })),
-      routes: this.#config.routes.map((r) => ({ methods: r.methods ?? null, path: r.path, policy: r.policy, ...(r.cost === undefined ? {} : { cost: r.cost }) })),
+      default_policy: this.#default.policies.map((p) => p.name),
+      routes: this.#config.routes.map((r) => ({ methods: r.methods ?? null, path: r.path, policy: r.policy.length === 1 ? r.policy[0] : r.policy, ...(r.cost === undefined ? {} : { cost: r.cost }) })),
       tiers: { header: this.tierHeader ?? null, trust_header_from: this.#config.tiers.trustHeaderFrom, claim: this.tierClaim ?? null, callers: this.#config.tiers.callers, sets: this.#config.tiers.sets },
       access: { allow: this.#config.access.allow, deny: this.#config.access.deny },
       upstreams: [

@@ -23,24 +23,47 @@ const pathRule = z.string().superRefine((value, ctx) => {
 })
 
 export const policyDefinition = z.strictObject({
+  /**
+   * A concurrency policy: at most this many requests of one caller in flight across all
+   * gateways (no token bucket: capacity, refillPerSecond, cost and refund do not apply).
+   */
+  concurrency: z.number().int().positive().optional(),
   /** Defaults: limits.capacity, limits.refillPerSecond, limits.cost. */
   capacity: positive.optional(),
   refillPerSecond: positive.optional(),
   /** Tokens a request routed here costs unless its route says otherwise. */
   cost: positive.optional(),
   /** Decide, count and log, but always forward. */
-  shadow: z.boolean().default(false)
+  shadow: z.boolean().default(false),
+  /**
+   * When the tokens a request spent are given back: `upstream-error` (the upstream was
+   * unreachable or timed out: 502/504), `5xx` (the upstream answered 5xx). None by default.
+   */
+  refund: z.array(z.enum(['upstream-error', '5xx'])).default([]).refine((l) => new Set(l).size === l.length, { message: 'names a reason twice' })
 })
 
 /** Exactly the methods the proxy accepts (src/core/methods.ts). */
 const METHODS = PROXIED_METHODS as [string, ...string[]]
+
+/**
+ * One policy, or several charged together (all or nothing: the request passes only if every
+ * bucket can pay). A list names each policy once.
+ */
+export const policyList = z.union([policyName, z.array(policyName).min(1).max(8)]).transform((p) => typeof p === 'string' ? [p] : p)
+  .refine((list) => new Set(list).size === list.length, { message: 'names a policy twice' })
+
+/** The names a route or the default charges, as a list. */
+export function policyNames (p: string | readonly string[]): readonly string[] {
+  return typeof p === 'string' ? [p] : p
+}
 
 export const routeRule = z.strictObject({
   /** Any method when absent. */
   methods: z.array(z.string().transform((m) => m.toUpperCase()).pipe(z.enum(METHODS))).min(1).optional(),
   /** A prefix (`/api`) or a pattern with `*` (one segment) and a final `**` (the rest). */
   path: pathRule.default('/'),
-  policy: policyName.default('default'),
+  /** A policy name or a list of them (`[burst, hourly, monthly]`). */
+  policy: policyList.default(['default']),
   cost: positive.optional()
 })
 
@@ -88,6 +111,8 @@ export const upstreamRoute = z.strictObject({
 
 export const policySections = {
   policies: z.record(policyName, policyDefinition).default({}),
+  /** What a request no route matches is charged: a policy or a list of them (default: `default`). */
+  defaultPolicy: policyList.default(['default']),
   routes: z.array(routeRule).default([]),
   tiers: tiers.prefault({}),
   access: access.prefault({}),
@@ -100,6 +125,7 @@ export interface PolicyConfig {
   upstreams: Array<z.output<typeof upstreamRoute>>
   access: z.output<typeof access>
   policies: Record<string, z.output<typeof policyDefinition>>
+  defaultPolicy: readonly string[]
   routes: Array<z.output<typeof routeRule>>
   tiers: z.output<typeof tiers>
 }
@@ -116,27 +142,51 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
   const capacityOf = (name: string): number => config.policies[name]?.capacity ?? config.limits.capacity
   const costOf = (name: string): number => config.policies[name]?.cost ?? config.limits.cost
 
+  const isConcurrency = (name: string): boolean => config.policies[name]?.concurrency !== undefined
   for (const [name, p] of Object.entries(config.policies)) {
+    if (p.concurrency !== undefined) {
+      if (name === 'default') issues.push({ path: ['policies', name, 'concurrency'], message: 'the default policy is a token bucket; name a concurrency policy of its own' })
+      for (const field of ['capacity', 'refillPerSecond', 'cost', 'shadow'] as const) {
+        if (field === 'shadow' ? p.shadow : p[field] !== undefined) issues.push({ path: ['policies', name, field], message: `a concurrency policy has no ${field}` })
+      }
+      if (p.refund.length > 0) issues.push({ path: ['policies', name, 'refund'], message: 'a concurrency policy has nothing to refund' })
+      continue
+    }
     const cost = p.cost ?? config.limits.cost
     if (cost > capacityOf(name)) issues.push({ path: ['policies', name, 'cost'], message: `cost ${cost} exceeds capacity ${capacityOf(name)} (such a request could never pass)` })
   }
-  // Every (route, tier) pair ends at some policy; its cost must fit that policy.
+  // Every (route, tier) pair ends at some policies; the cost must fit each of them.
   const tierMaps = Object.values(config.tiers.sets)
-  config.routes.forEach((route, i) => {
-    if (!known.has(route.policy)) {
-      issues.push({ path: ['routes', i, 'policy'], message: `unknown policy "${route.policy}"; known: ${list}` })
+  const shadowOf = (name: string): boolean => config.policies[name]?.shadow ?? false
+  const checkList = (names: readonly string[], cost: number | undefined, at: Array<string | number>): void => {
+    const unknown = names.filter((n) => !known.has(n))
+    if (unknown.length > 0) {
+      issues.push({ path: [...at, 'policy'], message: `unknown policy "${unknown[0]!}"; known: ${list}` })
       return
     }
     for (const map of [{}, ...tierMaps] as Array<Record<string, string>>) {
-      const target = map[route.policy] ?? route.policy
-      if (!known.has(target)) continue // reported under tiers
-      const cost = route.cost ?? costOf(target)
-      if (cost > capacityOf(target)) {
-        issues.push({ path: ['routes', i, 'cost'], message: `cost ${cost} exceeds the capacity ${capacityOf(target)} of policy "${target}" (such a request could never pass)` })
-        break
+      const targets = names.map((n) => map[n] ?? n)
+      if (targets.some((n) => !known.has(n))) continue // reported under tiers
+      if (targets.every(isConcurrency)) {
+        issues.push({ path: [...at, 'policy'], message: `names only concurrency policies (${targets.join(', ')}); add at least one rate policy` })
+        return
+      }
+      const rates = targets.filter((n) => !isConcurrency(n))
+      if (new Set(rates.map(shadowOf)).size > 1) {
+        issues.push({ path: [...at, 'policy'], message: `mixes shadow and enforced policies (${targets.join(', ')}); a request is either enforced or shadowed` })
+        return
+      }
+      for (const target of rates) {
+        const c = cost ?? costOf(target)
+        if (c > capacityOf(target)) {
+          issues.push({ path: [...at, 'cost'], message: `cost ${c} exceeds the capacity ${capacityOf(target)} of policy "${target}" (such a request could never pass)` })
+          return
+        }
       }
     }
-  })
+  }
+  checkList(config.defaultPolicy, undefined, ['defaultPolicy'])
+  config.routes.forEach((route, i) => { checkList(route.policy, route.cost, ['routes', i]) })
   for (const [tier, map] of Object.entries(config.tiers.sets)) {
     for (const [from, to] of Object.entries(map)) {
       if (!known.has(from)) issues.push({ path: ['tiers', 'sets', tier, from], message: `unknown policy "${from}"; known: ${list}` })

@@ -27,11 +27,11 @@ export function accessLogger (log: Logger, caller: 'raw' | 'hashed'): AccessLogg
       // one response at a time per connection, so the counter's growth is this response.
       bytes: request.raw.socket.bytesWritten - request.accessBytesAt,
       caller: request.accessCaller === null ? null : callerOf(request.accessCaller),
-      policy: d?.policy.name ?? null,
+      policy: d?.primary.policy.name ?? null,
       // allowed/limited: a bucket decided; shadow-*: a shadow policy; forwarded: no bucket
       // (allow list, CORS preflight); refused: answered before any bucket (400/401/403/405/503).
       decision: d !== null ? (d.allowed ? 'allowed' : 'limited') : request.shadow !== null ? `shadow-${request.shadow}` : forwarded ? 'forwarded' : 'refused',
-      source: d?.source ?? null,
+      source: d?.primary.source ?? null,
       upstream_status: request.upstreamMs >= 0 ? reply.statusCode : null,
       upstream_ms: request.upstreamMs >= 0 ? round(request.upstreamMs) : null
     }, 'request')

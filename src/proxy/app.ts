@@ -7,12 +7,13 @@ import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import { readFileSync } from 'node:fs'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Config } from '../config/schema.ts'
-import type { Decision } from '../core/domain.ts'
+import type { Verdict } from '../core/domain.ts'
 import type { Logger } from '../observability/log.ts'
 import { STATUS_CLASSES, type Metrics } from '../observability/metrics.ts'
 import type { Limiter } from '../limiter/limiter.ts'
+import type { ConcurrencyLimiter } from '../limiter/concurrency.ts'
 import { admit } from '../admission/admit.ts'
-import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
+import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, PartitionKeys, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
@@ -32,7 +33,8 @@ import type { Runtime } from '../admission/runtime.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
-    decision: Decision | null
+    /** Every bucket the request was charged against (null: not limited). */
+    decision: Verdict | null
     upstreamStartedAt: bigint
     /** Set for shadow-mode policies: what enforcement would have done. */
     shadow: 'allowed' | 'would-block' | 'unavailable' | null
@@ -40,6 +42,8 @@ declare module 'fastify' {
     upstreamOrigin: string
     /** Milliseconds until the upstream's response head (-1: no upstream response). */
     upstreamMs: number
+    /** The upstream could not be reached or timed out (answered 502/504 by the gateway). */
+    upstreamFailed: boolean
     /** Access log only (log.access): the caller id and the path as the client sent them. */
     accessCaller: string | null
     accessPath: string | null
@@ -51,6 +55,8 @@ declare module 'fastify' {
 export interface ProxyDeps {
   readonly config: Config
   readonly limiter: Limiter
+  /** Concurrency slots (policy concurrency: N); absent: not enforced. */
+  readonly concurrency?: ConcurrencyLimiter
   readonly metrics: Metrics
   readonly log: Logger
   /** The live configuration (policies, identity, upstreams); hot reload swaps it. */
@@ -79,17 +85,21 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.decorateRequest('shadow', null)
   app.decorateRequest('upstreamOrigin', '')
   app.decorateRequest('upstreamMs', -1)
+  app.decorateRequest('upstreamFailed', false)
   app.decorateRequest('accessCaller', null)
   app.decorateRequest('accessPath', null)
   app.decorateRequest('accessBytesAt', 0)
 
+  const pk = config.proxy.partitionKeySecret === undefined ? null : new PartitionKeys(config.proxy.partitionKeySecret)
+  const send = (reply: FastifyReply<any, any, any, any>, body: Problem, verdict: Verdict | null): void => sendProblem(reply, body, verdict, pk)
+
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const client = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500
     if (!client) request.log.error({ err }, 'request failed')
-    sendProblem(reply, client ? clientProblem(err.statusCode!, err.message) : problem('PROXY_INTERNAL'), request.decision)
+    send(reply, client ? clientProblem(err.statusCode!, err.message) : problem('PROXY_INTERNAL'), request.decision)
   })
 
-  const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides }
+  const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides, ...(deps.concurrency === undefined ? {} : { concurrency: deps.concurrency }) }
   const access = config.log.access ? accessLogger(deps.log.child({ log: 'access' }), config.log.accessCaller) : null
   const allowTrace = config.proxy.allowTrace
   const preflight = config.proxy.preflight
@@ -104,7 +114,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     }
     if (request.method === 'TRACE' && !allowTrace) {
       reply.header('allow', ALLOW)
-      sendProblem(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
+      send(reply, problem('METHOD_NOT_ALLOWED', 'TRACE'), null)
       return reply
     }
     // One read of the live configuration: this request sees all of one version.
@@ -113,7 +123,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     const peer = request.socket.remoteAddress
     if (preflight !== 'limit' && isPreflight(request.method, request.headers)) {
       if (preflight === 'refuse') {
-        sendProblem(reply, problem('PREFLIGHT_REFUSED'), null)
+        send(reply, problem('PREFLIGHT_REFUSED'), null)
         return reply
       }
       const address = clientAddress(peer, request.headers['x-forwarded-for'], runtime.trustedProxies)
@@ -121,7 +131,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       if (wait > 0) {
         metrics.rejectedRequests.inc({ reason: 'preflight-limit' })
         reply.header('retry-after', String(wait))
-        sendProblem(reply, problem('PREFLIGHT_LIMITED', wait), null)
+        send(reply, problem('PREFLIGHT_LIMITED', wait), null)
         return reply
       }
       toUpstream(request, set)
@@ -133,7 +143,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     if (!identity.ok) {
       metrics.rejectedRequests.inc({ reason: identity.reason })
       if (identity.status === 401) reply.header('www-authenticate', identity.reason === 'invalid-token' ? 'Bearer error="invalid_token"' : 'Bearer')
-      sendProblem(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : identity.reason === 'duplicate-header' ? 'DUPLICATE_HEADER' : 'CALLER_ID_INVALID', identity.detail), null)
+      send(reply, problem(identity.status === 401 ? 'TOKEN_INVALID' : identity.reason === 'duplicate-header' ? 'DUPLICATE_HEADER' : 'CALLER_ID_INVALID', identity.detail), null)
       return reply
     }
     let tierHeader: string | string[] | undefined
@@ -141,7 +151,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
       tierHeader = request.headers[set.tierHeader]
       if (isRepeated(tierHeader, request.raw.rawHeaders, set.tierHeader)) {
         metrics.rejectedRequests.inc({ reason: 'duplicate-header' })
-        sendProblem(reply, problem('DUPLICATE_HEADER', duplicateDetail(set.tierHeader)), null)
+        send(reply, problem('DUPLICATE_HEADER', duplicateDetail(set.tierHeader)), null)
         return reply
       }
       // Believed only from a trusted proxy unless tiers.trustHeaderFrom says any client.
@@ -159,26 +169,29 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     }, request.log as Logger)
     switch (admitted.kind) {
       case 'deny-listed':
-        sendProblem(reply, problem('CALLER_DENIED'), null)
+        send(reply, problem('CALLER_DENIED'), null)
         return reply
       case 'unavailable': {
         // Both stores down and FAIL_MODE=closed (docs/reliability.md).
         const closed = storesUnavailable(admitted.retryAfterSeconds)
         reply.headers(closed.headers)
-        sendProblem(reply, closed.body, null)
+        send(reply, closed.body, null)
         return reply
       }
       case 'limited': {
-        const d = admitted.decision
-        request.decision = d
-        const headers = rateLimitHeaders(d)
+        const v = admitted.verdict
+        request.decision = v
+        const headers = rateLimitHeaders(v, pk)
         reply.headers(headers)
-        reply.code(429).type(PROBLEM_TYPE).send(problem('QUOTA_EXCEEDED', d.policy.name, d.policy.capacity, windowSeconds(d.policy), Number(headers['retry-after'])))
+        const violated = v.violated.map((d) => ({ name: d.policy.name, capacity: d.policy.capacity, windowSeconds: windowSeconds(d.policy) }))
+        reply.code(429).type(PROBLEM_TYPE).send(problem('QUOTA_EXCEEDED', violated, Number(headers['retry-after'])))
         return reply
       }
       case 'forward':
+        // Concurrency slots are held until the response ends or the client leaves.
+        if (admitted.slots != null) { const slots = admitted.slots; reply.raw.once('close', () => { slots.release() }) }
         if (admitted.shadow !== null) request.shadow = admitted.shadow
-        else request.decision = admitted.decision
+        else request.decision = admitted.verdict
     }
     toUpstream(request, set)
   })
@@ -194,6 +207,12 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   app.addHook('onResponse', (request, reply, done) => {
     if (request.upstreamStartedAt !== 0n) {
       metrics.bound.proxied[STATUS_CLASSES[Math.floor(reply.statusCode / 100) - 1] ?? '5xx'].inc()
+      // Policy refunds (docs/policies.md): off the response path, by the store that charged.
+      const verdict = request.decision
+      if (verdict !== null && verdict.allowed) {
+        if (request.upstreamFailed) void limiter.refund(verdict, 'upstream-error')
+        else if (reply.statusCode >= 500 && request.upstreamMs >= 0) void limiter.refund(verdict, '5xx')
+      }
     }
     if (access !== null) access(request, reply)
     if (closing) setImmediate(() => app.server.closeIdleConnections())
@@ -242,7 +261,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
         dropHopByHop(headers)
         for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
         if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
-        if (request.decision !== null) writeRateLimitHeaders(headers, request.decision)
+        if (request.decision !== null) writeRateLimitHeaders(headers, request.decision, pk)
         return headers
       },
       onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
@@ -252,12 +271,13 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
           return
         }
         const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
+        reply.request.upstreamFailed = true
         metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
         // One line with the cause (reply-from wraps it in a 500 FastifyError; the client gets 502/504).
         const cause = (error.cause ?? error) as Error & { code?: string }
         reply.log.warn({ upstream: reply.request.upstreamOrigin, cause: cause.message, code: cause.code, status: timeout ? 504 : 502 }, timeout ? 'upstream timed out' : 'upstream unreachable')
         if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
-        sendProblem(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
+        send(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
       }
     }
   }
@@ -327,7 +347,7 @@ export function readTlsFiles (proxy: Config['proxy']): { cert: Buffer, key: Buff
   return { cert: read(proxy.tlsCertFile, 'tlsCertFile', 'TLS_CERT_FILE'), key: read(proxy.tlsKeyFile, 'tlsKeyFile', 'TLS_KEY_FILE') }
 }
 
-function sendProblem (reply: FastifyReply<any, any, any, any>, body: Problem, decision: Decision | null): void {
-  if (decision !== null) reply.headers(rateLimitHeaders(decision))
+function sendProblem (reply: FastifyReply<any, any, any, any>, body: Problem, verdict: Verdict | null, pk: PartitionKeys | null): void {
+  if (verdict !== null) reply.headers(rateLimitHeaders(verdict, pk))
   reply.code(body.status).type(PROBLEM_TYPE).send(body)
 }

@@ -3,7 +3,8 @@
  * `RateLimit`, Structured Field lists), the legacy `X-RateLimit-*` trio, and the seed's
  * `X-Data-Source`. Upstream headers of these names are dropped and replaced.
  */
-import type { Decision, Policy } from '../core/domain.ts'
+import { createHmac } from 'node:crypto'
+import type { Decision, Policy, Verdict } from '../core/domain.ts'
 
 export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'x-ratelimit-shadow'] as const
 
@@ -44,7 +45,7 @@ export function windowSeconds (policy: Policy): number {
   return Math.max(1, Math.ceil(policy.capacity / policy.refillPerSecond))
 }
 
-/** Structured Field string: the policy name is quoted, with `"` and `\` escaped. */
+/** Structured Field string: the policy name is quoted, with `"` and `\\` escaped. */
 function sfString (value: string): string {
   return '"' + value.replace(/[\\"]/g, '\\$&') + '"'
 }
@@ -59,29 +60,83 @@ function policyHeaders (p: Policy): PolicyHeaders {
   let h = perPolicy.get(p)
   if (h === undefined) {
     const quotedName = sfString(p.name)
-    h = { quotedName, policy: `${quotedName};q=${p.capacity};w=${windowSeconds(p)}`, limit: String(p.capacity) }
+    // A concurrency policy counts requests in flight: no window (draft-11's quota unit for it).
+    const policy = p.concurrency === undefined ? `${quotedName};q=${p.capacity};w=${windowSeconds(p)}` : `${quotedName};q=${p.concurrency};qu="concurrent-requests"`
+    h = { quotedName, policy, limit: String(p.capacity) }
     perPolicy.set(p, h)
   }
   return h
 }
 
-/** Sets the decision's headers on `target` (an upstream response's headers, or a fresh object). */
-export function writeRateLimitHeaders (target: Record<string, unknown>, d: Decision): void {
-  const p = policyHeaders(d.policy)
-  const remaining = String(Math.max(0, Math.floor(d.tokens + 1e-9)))
-  const reset = Math.ceil(d.resetAfterMs / 1000)
-  target['x-data-source'] = d.source
-  target['ratelimit-policy'] = p.policy
-  target.ratelimit = `${p.quotedName};r=${remaining};t=${reset}`
-  target['x-ratelimit-limit'] = p.limit
-  target['x-ratelimit-remaining'] = remaining
-  target['x-ratelimit-reset'] = String(reset)
-  if (!d.allowed) target['retry-after'] = String(retryAfterSeconds(d.retryAfterMs))
+/**
+ * draft-11's optional `pk` parameter: a Byte Sequence identifying the partition (the policy's
+ * bucket of this caller) without revealing the caller id: HMAC-SHA256 under a configured
+ * secret (proxy.partitionKeySecret), truncated to 16 bytes. Without the secret no one can tell
+ * which caller a key belongs to, or link one caller's keys across policies.
+ */
+export class PartitionKeys {
+  readonly #secret: string
+
+  constructor (secret: string) {
+    this.#secret = secret
+  }
+
+  of (policy: string, userId: string): string {
+    const digest = createHmac('sha256', this.#secret).update(policy).update('\0').update(userId).digest()
+    return ':' + digest.subarray(0, 16).toString('base64') + ':'
+  }
 }
 
-export function rateLimitHeaders (d: Decision): Record<string, string> {
+/** Whole seconds of draft-11's `t` for one bucket: until the cost can be paid (refused), else until the next whole token. */
+function effectiveWindow (d: Decision): number {
+  return d.allowed ? Math.ceil(d.nextTokenMs / 1000) : retryAfterSeconds(d.retryAfterMs)
+}
+
+function remainingOf (d: Decision): string {
+  return String(Math.max(0, Math.floor(d.tokens + 1e-9)))
+}
+
+function rateLimitItem (d: Decision, verdict: Verdict, pk: PartitionKeys | null): string {
+  // A concurrency slot frees when a request ends, not after a time: `t` only on a refusal (retry in 1 s).
+  const item = d.policy.concurrency !== undefined && d.allowed
+    ? `${policyHeaders(d.policy).quotedName};r=${remainingOf(d)}`
+    : `${policyHeaders(d.policy).quotedName};r=${remainingOf(d)};t=${effectiveWindow(d)}`
+  return pk === null ? item : `${item};pk=${pk.of(d.policy.name, verdict.userId)}`
+}
+
+/**
+ * Sets the verdict's headers on `target` (an upstream response's headers, or a fresh object):
+ * every bucket in `RateLimit-Policy` and `RateLimit` (SF lists, most restrictive first), the
+ * legacy trio for the most restrictive one, and Retry-After (the longest wait) on a refusal.
+ */
+export function writeRateLimitHeaders (target: Record<string, unknown>, verdict: Verdict, pk: PartitionKeys | null = null): void {
+  const primary = verdict.primary
+  const decisions = verdict.decisions
+  const p = policyHeaders(primary.policy)
+  const remaining = remainingOf(primary)
+  target['x-data-source'] = primary.source
+  if (decisions.length === 1) {
+    target['ratelimit-policy'] = p.policy
+    target.ratelimit = rateLimitItem(primary, verdict, pk)
+  } else {
+    let policy = p.policy
+    let limit = rateLimitItem(primary, verdict, pk)
+    for (let i = 1; i < decisions.length; i++) {
+      policy += ', ' + policyHeaders(decisions[i]!.policy).policy
+      limit += ', ' + rateLimitItem(decisions[i]!, verdict, pk)
+    }
+    target['ratelimit-policy'] = policy
+    target.ratelimit = limit
+  }
+  target['x-ratelimit-limit'] = p.limit
+  target['x-ratelimit-remaining'] = remaining
+  target['x-ratelimit-reset'] = String(Math.ceil(primary.resetAfterMs / 1000))
+  if (!verdict.allowed) target['retry-after'] = String(retryAfterSeconds(verdict.retryAfterMs))
+}
+
+export function rateLimitHeaders (verdict: Verdict, pk: PartitionKeys | null = null): Record<string, string> {
   const headers: Record<string, string> = {}
-  writeRateLimitHeaders(headers, d)
+  writeRateLimitHeaders(headers, verdict, pk)
   return headers
 }
 

@@ -115,7 +115,8 @@ export async function spawnGateway (t: TapLike, env: Record<string, string>, { s
     child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`gateway exited with ${code}:\n` + output.join('\n'))) })
   })
   const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
-    if (child.exitCode !== null) return child.exitCode
+    // Killed by a signal, a child has signalCode set and exitCode null: it will not exit again.
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode
     child.kill(signal)
     const [code] = await once(child, 'exit') as [number | null]
     return code

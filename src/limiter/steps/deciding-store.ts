@@ -32,4 +32,36 @@ export class AskPostgres {
     const source: DecisionSource = read.kind === 'snapshot' ? 'redis' : result.created ? 'new-user' : 'postgres'
     return makeDecision(request.policy, request.cost, result.allowed, snapshot.tokens, source, 'postgres')
   }
+
+  /**
+   * One request's buckets in one decision, all or nothing. Each Decision says whether its
+   * bucket could pay (`allowed`); the request passes only if all of them could.
+   */
+  async decideGroup (requests: readonly BucketRequest[], keys: readonly string[], reads: readonly CacheRead[]): Promise<Decision[]> {
+    const results = await this.#store.decideGroup(requests)
+    return results.map((result, i) => {
+      const request = requests[i]!
+      const key = keys[i]!
+      const snapshot = result.snapshot
+      this.#clock.observe(snapshot.atMs)
+      this.#cache.write(key, snapshot, fullRefillSeconds(request.policy), result.allowed ? request.cost : 0)
+      this.#overLimit?.remember(key, snapshot, request, this.#clock.nowMs())
+      const source: DecisionSource = reads[i]!.kind === 'snapshot' ? 'redis' : result.created ? 'new-user' : 'postgres'
+      return makeDecision(request.policy, request.cost, result.canPay, snapshot.tokens, source, 'postgres')
+    })
+  }
+
+  /**
+   * Gives PostgreSQL-charged buckets their cost back (never above capacity) and offers the
+   * raised snapshots to the cache: a newer snapshot replaces the cached one, so the cache does
+   * not keep refusing with the tokens the refund gave back. Rejects when PostgreSQL fails.
+   */
+  async refund (requests: readonly BucketRequest[], keys: readonly string[]): Promise<void> {
+    const snapshots = await this.#store.refund(requests)
+    snapshots.forEach((snapshot, i) => {
+      this.#clock.observe(snapshot.atMs)
+      this.#overLimit?.forget(keys[i]!)
+      this.#cache.write(keys[i]!, snapshot, fullRefillSeconds(requests[i]!.policy), 0)
+    })
+  }
 }

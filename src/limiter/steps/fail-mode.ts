@@ -62,4 +62,9 @@ export class FailMode {
     return makeDecision(policy, cost, d.allowed, d.tokens, 'local-fallback', 'gateway', d.share,
       cost > d.share.capacity ? this.#config.probeIntervalMs : undefined)
   }
+
+  /** Gives a local-fallback charge back to this gateway's share (never above it). */
+  refund (request: BucketRequest): boolean {
+    return this.#local.refund(request.policy, request.userId, request.cost)
+  }
 }

@@ -64,6 +64,17 @@ export class LocalBuckets {
     return { allowed: result.allowed, tokens: result.snapshot.tokens, share }
   }
 
+  /** Gives `cost` back to a bucket charged here, never above its share; false when it is gone (full). */
+  refund (policy: Policy, userId: string, cost: number): boolean {
+    const key = (policy.cacheName ?? policy.name) + '\n' + userId
+    const bucket = this.#buckets.get(key)
+    if (bucket === undefined) return false
+    const now = this.#now()
+    const tokens = Math.min(bucket.share.capacity, tokensAt(bucket, bucket.share, now) + cost)
+    this.#buckets.set(key, { tokens, atMs: Math.max(now, bucket.atMs), share: bucket.share })
+    return true
+  }
+
   /** Forget everything (the stores are back and decide again). */
   clear (): void {
     this.#buckets.clear()

@@ -35,4 +35,9 @@ export class RedisDecides {
     this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
     return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, 'redis-fallback', 'redis')
   }
+
+  /** Gives a charged bucket its tokens back (false: Redis could not, or no longer owns it). */
+  async refund (request: BucketRequest): Promise<boolean> {
+    return await this.#redis.refund(request)
+  }
 }

@@ -90,10 +90,53 @@ export class MemoryPostgres implements DecidingStore {
     if (tokens + EPSILON >= cost) {
       row.tokens = tokens - cost
       row.atMs = atMs
-      return { allowed: true, snapshot: { tokens: tokens - cost, atMs }, created }
+      return { allowed: true, canPay: true, snapshot: { tokens: tokens - cost, atMs }, created }
     }
     // A denial changes nothing: the stored row projects to the same tokens.
-    return { allowed: false, snapshot: { tokens, atMs }, created }
+    return { allowed: false, canPay: false, snapshot: { tokens, atMs }, created }
+  }
+
+  async refund (requests: readonly BucketRequest[]): Promise<BucketSnapshot[]> {
+    if (this.down) throw this.#fail('refund')
+    const now = this.#now()
+    return requests.map(({ policy, userId, cost }) => {
+      const row = this.#rows.get(rowKey(policy.name, userId))
+      if (row === undefined) return { tokens: policy.capacity, atMs: now }
+      const { tokens, atMs } = refill(row, policy.capacity, policy.refillPerSecond, now)
+      row.tokens = Math.min(policy.capacity, tokens + cost)
+      row.atMs = atMs
+      return { tokens: row.tokens, atMs }
+    })
+  }
+
+  /** migrations/006: the buckets are charged together or not at all. */
+  async decideGroup (requests: readonly BucketRequest[]): Promise<StoreDecision[]> {
+    this.decideCalls++
+    if (this.down) throw this.#fail('decide')
+    for (const { policy, userId } of requests) {
+      const key = rowKey(policy.name, userId)
+      for (let lock = this.#locks.get(key); lock !== undefined; lock = this.#locks.get(key)) await lock
+    }
+    if (this.down) throw this.#fail('decide')
+    const now = this.#now()
+    const states = requests.map(({ policy, userId, cost }) => {
+      const key = rowKey(policy.name, userId)
+      let row = this.#rows.get(key)
+      let created = false
+      if (row === undefined) {
+        row = { tokens: policy.capacity, atMs: now }
+        this.#rows.set(key, row)
+        created = true
+      }
+      const refilled = refill(row, policy.capacity, policy.refillPerSecond, now)
+      return { row, created, ...refilled, canPay: refilled.tokens + EPSILON >= cost, cost }
+    })
+    const allowed = states.every((s) => s.canPay)
+    return states.map((s) => {
+      const tokens = allowed ? s.tokens - s.cost : s.tokens
+      if (allowed) { s.row.tokens = tokens; s.row.atMs = s.atMs }
+      return { allowed, canPay: s.canPay, snapshot: { tokens, atMs: s.atMs }, created: s.created }
+    })
   }
 
   async peek (policy: string, userId: string): Promise<BucketPeek> {

@@ -194,6 +194,17 @@ export class MemoryRedis {
     return [allowed, tokens, now]
   }
 
+  /** REFUND of scripts.ts: true when the Redis-owned bucket got the tokens back. */
+  refundScript (key: string, amount: number, cap: number, rate: number, ttl: number): boolean {
+    const current = parseValue(this.get(key))
+    if (current === null || current.kind !== 'r') return false
+    let now = this.#now()
+    if (now < current.at) now = current.at
+    const tokens = Math.min(cap, refill(current.tokens, current.at, now, cap, rate) + amount)
+    this.set(key, num(tokens) + '|' + num(now) + '|r', ttl)
+    return true
+  }
+
   /** HAND_BACK of scripts.ts: the tokens now, or null where Redis does not own the bucket. */
   handBackScript (key: string, cap: number, rate: number, ttl: number): number | null {
     const current = parseValue(this.get(key))
@@ -294,6 +305,12 @@ export class MemoryRedisDecider implements RedisDecider {
       policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force)
     if (status === -1) return REDIS_HANDING_BACK
     return { kind: 'decided', allowed: status === 1, tokens }
+  }
+
+  async refund (request: BucketRequest): Promise<boolean> {
+    if (!this.available) return false
+    const { policy, userId, cost } = request
+    return this.#redis.refundScript(this.#redis.key(policy.cacheName ?? policy.name, userId), cost, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
   }
 
   /** SSCAN: the cursor is the last member returned, so members removed meanwhile skip nothing. */

@@ -20,7 +20,9 @@ import { migrate } from './migrate.ts'
 const TEXT = 25
 const FLOAT8 = 701
 
-interface DecideRow { o_idx: number, o_allowed: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
+const INT4 = 23
+
+interface DecideRow { o_idx: number, o_allowed: boolean, o_can_pay: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
 
 /** PostgreSQL did not answer (as opposed to answering with an error: auth, missing database, SQL). */
 export function isUnreachable (err: unknown): boolean {
@@ -32,7 +34,8 @@ export class PostgresStore implements DecidingStore {
   readonly health: StoreHealth
   readonly #metrics: Metrics
   readonly #log: Logger
-  readonly #batcher: Batcher<BucketRequest, StoreDecision>
+  /** One item per request: its buckets, decided all or nothing. */
+  readonly #batcher: Batcher<readonly BucketRequest[], StoreDecision[]>
   readonly #sockets: PoolSockets
   readonly #decisionTimeoutMs: number
   /** Everything off the request path (admin, hand-back, overrides) waits at most this long. */
@@ -120,32 +123,43 @@ export class PostgresStore implements DecidingStore {
     }
   }
 
-  decide (request: BucketRequest): Promise<StoreDecision> {
-    return this.#batcher.submit(request)
+  async decide (request: BucketRequest): Promise<StoreDecision> {
+    return (await this.#batcher.submit([request]))[0]!
   }
 
-  async #decideBatch (items: BucketRequest[]): Promise<StoreDecision[]> {
-    const n = items.length
+  decideGroup (requests: readonly BucketRequest[]): Promise<StoreDecision[]> {
+    return this.#batcher.submit(requests)
+  }
+
+  /** One round trip for the batch's requests: each request's buckets are one group (migrations/006). */
+  async #decideBatch (groups: Array<readonly BucketRequest[]>): Promise<StoreDecision[][]> {
+    let n = 0
+    for (const g of groups) n += g.length
+    const groupIds = new Array<number>(n)
     const policies = new Array<string>(n)
     const users = new Array<string>(n)
     const costs = new Array<number>(n)
     const capacities = new Array<number>(n)
     const rates = new Array<number>(n)
-    for (let i = 0; i < n; i++) {
-      const it = items[i]!
-      policies[i] = it.policy.name
-      users[i] = it.userId
-      costs[i] = it.cost
-      capacities[i] = it.policy.capacity
-      rates[i] = it.policy.refillPerSecond
+    let i = 0
+    for (let g = 0; g < groups.length; g++) {
+      for (const it of groups[g]!) {
+        groupIds[i] = g + 1
+        policies[i] = it.policy.name
+        users[i] = it.userId
+        costs[i] = it.cost
+        capacities[i] = it.policy.capacity
+        rates[i] = it.policy.refillPerSecond
+        i++
+      }
     }
     this.#metrics.storeOperations.inc({ store: 'postgres', operation: 'decide' })
-    this.#metrics.postgresBatchSize.observe(n)
+    this.#metrics.postgresBatchSize.observe(groups.length)
     let rows: DecideRow[]
     try {
       rows = await withDeadline(this.sql<DecideRow[]>`
-        SELECT o_idx, o_allowed, o_tokens, o_at_ms, o_created
-        FROM rate_limit_decide(${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
+        SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
+        FROM rate_limit_decide_groups(${this.sql.array(groupIds, INT4)}::int[], ${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
           ${this.sql.array(costs, FLOAT8)}::float8[], ${this.sql.array(capacities, FLOAT8)}::float8[], ${this.sql.array(rates, FLOAT8)}::float8[])`.execute(),
       this.#decisionTimeoutMs, 'postgres', 'decision', () => this.#expired('decide', this.#decisionTimeoutMs))
     } catch (err) {
@@ -154,10 +168,29 @@ export class PostgresStore implements DecidingStore {
       throw err instanceof StoreFailure ? err : new StoreFailure('postgres', 'PostgreSQL could not decide', { cause: err })
     }
     this.health.succeeded()
-    const out = new Array<StoreDecision>(n)
+    const flat = new Array<StoreDecision>(n)
     for (const r of rows) {
-      out[r.o_idx - 1] = { allowed: r.o_allowed, snapshot: { tokens: r.o_tokens, atMs: r.o_at_ms }, created: r.o_created }
+      flat[r.o_idx - 1] = { allowed: r.o_allowed, canPay: r.o_can_pay, snapshot: { tokens: r.o_tokens, atMs: r.o_at_ms }, created: r.o_created }
     }
+    const out = new Array<StoreDecision[]>(groups.length)
+    let at = 0
+    for (let g = 0; g < groups.length; g++) {
+      const size = groups[g]!.length
+      out[g] = flat.slice(at, at + size)
+      at += size
+    }
+    return out
+  }
+
+  /** rate_limit_refund (migrations/006): each bucket gets its cost back, never above capacity. */
+  async refund (requests: readonly BucketRequest[]): Promise<BucketSnapshot[]> {
+    const rows = await this.#counted('refund', async () => await this.sql<Array<{ o_idx: number, o_tokens: number, o_at_ms: number }>>`
+      SELECT o_idx, o_tokens, o_at_ms FROM rate_limit_refund(
+        ${this.sql.array(requests.map((r) => r.policy.name), TEXT)}::text[], ${this.sql.array(requests.map((r) => r.userId), TEXT)}::text[],
+        ${this.sql.array(requests.map((r) => r.cost), FLOAT8)}::float8[], ${this.sql.array(requests.map((r) => r.policy.capacity), FLOAT8)}::float8[],
+        ${this.sql.array(requests.map((r) => r.policy.refillPerSecond), FLOAT8)}::float8[])`.execute())
+    const out = new Array<BucketSnapshot>(requests.length)
+    for (const r of rows) out[r.o_idx - 1] = { tokens: r.o_tokens, atMs: Number(r.o_at_ms) }
     return out
   }
 

@@ -117,6 +117,25 @@ export class RedisDecider implements RedisDeciderPort {
     return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]) }
   }
 
+  /** Gives `request.cost` tokens back to a bucket Redis charged; false when Redis could not. */
+  async refund (request: BucketRequest): Promise<boolean> {
+    const client = this.#client
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return false
+    const { policy, userId, cost } = request
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'refund' })
+    try {
+      const [status] = await client.rlRefund(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, fullRefillSeconds(policy))
+      this.#breaker.success()
+      return status === 1
+    } catch (err) {
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'refund' })
+      this.#health.failed(err)
+      return false
+    }
+  }
+
   /** Some of the Redis-owned buckets (SSCAN: never blocks Redis on a large set). */
   async owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }> {
     const client = this.#requireClient()

@@ -118,6 +118,24 @@ return {allowed, num(tokens), num(now)}
 `
 
 /**
+ * A refund to a bucket Redis charged (PostgreSQL down): the tokens go back, never above
+ * capacity. Only a Redis-owned bucket is refunded: one being handed back or handed back has its
+ * state in PostgreSQL now (the refund is given up there: it errs towards fewer tokens), and a
+ * missing one is full. KEYS[1] bucket. ARGV: tokens to give back, capacity, rate, ttl.
+ * Returns {1, tokens} when refunded, {0, ''} otherwise.
+ */
+const REFUND = HELPERS + `
+local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+if kind ~= 'r' then return {0, ''} end
+local cap = tonumber(ARGV[2])
+local now = now_ms()
+if now < at then now = at end
+tokens = math.min(cap, refill(tokens, at, now, cap, tonumber(ARGV[3])) + tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
+return {1, num(tokens)}
+`
+
+/**
  * Hand-back, step 1 (the PostgreSQL row is locked by the caller): mark a Redis-owned bucket
  * as being handed back and return its tokens refilled to now. KEYS[1] bucket.
  * ARGV: capacity, rate, ttl. Returns {1, tokens} or {0, ''} when Redis does not own it.
@@ -154,6 +172,7 @@ export interface ScriptedRedis extends Redis {
   rlDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number,
     dbNowMs: number, force: 0 | 1) => Reply<[number, string, string]>
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
+  rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
 }
 
@@ -162,6 +181,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlWriteMany', { lua: WRITE_MANY })
   client.defineCommand('rlDecide', { numberOfKeys: 1, lua: DECIDE })
   client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
+  client.defineCommand('rlRefund', { numberOfKeys: 1, lua: REFUND })
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
   return client as ScriptedRedis
 }
