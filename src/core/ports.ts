@@ -108,6 +108,12 @@ export interface SnapshotCache {
    * stored and the charge is applied to Redis's state instead, so neither store's spending is lost.
    */
   write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void
+  /**
+   * Resolves when the snapshot writes this process has sent so far are applied (or failed):
+   * Redis must not take a bucket over while this process's last PostgreSQL decision of it is
+   * still on its way there (the decider has a connection of its own). Never rejects.
+   */
+  settled (): Promise<void>
   /** Removes a snapshot (a bucket was raised: reset, override); throws when Redis fails. */
   remove (key: string): Promise<void>
   /** Readiness: 'disabled' when no Redis is configured. */

@@ -247,6 +247,8 @@ export class Limiter {
   /** Steps 4 and 5: Redis decides; where it cannot, PostgreSQL if it is up, else the fail mode. */
   async #withoutPostgres (request: BucketRequest, key: string): Promise<Decision> {
     if (this.#fallback.redisDecides) {
+      // What PostgreSQL last decided here must reach Redis before Redis takes the bucket over.
+      await this.#cache.settled()
       let outcome = await this.#redisDecides.decide(request, false)
       if (outcome === 'handing-back') {
         // Another gateway is merging this bucket into PostgreSQL: PostgreSQL answers once the

@@ -258,6 +258,9 @@ export class MemorySnapshotCache implements SnapshotCache {
     return Number.isFinite(tokens) && Number.isFinite(atMs) ? { kind: 'snapshot', tokens, atMs } : CACHE_MISS
   }
 
+  /** Writes apply at once here. */
+  async settled (): Promise<void> {}
+
   write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void {
     const r = this.#redis
     if (!r.enabled || r.down) return

@@ -30,6 +30,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   readonly #prefix: string
   readonly #metrics: Metrics
   #closing = false
+  #lastWrite: Promise<void> = Promise.resolve()
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
@@ -128,11 +129,20 @@ export class RedisSnapshotCache implements SnapshotCache {
     const client = this.client
     if (client === null || client.status !== 'ready' || this.#breaker.open) return
     if (this.#writes !== null) {
-      this.#writes.submit({ key, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
+      this.#lastWrite = this.#writes.submit({ key, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
-    client.rlWrite(key, encode(snapshot), ttlSeconds, charge).catch((err: unknown) => this.#failed('set', err))
+    this.#lastWrite = client.rlWrite(key, encode(snapshot), ttlSeconds, charge).then(() => {}, (err: unknown) => this.#failed('set', err))
+  }
+
+  /**
+   * Resolves once the snapshot writes sent so far have been applied or have failed (each is
+   * bounded by the command timeout). On one server they travel in order on one connection, so
+   * the last one answering means all have; on a Cluster this waits for the last one only.
+   */
+  async settled (): Promise<void> {
+    await this.#lastWrite
   }
 
   /** One round trip for every read waiting (single server). */
