@@ -74,3 +74,12 @@ t.test('checkPhase: failures, explanation, latency', async (t) => {
   t.equal(figures.overAdmittedCaller, null)
   t.equal(percentile([1, 2, 3, 4, 100], 99), 100)
 })
+
+t.test('a slow allowance may have taken its token late: the refusal after it is not wrong', async (t) => {
+  const one = { capacity: 1, ratePerSecond: 1, clockUncertaintyMs: 0 }
+  // Allowed, answered 600 ms later: it may have been charged at 600, so at 1100 half a token.
+  const history = [req(0, 201, 600), req(1100, 429, 1102)]
+  t.equal(wrongRefusals(history, one).length, 0, 'refusal explained by a late charge')
+  history.push(req(1700, 429, 1702))
+  t.equal(wrongRefusals(history, one).length, 1, 'a full second after the latest possible charge: wrong')
+})

@@ -17,8 +17,9 @@
  *
  * Wrong refusals: a refusal is wrong if a reference bucket replayed from the allowed history
  * holds, at the refusal's earliest possible decision time, at least its cost plus a margin of
- * rate × u, even when every allowance that could have been decided before the refusal's latest
- * decision time is charged as early as possible (the lowest level the history allows).
+ * rate × u, even when every allowance is charged at the time within its interval that leaves
+ * the fewest tokens (the lowest level the history allows: charges as late as possible, counting
+ * those that may still have been in flight).
  */
 
 export interface RequestRecord {
@@ -77,27 +78,28 @@ export function overAdmission (records: RequestRecord[], o: CheckOptions): OverA
   return best
 }
 
-/** Refusals (429) that the reference bucket says the caller could pay, with the margin. */
+/**
+ * Refusals (429) that the reference bucket says the caller could pay, with the margin.
+ * The bucket's level at t is min(C, min over s ≤ t of C + rate (t − s) − charges in [s, t]). For
+ * its lowest value the history allows, every allowance that could have been decided in [s, T]
+ * (its widened interval [a, b] meets it: a ≤ T and b ≥ s) is charged, where t and T are the
+ * refusal's earliest and latest decision times; the extremal s are the allowances' b.
+ */
 export function wrongRefusals (records: RequestRecord[], o: CheckOptions): RequestRecord[] {
   const u = o.clockUncertaintyMs
   const rate = o.ratePerSecond / 1000
-  const allowed = records.filter((r) => isAllowed(r, o)).map((r) => ({ a: r.sentMs - u, c: r.cost })).sort((x, y) => x.a - y.a)
-  // Level at t, lowest the history allows: min(C, min over m of C + rate (t − a_m) − Σ_{k ≥ m, a_k ≤ T} c_k).
-  const prefix = [0]
-  for (const r of allowed) prefix.push(prefix.at(-1)! + r.c)
-  // q[k] = min over m < k of (prefix[m] − rate a_m)
-  const q: number[] = [Infinity]
-  for (let m = 0; m < allowed.length; m++) q.push(Math.min(q[m]!, prefix[m]! - rate * allowed[m]!.a))
-  const countUpTo = (t: number): number => { // allowances with a ≤ t
-    let lo = 0; let hi = allowed.length
-    while (lo < hi) { const mid = (lo + hi) >> 1; if (allowed[mid]!.a <= t) lo = mid + 1; else hi = mid }
-    return lo
-  }
+  const allowed = records.filter((r) => isAllowed(r, o)).map((r) => ({ a: r.sentMs - u, b: r.answeredMs + u, c: r.cost })).sort((x, y) => y.b - x.b)
   const margin = rate * u
   return records.filter((r) => r.status === 429).filter((r) => {
     const t = r.sentMs - u
-    const k = countUpTo(r.answeredMs + u)
-    const level = Math.min(o.capacity, k === 0 ? o.capacity : o.capacity + rate * t - prefix[k]! + q[k]!)
+    const latest = r.answeredMs + u
+    let level = o.capacity
+    let charged = 0
+    for (const x of allowed) { // latest b first: the charges in [x.b, latest] accumulate
+      if (x.a > latest) continue
+      charged += x.c
+      level = Math.min(level, o.capacity + rate * (t - x.b) - charged)
+    }
     return level >= r.cost + margin
   })
 }
