@@ -59,7 +59,7 @@ export async function timelineSvg (input: TimelineInput): Promise<string> {
         encoding: {
           x: { field: 't', type: 'quantitative', title: 'seconds (fault shaded)' },
           y: { field: 'n', type: 'quantitative', stack: 'zero', title: 'requests per 100 ms' },
-          color: { field: 'series', type: 'nominal', title: 'outcome, X-Data-Source' }
+          color: { field: 'series', type: 'nominal', title: 'outcome, X-Data-Source', legend: { labelLimit: 240 } }
         }
       }
     ]
