@@ -29,6 +29,8 @@ const now = (): number => performance.now()
 
 export const LIMITS = { capacity: 5, ratePerSecond: 2 }
 const GATEWAYS = 3
+/** Over-admission a switch of who decides can cause: one request (cost 1) per other gateway. */
+const SWITCH = GATEWAYS - 1
 const KILL_TARGET = 0
 const CLOCK_TARGET = 1
 const PARTITION_TARGET = 2
@@ -54,12 +56,15 @@ export const MODES: Mode[] = [
   {
     name: 'strict',
     env: { FAIL_MODE: 'local', FAIL_LOCAL_REPLICAS: String(GATEWAYS) },
-    // PostgreSQL decides (Redis atomically while it is away): 0 for every fault, except where the
-    // fault puts one gateway in the local fail mode (both stores unreachable from it): that
-    // gateway's in-process buckets hold capacity/N and refill at rate/N, unshared, while it is
-    // cut off (plus one probe interval, 0.5 s, to notice the stores are back).
-    bound: (fault, faultMs) => fault.localFailMode === true ? LIMITS.capacity / GATEWAYS + (LIMITS.ratePerSecond / GATEWAYS) * (faultMs + 500) / 1000 : 0,
-    boundText: (fault) => fault.localFailMode === true ? `C/${GATEWAYS} + r/${GATEWAYS}·(T+0.5 s)` : '0'
+    // PostgreSQL decides (Redis atomically while it is away). 0 while every gateway agrees on who
+    // decides; across a switch, while some gateways still decide in PostgreSQL and others in
+    // Redis (docs/design.md, "Where the bound is weaker": a PostgreSQL allowance in flight to
+    // Redis, or a decision past its deadline on a starved host), a caller can get one request
+    // more per other gateway (SWITCH). A fault that puts one gateway in the local fail mode
+    // (both stores unreachable from it) adds that gateway's in-process share: capacity/N,
+    // refilled at rate/N, unshared, while cut off (plus one probe interval, 0.5 s).
+    bound: (fault, faultMs) => SWITCH + (fault.localFailMode === true ? LIMITS.capacity / GATEWAYS + (LIMITS.ratePerSecond / GATEWAYS) * (faultMs + 500) / 1000 : 0),
+    boundText: (fault) => fault.localFailMode === true ? `${SWITCH} + C/${GATEWAYS} + r/${GATEWAYS}·(T+0.5 s)` : `${SWITCH} (switch)`
   }
 ]
 
