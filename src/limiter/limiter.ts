@@ -11,41 +11,25 @@
  * The limiter sees the stores only through the ports of src/core/ports.ts.
  */
 import type { Config } from '../config/schema.ts'
-import { makeDecision, makeVerdict } from '../core/decision.ts'
+import { makeVerdict } from '../core/decision.ts'
 import type { Decision, Policy, Verdict } from '../core/domain.ts'
-import { tokensAt } from '../core/token-bucket.ts'
-import { CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type BucketRequest, type CacheRead, type DecidingStore, type RedisDecider, type SnapshotCache } from '../core/ports.ts'
+import { CACHE_MISS, HANDING_BACK, REDIS_OWNED, type BucketRequest, type SnapshotCache } from '../core/ports.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import { DbClock } from './db-clock.ts'
 import { DecidingMode, type Mode } from './mode.ts'
+import { GroupFlow } from './group.ts'
 import { Outage } from './outage.ts'
+import { Refunds } from './refund.ts'
 import { recordDecision } from './record.ts'
 import { AskPostgres } from './steps/deciding-store.ts'
-import { FailMode, type FailModeDeciding } from './steps/fail-mode.ts'
+import { FailMode } from './steps/fail-mode.ts'
 import { OverLimitCache } from './steps/over-limit.ts'
 import { RedisDecides } from './steps/redis-decides.ts'
 import { DENY_MARGIN_MS, snapshotDeny } from './steps/snapshot-deny.ts'
 
-export interface LimiterPorts {
-  readonly store: DecidingStore
-  readonly cache: SnapshotCache
-  readonly redis: RedisDecider
-}
-
-export interface LimiterOptions {
-  readonly fallback: Config['fallback']
-  readonly localDenyCache?: Config['localDenyCache']
-  readonly metrics: Metrics
-  readonly log: Logger
-  /**
-   * This host's clock in milliseconds, for the database clock estimate and the local fail-mode
-   * buckets (tests control time with it). Default: Date.now and performance.now.
-   */
-  readonly now?: () => number
-}
-
-export type Deciding = 'redis-fallback' | FailModeDeciding
+import type { Deciding, LimiterOptions, LimiterPorts } from './options.ts'
+export type { Deciding, LimiterOptions, LimiterPorts } from './options.ts'
 
 export class Limiter {
   readonly clock: DbClock
@@ -58,6 +42,8 @@ export class Limiter {
   readonly #postgres: AskPostgres
   readonly #redisDecides: RedisDecides
   readonly #failMode: FailMode
+  readonly #group: GroupFlow
+  readonly #refunds: Refunds
   #fallback: Config['fallback']
 
   constructor (ports: LimiterPorts, options: LimiterOptions) {
@@ -74,6 +60,12 @@ export class Limiter {
     this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit)
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
     this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
+    this.#refunds = new Refunds({ cache: ports.cache, postgres: this.#postgres, redisDecides: this.#redisDecides, failMode: this.#failMode, metrics, log })
+    this.#group = new GroupFlow({
+      cache: ports.cache, clock: this.clock, outage: this.#outage, overLimit: this.#overLimit, postgres: this.#postgres, metrics,
+      withoutPostgres: async (request, key) => await this.#withoutPostgres(request, key),
+      giveBack: async (request, charged) => await this.#refunds.giveBack(request, charged)
+    })
   }
 
   /** `log`: the request's logger, so the decision's log line carries its request id. */
@@ -98,127 +90,10 @@ export class Limiter {
     }
     const started = process.hrtime.bigint()
     const keys = requests.map((r) => this.#cache.key(r.policy.cacheName ?? r.policy.name, userId))
-    const verdict = makeVerdict(await this.#decideGroup(requests, keys), userId)
+    const verdict = makeVerdict(await this.#group.decide(requests, keys), userId)
     // One series per request, as for one policy: the most restrictive (on a refusal, a refusing) bucket.
     recordDecision(this.#metrics, verdict.primary, userId, started, log)
     return verdict
-  }
-
-  async #decideGroup (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
-    // 1. Over-limit cache: one remembered refusal refuses the request.
-    if (this.#overLimit !== null) {
-      const now = this.clock.nowMs()
-      const local = requests.map((r, i) => this.#overLimit!.refuse(keys[i]!, r, now))
-      if (local.some((d) => d !== null)) return await this.#refusedEarly(requests, keys, local, null)
-    }
-    if (!this.#outage.down) {
-      // 2. Snapshot deny: the reads of one turn share one MGET; any snapshot that cannot pay refuses at once.
-      const reads = await Promise.all(keys.map(async (k) => await this.#cache.read(k)))
-      const now = this.clock.nowMs()
-      const denied = requests.map((r, i) => snapshotDeny(reads[i]!, r, now))
-      if (denied.some((d) => d !== null)) {
-        denied.forEach((d, i) => { const read = reads[i]!; if (d !== null && read.kind === 'snapshot') this.#overLimit?.remember(keys[i]!, read, requests[i]!, now) })
-        return await this.#refusedEarly(requests, keys, denied, reads)
-      }
-      if (reads.some((r) => r === REDIS_OWNED)) {
-        // Redis decides one of them: Redis decides the request (below), bucket by bucket.
-        this.#outage.redisOwnedSeen()
-      } else {
-        if (reads.some((r) => r === HANDING_BACK)) this.#outage.redisOwnedSeen()
-        try {
-          // 3. PostgreSQL decides all of them in one transaction (migrations/006).
-          return await this.#postgres.decideGroup(requests, keys, reads)
-        } catch (err) {
-          this.#outage.failed(err)
-        }
-      }
-    }
-    return await this.#groupWithoutPostgres(requests, keys)
-  }
-
-  /**
-   * Steps 4 and 5 for several buckets: each is decided by Redis (or the fail mode) in turn, and
-   * the first refusal stops the request; the buckets already charged for it are given back by
-   * the store that charged them (best effort: a refund that cannot be made errs towards fewer
-   * tokens). Buckets not reached are reported from their cached snapshot, or as full.
-   */
-  async #groupWithoutPostgres (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
-    const out: Array<Decision | null> = requests.map(() => null)
-    for (let i = 0; i < requests.length; i++) {
-      const d = await this.#withoutPostgres(requests[i]!, keys[i]!)
-      out[i] = d
-      if (!d.allowed) {
-        const charged = out.slice(0, i) as Decision[]
-        await Promise.all(charged.map(async (c, j) => {
-          const done = await this.#giveBack(requests[j]!, c)
-          this.#metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
-        }))
-        return await this.#refusedEarly(requests, keys, out, null, charged)
-      }
-    }
-    return out as Decision[]
-  }
-
-  /**
-   * A request refused before (or without) charging every bucket: the refusing buckets say so;
-   * the others are reported as they stand (their cached snapshot, else full), uncharged.
-   * `given`: decisions that were charged and have just been given back.
-   */
-  async #refusedEarly (requests: readonly BucketRequest[], keys: readonly string[], refused: ReadonlyArray<Decision | null>,
-    reads: readonly CacheRead[] | null, given: readonly Decision[] = []): Promise<Decision[]> {
-    const known = reads ?? (this.#outage.down ? requests.map(() => CACHE_SKIPPED) : await Promise.all(keys.map(async (k) => await this.#cache.read(k))))
-    const now = this.clock.nowMs()
-    return requests.map((r, i) => {
-      const d = refused[i]
-      if (d !== null && d !== undefined && !d.allowed) return d
-      if (d !== null && d !== undefined) {
-        const back = given.includes(d) ? Math.min(r.policy.capacity, d.tokens + r.cost) : d.tokens
-        return makeDecision(r.policy, r.cost, true, back, d.source, d.decidedBy)
-      }
-      const read = known[i]!
-      const tokens = read.kind === 'snapshot' ? tokensAt(read, r.policy, now) : r.policy.capacity
-      return makeDecision(r.policy, r.cost, true, tokens, read.kind === 'snapshot' ? 'redis' : 'postgres', read.kind === 'snapshot' ? 'redis' : 'postgres')
-    })
-  }
-
-  /**
-   * A policy refund (the upstream failed): the buckets of an allowed request whose policy says
-   * so get their cost back, each from the store that charged it, never above capacity. Counted
-   * in gateway_refunds_total; off the response path (never throws).
-   */
-  async refund (verdict: Verdict, reason: 'upstream-error' | '5xx'): Promise<void> {
-    if (!verdict.allowed) return
-    const due = verdict.decisions.filter((d) => d.source !== 'fail-open' && (reason === '5xx' ? d.policy.refund5xx : d.policy.refundUpstreamError) === true)
-    if (due.length === 0) return
-    const requests = due.map((d) => ({ policy: d.policy, userId: verdict.userId, cost: d.cost }))
-    const results = new Array<boolean>(due.length).fill(false)
-    // PostgreSQL's in one round trip; the others (Redis, this gateway's share) one by one.
-    const pg = due.map((d, i) => d.decidedBy === 'postgres' ? i : -1).filter((i) => i >= 0)
-    if (pg.length > 0) {
-      try {
-        await this.#postgres.refund(pg.map((i) => requests[i]!), pg.map((i) => this.#cache.key(requests[i]!.policy.cacheName ?? requests[i]!.policy.name, verdict.userId)))
-        for (const i of pg) results[i] = true
-      } catch (err) {
-        this.#log.warn({ err, user_id: verdict.userId }, 'refund failed: PostgreSQL did not take the tokens back')
-      }
-    }
-    await Promise.all(due.map(async (d, i) => { if (d.decidedBy !== 'postgres') results[i] = await this.#giveBack(requests[i]!, d) }))
-    due.forEach((d, i) => this.#metrics.refunds.inc({ policy: d.policy.name, reason, result: results[i] ? 'refunded' : 'failed' }))
-  }
-
-  /** Gives a charged bucket's tokens back to the store that charged it (never above capacity). */
-  async #giveBack (request: BucketRequest, charged: Decision): Promise<boolean> {
-    switch (charged.decidedBy) {
-      case 'redis': return await this.#redisDecides.refund(request)
-      case 'gateway': return charged.source === 'local-fallback' && this.#failMode.refund(request)
-      case 'postgres':
-        try {
-          await this.#postgres.refund([request], [this.#cache.key(request.policy.cacheName ?? request.policy.name, request.userId)])
-          return true
-        } catch {
-          return false
-        }
-    }
   }
 
   async #decide (request: BucketRequest, key: string): Promise<Decision> {
@@ -242,6 +117,11 @@ export class Limiter {
       }
     }
     return await this.#withoutPostgres(request, key)
+  }
+
+  /** A policy refund after the upstream failed (refund.ts); off the response path, never throws. */
+  async refund (verdict: Verdict, reason: 'upstream-error' | '5xx'): Promise<void> {
+    await this.#refunds.refund(verdict, reason)
   }
 
   /** Steps 4 and 5: Redis decides; where it cannot, PostgreSQL if it is up, else the fail mode. */

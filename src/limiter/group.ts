@@ -1,0 +1,113 @@
+/**
+ * Several buckets for one request (a plan's burst, hourly and monthly limits), all or nothing:
+ * the limiter's steps (limiter.ts) applied to a group. docs/policies.md, "Several policies on
+ * one request", says where each step decides.
+ */
+import { makeDecision } from '../core/decision.ts'
+import type { Decision } from '../core/domain.ts'
+import { CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type BucketRequest, type CacheRead, type SnapshotCache } from '../core/ports.ts'
+import { tokensAt } from '../core/token-bucket.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import type { DbClock } from './db-clock.ts'
+import type { Outage } from './outage.ts'
+import type { AskPostgres } from './steps/deciding-store.ts'
+import type { OverLimitCache } from './steps/over-limit.ts'
+import { snapshotDeny } from './steps/snapshot-deny.ts'
+
+export interface GroupSteps {
+  readonly cache: SnapshotCache
+  readonly clock: DbClock
+  readonly outage: Outage
+  readonly overLimit: OverLimitCache | null
+  readonly postgres: AskPostgres
+  readonly metrics: Metrics
+  /** Steps 4 and 5 for one bucket (the limiter's). */
+  readonly withoutPostgres: (request: BucketRequest, key: string) => Promise<Decision>
+  /** Gives a charged bucket's tokens back to the store that charged it. */
+  readonly giveBack: (request: BucketRequest, charged: Decision) => Promise<boolean>
+}
+
+export class GroupFlow {
+  readonly #d: GroupSteps
+
+  constructor (steps: GroupSteps) {
+    this.#d = steps
+  }
+
+  async decide (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
+    // 1. Over-limit cache: one remembered refusal refuses the request.
+    if (this.#d.overLimit !== null) {
+      const now = this.#d.clock.nowMs()
+      const local = requests.map((r, i) => this.#d.overLimit!.refuse(keys[i]!, r, now))
+      if (local.some((d) => d !== null)) return await this.#refusedEarly(requests, keys, local, null)
+    }
+    if (!this.#d.outage.down) {
+      // 2. Snapshot deny: the reads of one turn share one MGET; any snapshot that cannot pay refuses at once.
+      const reads = await Promise.all(keys.map(async (k) => await this.#d.cache.read(k)))
+      const now = this.#d.clock.nowMs()
+      const denied = requests.map((r, i) => snapshotDeny(reads[i]!, r, now))
+      if (denied.some((d) => d !== null)) {
+        denied.forEach((d, i) => { const read = reads[i]!; if (d !== null && read.kind === 'snapshot') this.#d.overLimit?.remember(keys[i]!, read, requests[i]!, now) })
+        return await this.#refusedEarly(requests, keys, denied, reads)
+      }
+      if (reads.some((r) => r === REDIS_OWNED)) {
+        // Redis decides one of them: Redis decides the request (below), bucket by bucket.
+        this.#d.outage.redisOwnedSeen()
+      } else {
+        if (reads.some((r) => r === HANDING_BACK)) this.#d.outage.redisOwnedSeen()
+        try {
+          // 3. PostgreSQL decides all of them in one transaction (migrations/006).
+          return await this.#d.postgres.decideGroup(requests, keys, reads)
+        } catch (err) {
+          this.#d.outage.failed(err)
+        }
+      }
+    }
+    return await this.#withoutPostgres(requests, keys)
+  }
+
+  /**
+   * Steps 4 and 5 for several buckets: each is decided by Redis (or the fail mode) in turn, and
+   * the first refusal stops the request; the buckets already charged for it are given back by
+   * the store that charged them (best effort: a refund that cannot be made errs towards fewer
+   * tokens). Buckets not reached are reported from their cached snapshot, or as full.
+   */
+  async #withoutPostgres (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
+    const out: Array<Decision | null> = requests.map(() => null)
+    for (let i = 0; i < requests.length; i++) {
+      const d = await this.#d.withoutPostgres(requests[i]!, keys[i]!)
+      out[i] = d
+      if (!d.allowed) {
+        const charged = out.slice(0, i) as Decision[]
+        await Promise.all(charged.map(async (c, j) => {
+          const done = await this.#d.giveBack(requests[j]!, c)
+          this.#d.metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
+        }))
+        return await this.#refusedEarly(requests, keys, out, null, charged)
+      }
+    }
+    return out as Decision[]
+  }
+
+  /**
+   * A request refused before (or without) charging every bucket: the refusing buckets say so;
+   * the others are reported as they stand (their cached snapshot, else full), uncharged.
+   * `given`: decisions that were charged and have just been given back.
+   */
+  async #refusedEarly (requests: readonly BucketRequest[], keys: readonly string[], refused: ReadonlyArray<Decision | null>,
+    reads: readonly CacheRead[] | null, given: readonly Decision[] = []): Promise<Decision[]> {
+    const known = reads ?? (this.#d.outage.down ? requests.map(() => CACHE_SKIPPED) : await Promise.all(keys.map(async (k) => await this.#d.cache.read(k))))
+    const now = this.#d.clock.nowMs()
+    return requests.map((r, i) => {
+      const d = refused[i]
+      if (d !== null && d !== undefined && !d.allowed) return d
+      if (d !== null && d !== undefined) {
+        const back = given.includes(d) ? Math.min(r.policy.capacity, d.tokens + r.cost) : d.tokens
+        return makeDecision(r.policy, r.cost, true, back, d.source, d.decidedBy)
+      }
+      const read = known[i]!
+      const tokens = read.kind === 'snapshot' ? tokensAt(read, r.policy, now) : r.policy.capacity
+      return makeDecision(r.policy, r.cost, true, tokens, read.kind === 'snapshot' ? 'redis' : 'postgres', read.kind === 'snapshot' ? 'redis' : 'postgres')
+    })
+  }
+}

@@ -1,0 +1,27 @@
+/** What a Limiter is built from: the store ports and its settings. */
+import type { Config } from '../config/schema.ts'
+import type { DecidingStore, RedisDecider, SnapshotCache } from '../core/ports.ts'
+import type { Logger } from '../observability/log.ts'
+import type { Metrics } from '../observability/metrics.ts'
+import type { FailModeDeciding } from './steps/fail-mode.ts'
+
+export interface LimiterPorts {
+  readonly store: DecidingStore
+  readonly cache: SnapshotCache
+  readonly redis: RedisDecider
+}
+
+export interface LimiterOptions {
+  readonly fallback: Config['fallback']
+  readonly localDenyCache?: Config['localDenyCache']
+  readonly metrics: Metrics
+  readonly log: Logger
+  /**
+   * This host's clock in milliseconds, for the database clock estimate and the local fail-mode
+   * buckets (tests control time with it). Default: Date.now and performance.now.
+   */
+  readonly now?: () => number
+}
+
+export type Deciding = 'redis-fallback' | FailModeDeciding
+
