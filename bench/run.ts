@@ -10,18 +10,21 @@
  *   BENCH_PROCESS_WARMUP seconds of load on every new server process before its first case (6)
  *   BENCH_CALLERS distinct callers in cases 3, 6 and 7 (50000)
  *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
- *   BENCH_ONLY=1,2,3,4,5,6,L,A,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log)  BENCH_LOADGEN=autocannon (even when wrk is installed)
+ *   BENCH_ONLY=1,2,3,4,5,6,L,A,W,N,U,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log,
+ *     W = cases 3, 4 and 5 in write-behind mode, N = allow-listed caller, U = one-connection latency in µs)
+ *   BENCH_LATENCY_REQUESTS timed sequential requests per server in the latency rows (5000)  BENCH_LOADGEN=autocannon (even when wrk is installed)
  *   --profile  also run case 3 against a gateway under `node --cpu-prof` and summarise its top frames
  * Gateway settings (DATABASE_POOL_SIZE, DATABASE_BATCH_WINDOW_MS, ...) pass through from the environment;
  * BENCH_GATEWAY_NODE_FLAGS replaces the Node flags taken from `npm start`.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
+import { sequentialLatency, type LatencyResult } from './latency.ts'
 import { loadGenerator, paced, saturate, type LoadResult, type Workload } from './load.ts'
 import { cpuSeconds, machineSeconds, rssBytes, startChild, type Child } from './procs.ts'
 import { summarise } from './profile.ts'
@@ -33,6 +36,7 @@ const WARMUP = Number(env.BENCH_WARMUP ?? 3)
 /** Every server process is first driven this long: until the JIT has compiled its hot paths. */
 const PROCESS_WARMUP = Number(env.BENCH_PROCESS_WARMUP ?? 6)
 const CALLERS = Number(env.BENCH_CALLERS ?? 50_000)
+const LATENCY_REQUESTS = Number(env.BENCH_LATENCY_REQUESTS ?? 5000)
 const BATCH = 100
 const ADMIN_URL = env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const REDIS_URL = env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -65,6 +69,8 @@ interface Row {
 }
 
 const rows: Row[] = []
+/** One-connection sequential latency, per server (rows U-…). */
+const latencies: Array<{ id: string, label: string, result: LatencyResult }> = []
 const children: Child[] = []
 const facts: string[] = []
 
@@ -221,6 +227,24 @@ async function measurePaced (id: string, label: string, url: string, workload: W
   return row
 }
 
+async function measureLatency (id: string, label: string, url: string, prefix: string, callers: number): Promise<void> {
+  log(`latency ${id}: ${label}, one connection, ${LATENCY_REQUESTS} sequential requests ...`)
+  const result = await sequentialLatency(url, prefix, callers, LATENCY_REQUESTS, Math.min(2000, LATENCY_REQUESTS))
+  latencies.push({ id, label, result })
+  log(`  p50 ${fmt(result.p50Us)} µs  p90 ${fmt(result.p90Us)} µs  p99 ${fmt(result.p99Us)} µs${result.non2xx > 0 ? `  non-2xx ${result.non2xx}` : ''}`)
+}
+
+function printLatencies (): void {
+  if (latencies.length === 0) return
+  const bare = latencies.find((l) => l.id === 'U2')
+  console.log(`\nLatency, one keep-alive connection, sequential requests, many callers (${LATENCY_REQUESTS} timed per server; µs):`)
+  for (const l of latencies) {
+    const added = bare === undefined || l === bare ? '' : `  (+${fmt(l.result.p50Us - bare.result.p50Us)} µs at p50 over the bare proxy)`
+    const refused = l.result.non2xx > 0 ? `  non-2xx ${l.result.non2xx}` : ''
+    console.log(`  ${l.id.padEnd(4)} ${l.label.padEnd(44)} p50 ${fmt(l.result.p50Us).padStart(6)}  p90 ${fmt(l.result.p90Us).padStart(6)}  p99 ${fmt(l.result.p99Us).padStart(6)}${added}${refused}`)
+  }
+}
+
 async function prepareStores (): Promise<{ sql: postgres.Sql, cleanup: () => Promise<void> }> {
   const admin = postgres(ADMIN_URL, { max: 1, onnotice: () => {} })
   await admin.unsafe(`CREATE DATABASE ${run}`)
@@ -312,6 +336,20 @@ function printTargets (): void {
   check('gateway RSS after case 5', mem === undefined ? undefined : mem / 2 ** 20, 150, 'MB', false)
   console.log('\nTargets (issue 4):')
   for (const l of lines) console.log('  ' + l)
+  lines.length = 0
+  const c3w = get('3W'); const allowListed = get('N')
+  const lat = (id: string): LatencyResult | undefined => latencies.find((l) => l.id === id)?.result
+  const bare = lat('U2'); const strict = lat('U3'); const behind = lat('U3W'); const peerLat = lat('U7')
+  check('write-behind case 3 / peer', c3w && peer && c3w.result.rps / peer.result.rps, 1.0, 'x')
+  check('write-behind gateway CPU per request / peer\'s', c3w?.cpu && peer?.cpu && c3w.cpu.serverUs / peer.cpu.serverUs, 1.1, 'x', false)
+  check('strict case 3 / case 2', c3 && c2 && c3.result.rps / c2.result.rps, 0.6, 'x')
+  check('median latency added over the bare proxy, strict', strict && bare && (strict.p50Us - bare.p50Us) / 1000, 0.5, 'ms', false)
+  if (behind !== undefined && bare !== undefined && peerLat !== undefined) {
+    check('median latency added over the bare proxy, write-behind (target: the peer\'s + 0.1 ms)', (behind.p50Us - bare.p50Us) / 1000, Number(((peerLat.p50Us - bare.p50Us) / 1000 + 0.1).toFixed(2)), 'ms', false)
+  }
+  check('allow-listed gateway CPU per request / bare proxy\'s', allowListed?.cpu && c2?.cpu && allowListed.cpu.serverUs / c2.cpu.serverUs, 1.2, 'x', false)
+  console.log('\nTargets (issue 12):')
+  for (const l of lines) console.log('  ' + l)
   printBudget(c2, c3, peer)
 }
 
@@ -364,11 +402,15 @@ async function main (): Promise<void> {
       await warmProcess('floor', floor.url, callers)
       saturation2 = (await measure('2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, callers, { cpu: cpuOf(floor.child, false) })).result.rps
       await measurePaced('2h', 'case 2 at half its saturation rate', floor.url, callers, saturation2 / 2, cpuOf(floor.child, false))
+      if (wants('U')) await measureLatency('U2', 'Fastify + @fastify/http-proxy, no limiter', floor.url, 'd', CALLERS)
       await stop(floor.child)
     }
 
     // Gateway 1: the defaults (capacity 10, 1 token/s), so the seed's behaviour is what is measured.
-    const gw = await startGatewayProc('gateway', upstreamUrl, {})
+    // The allow-listed caller of case N never touches a bucket; no other case uses that id.
+    const configFile = join(mkdtempSync(join(tmpdir(), 'gw-bench-config-')), 'gateway.yaml')
+    writeFileSync(configFile, 'access:\n  allow: [allowed0]\n')
+    const gw = await startGatewayProc('gateway', upstreamUrl, { CONFIG_FILE: configFile })
     await seedBuckets(sql, 'c', 10)
     await seedBuckets(sql, 'k', 10)
     await warmProcess('gateway', gw.url, callers)
@@ -385,6 +427,8 @@ async function main (): Promise<void> {
       await measure('6s', 'control /v1/check, one key per request', gw.controlUrl, { kind: 'check', prefix: 'k', callers: CALLERS }, { controlUrl: gw.controlUrl, ratios: false, cpu: cpuOf(gw.child) })
       await measure('6b', `control /v1/check, ${BATCH} keys per request`, gw.controlUrl, { kind: 'check-batch', prefix: 'k', callers: CALLERS, batch: BATCH }, { controlUrl: gw.controlUrl, perRequest: BATCH, ratios: false, cpu: cpuOf(gw.child) })
     }
+    if (wants('N')) await measure('N', 'gateway, allow-listed caller (no bucket)', gw.url, { kind: 'proxy', prefix: 'allowed', callers: 1 }, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
+    if (wants('U')) await measureLatency('U3', 'gateway, strict (PostgreSQL decides)', gw.url, 'c', CALLERS)
     facts.push(`gateway RSS after cases 3, 4 and 6: ${(await memoryOf(gw)).text}`)
     await stop(gw.child)
     if (wants('2') && Number.isFinite(saturation3)) {
@@ -407,6 +451,24 @@ async function main (): Promise<void> {
       memory.set('5', mem5.rss)
       facts.push(`gateway RSS after case 5: ${mem5.text}`)
       await stop(gw5.child)
+    }
+    if (wants('W') || wants('U')) {
+      // Cases 3, 4 and 5 with CONSISTENCY=write-behind: Redis decides, PostgreSQL is written behind.
+      const wb = await startGatewayProc('gateway-wb', upstreamUrl, { CONSISTENCY: 'write-behind' })
+      await seedBuckets(sql, 'w', 10)
+      await warmProcess('gateway-wb', wb.url, { kind: 'proxy', prefix: 'w', callers: CALLERS })
+      if (wants('W')) {
+        await measure('3W', `case 3 in write-behind mode, ${CALLERS} callers`, wb.url, { kind: 'proxy', prefix: 'w', callers: CALLERS }, { controlUrl: wb.controlUrl, cpu: cpuOf(wb.child) })
+        await measure('4W', 'case 4 in write-behind mode (one caller flooding)', wb.url, { kind: 'proxy', prefix: 'flood-w', callers: 1 }, { controlUrl: wb.controlUrl, cpu: cpuOf(wb.child) })
+      }
+      if (wants('U')) await measureLatency('U3W', 'gateway, write-behind (Redis decides)', wb.url, 'w', CALLERS)
+      await stop(wb.child)
+      if (wants('W')) {
+        const wb5 = await startGatewayProc('gateway-wb-5', upstreamUrl, { ...settings, CONSISTENCY: 'write-behind' })
+        await warmProcess('gateway-wb-5', wb5.url, mix('m-w'))
+        await measure('5W', 'case 5 in write-behind mode', wb5.url, mix('m-w'), { controlUrl: wb5.controlUrl, cpu: cpuOf(wb5.child) })
+        await stop(wb5.child)
+      }
     }
     if (wants('L')) {
       // The same loads as cases 4 and 5, with the same settings, with the over-limit cache on.
@@ -434,6 +496,7 @@ async function main (): Promise<void> {
       await warmProcess('peer-redis', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS })
       await measure('7a', 'peer: rate-limiter-flexible RateLimiterRedis, case 3 load', peerRedis.url, { kind: 'proxy', prefix: 'pr', callers: CALLERS }, { cpu: cpuOf(peerRedis.child, false) })
       await measure('7c', 'peer: RateLimiterRedis, case 4 load (one caller flooding)', peerRedis.url, { kind: 'proxy', prefix: 'prf', callers: 1 }, { cpu: cpuOf(peerRedis.child, false) })
+      if (wants('U')) await measureLatency('U7', 'peer: RateLimiterRedis', peerRedis.url, 'pl', CALLERS)
       await stop(peerRedis.child)
       const peerPg = await startServer('peer-postgres', 'postgres', upstreamUrl)
       await warmProcess('peer-postgres', peerPg.url, { kind: 'proxy', prefix: 'pp', callers: CALLERS })
@@ -457,6 +520,7 @@ async function main (): Promise<void> {
     for (const f of facts) console.log(f)
     console.log('')
     printTable()
+    printLatencies()
     printTargets()
     if (profileSummary !== null) {
       console.log(`\nCPU profile of the gateway under case 3 (busy ${profileSummary.busyPct.toFixed(0)}% of the time); self time by area:`)
