@@ -54,6 +54,11 @@ export interface Gateway {
 
 const RESTART_ONLY = (Object.keys(RELOAD) as Array<keyof Config>).filter((section) => RELOAD[section] === 'restart')
 
+/** fallback.takeoverFenceMs, or the longest a PostgreSQL allowance takes from cache read to snapshot write: the wait for a batch slot and the answer (each at most the decision deadline), then the write. */
+function takeoverFence (config: Config): number {
+  return config.fallback.takeoverFenceMs ?? 2 * config.postgres.decisionTimeoutMs + config.redis.commandTimeoutMs + 100
+}
+
 export async function startGateway (config: Config, log: Logger, options: GatewayOptions = {}): Promise<Gateway> {
   const life = new Lifecycle(log)
   const metrics = new Metrics()
@@ -61,7 +66,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const postgres = life.add('postgres', new PostgresStore(config.postgres, log, metrics), async (p) => await p.close())
     const redisHealth = new StoreHealth('redis', log, metrics)
     const redis = life.add('redis', new RedisSnapshotCache(config.redis, redisHealth, metrics), async (r) => await r.close())
-    const decider = life.add('redis decider', new RedisDecider(config.redis, config.fallback.redisTimeoutMs, redisHealth, metrics), async (d) => await d.close())
+    const decider = life.add('redis decider', new RedisDecider(config.redis, config.fallback.redisTimeoutMs, redisHealth, metrics, takeoverFence(config)), async (d) => await d.close())
     const overrides = life.add('overrides', new OverrideStore(postgres, log), async (o) => await o.close())
     let postgresMissing: unknown = null
     try {
@@ -119,6 +124,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
         limiter.reconfigure(fallback)
         concurrency.reconfigure(fallback.localReplicas)
         decider.setTimeout(fallback.redisTimeoutMs)
+        decider.setFence(takeoverFence(next.config))
         log.info({ reason, fallback }, 'fail-over settings applied')
       }
       reloadCertificate(reason)

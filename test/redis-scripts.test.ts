@@ -10,13 +10,50 @@ t.test('Lua scripts', async (t) => {
   const redis = defineScripts(new Redis(TEST_REDIS_URL)) // RESP3, as the gateway uses it
   t.teardown(() => redis.disconnect())
   const key = (name: string) => `${prefix}{default:${name}}`
-  const decide = (name: string, cost: number, opts: { cap?: number, rate?: number, dbNow?: number, force?: 0 | 1 } = {}) =>
-    redis.rlDecide(key(name), cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0)
+  const decide = (name: string, cost: number, opts: { cap?: number, rate?: number, dbNow?: number, force?: 0 | 1, fence?: number } = {}) =>
+    redis.rlDecide(key(name), cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0, opts.fence ?? 0)
+
+  await t.test('take-over fence: Redis decides a bucket it takes over only after the fence, with what PostgreSQL granted meanwhile', async (t) => {
+    await redis.set(key('f'), `5|${Date.now()}`) // a PostgreSQL snapshot: 5 tokens
+    const [status, wait] = await decide('f', 1, { fence: 300 })
+    t.equal(status, -2, 'the first decision starts the take-over and does not decide')
+    t.equal(Number(wait), 300, 'ask again in the fence')
+    t.equal(ownerOf((await redis.get(key('f')))!), 'redis', 'readers see a Redis-owned bucket: they ask Redis too')
+    // Another gateway's PostgreSQL allowance (read before the take-over) lands now: charged here.
+    t.equal(await redis.rlWrite(key('f'), `4|${Date.now()}`, 60, 1), 0)
+    const [again, left] = await decide('f', 1, { fence: 300 })
+    t.equal(again, -2, 'still fenced')
+    t.ok(Number(left) > 0 && Number(left) <= 300, 'the rest of the fence: ' + left)
+    const deadline = Date.now() + 5000
+    let reply = await decide('f', 1, { fence: 300 })
+    while (reply[0] === -2 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, Number(reply[1]) + 1))
+      reply = await decide('f', 1, { fence: 300 })
+    }
+    t.equal(reply[0], 1, 'decided once the fence is over')
+    t.ok(Math.abs(Number(reply[1]) - 3) < 0.01, 'from 5 tokens: 1 granted by PostgreSQL during the fence, 1 now (' + reply[1] + ')')
+    t.equal(ownerOf((await redis.get(key('f')))!), 'redis')
+    const [next] = await decide('f', 1, { fence: 300 })
+    t.equal(next, 1, 'an owned bucket is decided at once')
+  })
+
+  await t.test('take-over fence: a bucket with no snapshot, and one taken back from a hand-back, wait too; a hand-back may take a fenced bucket', async (t) => {
+    const [fresh] = await decide('f-new', 1, { fence: 200 })
+    t.equal(fresh, -2, 'no snapshot: fenced')
+    await redis.set(key('f-m'), `4|${Date.now()}|m`)
+    t.equal((await decide('f-m', 1, { fence: 200 }))[0], -1, 'being handed back: ask PostgreSQL')
+    t.equal((await decide('f-m', 1, { fence: 200, force: 1 }))[0], -2, 'taken back by force: fenced')
+    const [handed, tokens] = await redis.rlHandBack(key('f-m'), 10, 0.001, 60)
+    t.equal(handed, 1, 'a fenced bucket is Redis-owned for the hand-back')
+    t.ok(Math.abs(Number(tokens) - 4) < 0.01)
+    t.equal(await redis.rlHandedBack(key('f-m'), `4|${Date.now()}`, 60), 1)
+  })
 
   await t.test('value owners', async (t) => {
     t.equal(ownerOf('3|1700000000000'), 'postgres')
     t.equal(ownerOf('3|1700000000000|r'), 'redis')
     t.equal(ownerOf('3|1700000000000|m'), 'handing-back')
+    t.equal(ownerOf('3|1700000000000|t'), 'redis', 'being taken over')
     t.equal(ownerOf('r'), 'postgres')
   })
 

@@ -53,6 +53,27 @@ t.test('Batcher: a failed round trip fails exactly its own callers', async (t) =
   t.same(settled.map((s) => s.status), ['rejected', 'rejected', 'fulfilled'])
 })
 
+t.test('Batcher: an item that waited past maxWaitMs for a slot is refused, not sent', async (t) => {
+  let release!: () => void
+  const blocked = new Promise<void>((resolve) => { release = resolve })
+  const calls: number[][] = []
+  const batcher = new Batcher<number, number>(async (items) => { calls.push(items); if (items[0] === 1) await blocked; return items }, {
+    maxSize: 10, maxInFlight: 1, windowMs: 0, maxWaitMs: 30, expired: (waited) => new Error(`expired after ${waited >= 30 ? '30+' : waited} ms`)
+  })
+  const first = batcher.submit(1)
+  await new Promise((resolve) => setImmediate(resolve)) // the first batch is in flight, holding the only slot
+  const queued = [batcher.submit(2), batcher.submit(3)]
+  const started = performance.now()
+  while (performance.now() - started <= 40) await new Promise((resolve) => setTimeout(resolve, 10)) // the queued items are now past 30 ms
+  const fresh = batcher.submit(4)
+  release()
+  t.equal(await first, 1)
+  const settled = await Promise.allSettled(queued)
+  t.same(settled.map((s) => s.status === 'rejected' ? (s.reason as Error).message : s.value), ['expired after 30+ ms', 'expired after 30+ ms'])
+  t.equal(await fresh, 4, 'a fresh item in the same batch is sent')
+  t.same(calls, [[1], [4]], 'the expired items never reached the store')
+})
+
 t.test('snapshot encoding round-trips and refuses garbage', async (t) => {
   t.same(decode(encode({ tokens: 2.75, atMs: 1795748212281.123 })), { kind: 'snapshot', tokens: 2.75, atMs: 1795748212281.123 })
   t.equal(decode('garbage'), null)

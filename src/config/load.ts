@@ -56,6 +56,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
   ['FAIL_MODE', 'fallback.mode', 'string'],
   ['FAIL_LOCAL_REPLICAS', 'fallback.localReplicas', 'int'],
+  ['FALLBACK_TAKEOVER_FENCE_MS', 'fallback.takeoverFenceMs', 'int'],
   ['LOG_LEVEL', 'log.level', 'string'],
   ['ACCESS_LOG', 'log.access', 'boolean'],
   ['ACCESS_LOG_CALLER', 'log.accessCaller', 'string']

@@ -174,7 +174,15 @@ const fallback = z.strictObject({
   /** How often PostgreSQL is probed while it is down. */
   probeIntervalMs: z.number().int().positive().max(60_000).default(500),
   /** Retry-After (seconds) on the 503 of the closed mode. */
-  closedRetryAfterSeconds: z.number().int().positive().default(1)
+  closedRetryAfterSeconds: z.number().int().positive().default(1),
+  /**
+   * How long Redis waits before it decides a bucket it takes over from PostgreSQL (docs/design.md,
+   * "The take-over fence"): another gateway's PostgreSQL allowance of that bucket may still be on
+   * its way to Redis. Unset: 2 × postgres.decisionTimeoutMs (the wait for a batch slot, then
+   * the answer) + redis.commandTimeoutMs + 100 ms, the longest such an allowance can take. 0 decides at once (faster fail-over, the bound becomes
+   * one request per other gateway across a switch).
+   */
+  takeoverFenceMs: z.number().int().min(0).max(60_000).optional()
 })
 
 const log = z.strictObject({

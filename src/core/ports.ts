@@ -121,7 +121,7 @@ export interface SnapshotCache {
 }
 
 /** What Redis answered when asked to decide. */
-export type RedisVerdict = RedisDecided | RedisNotDecided
+export type RedisVerdict = RedisDecided | RedisNotDecided | RedisTakingOver
 
 export interface RedisDecided {
   readonly kind: 'decided'
@@ -133,6 +133,15 @@ export interface RedisDecided {
 export interface RedisNotDecided {
   /** handing-back: merged into PostgreSQL right now (ask PostgreSQL); unavailable: Redis cannot decide. */
   readonly kind: 'handing-back' | 'unavailable'
+}
+
+/**
+ * Redis is taking the bucket over and decides it only after the take-over fence: allowances
+ * PostgreSQL granted just before are still on their way to Redis. Ask again in `waitMs`.
+ */
+export interface RedisTakingOver {
+  readonly kind: 'taking-over'
+  readonly waitMs: number
 }
 
 export const REDIS_HANDING_BACK: RedisNotDecided = Object.freeze({ kind: 'handing-back' })

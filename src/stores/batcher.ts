@@ -8,12 +8,17 @@ export interface BatcherOptions {
   maxSize: number
   maxInFlight: number
   windowMs: number
+  /** An item that waited longer than this for a slot is rejected with `expired(waited)`, not sent. */
+  maxWaitMs?: number
+  expired?: (waitedMs: number) => unknown
 }
 
 interface Pending<I, O> {
   item: I
   resolve: (value: O) => void
   reject: (err: unknown) => void
+  /** performance.now() at submit, when maxWaitMs is set. */
+  at: number
 }
 
 export class Batcher<I, O> {
@@ -30,7 +35,7 @@ export class Batcher<I, O> {
 
   submit (item: I): Promise<O> {
     return new Promise<O>((resolve, reject) => {
-      this.#queue.push({ item, resolve, reject })
+      this.#queue.push({ item, resolve, reject, at: this.#options.maxWaitMs === undefined ? 0 : performance.now() })
       if (this.#queue.length >= this.#options.maxSize) this.#flush()
       else this.#schedule()
     })
@@ -48,7 +53,11 @@ export class Batcher<I, O> {
 
   #flush (): void {
     while (this.#queue.length > 0 && this.#inFlight < this.#options.maxInFlight) {
-      const batch = this.#queue.splice(0, this.#options.maxSize)
+      let batch = this.#queue.splice(0, this.#options.maxSize)
+      if (this.#options.maxWaitMs !== undefined) {
+        batch = this.#dropExpired(batch)
+        if (batch.length === 0) continue
+      }
       this.#inFlight++
       this.#send(batch.map((p) => p.item)).then((results) => {
         for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!)
@@ -59,5 +68,18 @@ export class Batcher<I, O> {
         if (this.#queue.length > 0) this.#flush()
       })
     }
+  }
+
+  #dropExpired (batch: Array<Pending<I, O>>): Array<Pending<I, O>> {
+    const now = performance.now()
+    const limit = this.#options.maxWaitMs!
+    if (now - batch[0]!.at <= limit) return batch // oldest first: nothing expired
+    const kept: Array<Pending<I, O>> = []
+    for (const p of batch) {
+      const waited = now - p.at
+      if (waited <= limit) kept.push(p)
+      else p.reject(this.#options.expired?.(waited) ?? new Error(`waited ${Math.round(waited)} ms for a batch slot`))
+    }
+    return kept
   }
 }

@@ -65,6 +65,8 @@ export async function startTestGateway (t: TapLike, options: TestGatewayOptions 
     // A roomy decision deadline: a starved test machine must not look like a stalled PostgreSQL
     // (the deadline tests set their own).
     postgres: { url: databaseUrl, decisionTimeoutMs: 5_000 },
+    // With that deadline the take-over fence would be 5 s: tests of the fence set their own.
+    fallback: { takeoverFenceMs: 0 },
     redis: { url: redisUrl, keyPrefix: redisPrefix },
     log: { level: options.logLevel ?? 'info' }
   }
@@ -98,7 +100,7 @@ export interface SpawnedGateway {
 /** Runs the built gateway (npm test builds first) with the given environment. */
 export async function spawnGateway (t: TapLike, env: Record<string, string>, { startTimeoutMs = 20_000 } = {}): Promise<SpawnedGateway> {
   const child = spawn(process.execPath, [join(packageRoot(), 'dist', 'src', 'main.js')], {
-    env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', DATABASE_DECISION_TIMEOUT_MS: '5000', ...env },
+    env: { PATH: process.env.PATH ?? '', PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', DATABASE_DECISION_TIMEOUT_MS: '5000', FALLBACK_TAKEOVER_FENCE_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const output: string[] = []

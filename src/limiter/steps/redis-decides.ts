@@ -4,6 +4,7 @@
  * (hand-back.ts). Every gateway that meets a Redis-owned bucket lets Redis decide it, so no
  * bucket is decided by both stores at once.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import { makeDecision } from '../../core/decision.ts'
 import type { Decision } from '../../core/domain.ts'
 import type { BucketRequest, RedisDecider } from '../../core/ports.ts'
@@ -30,7 +31,14 @@ export class RedisDecides {
     // then a taken-over snapshot is not refilled to "now" at all (0). That can refuse a caller
     // the refill since its snapshot, never allow one twice.
     const clock = this.#clock
-    const verdict = await this.#redis.decide(request, clock.observed ? clock.nowMs() : 0, force)
+    let verdict = await this.#redis.decide(request, clock.observed ? clock.nowMs() : 0, force)
+    // Being taken over: wait out the fence (every request of the bucket does, once per take-over).
+    // Bounded: a fence that keeps being renewed (the bucket handed back and taken over again
+    // meanwhile) ends in the fail mode rather than an unbounded wait.
+    for (let round = 0; verdict.kind === 'taking-over' && round < 5; round++) {
+      await sleep(Math.ceil(verdict.waitMs) + 1)
+      verdict = await this.#redis.decide(request, clock.observed ? clock.nowMs() : 0, force)
+    }
     if (verdict.kind !== 'decided') return verdict.kind === 'handing-back' ? 'handing-back' : null
     this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
     return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, 'redis-fallback', 'redis')

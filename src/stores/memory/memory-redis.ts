@@ -84,6 +84,8 @@ export class MemoryRedis {
   readCalls = 0
   writeCalls = 0
   decideCalls = 0
+  /** The take-over fence of the decider (scripts.ts "t" state); 0: Redis decides a take-over at once. */
+  takeoverFenceMs = 0
   handBackCalls = 0
 
   readonly cache: MemorySnapshotCache
@@ -150,7 +152,7 @@ export class MemoryRedis {
   /** WRITE of scripts.ts. Returns 1 if the snapshot was stored. */
   write (key: string, snapshot: string, ttlSeconds: number, charge: number): 0 | 1 {
     const current = parseValue(this.get(key))
-    if (current !== null && (current.kind === 'r' || current.kind === 'm')) {
+    if (current !== null && (current.kind === 'r' || current.kind === 'm' || current.kind === 't')) {
       if (charge > 0) this.set(key, num(current.tokens - charge) + '|' + num(current.at) + '|' + current.kind)
       return 0
     }
@@ -163,27 +165,40 @@ export class MemoryRedis {
     return 1
   }
 
-  /** DECIDE of scripts.ts: [1 allowed | 0 denied | -1 being handed back, tokens, atMs]. */
-  decideScript (key: string, cost: number, cap: number, rate: number, ttl: number, dbNowMs: number, force: boolean): [number, number, number] {
+  /** DECIDE of scripts.ts: [1 allowed | 0 denied | -1 being handed back | -2 taking over (wait [1] ms), tokens, atMs]. */
+  decideScript (key: string, cost: number, cap: number, rate: number, ttl: number, dbNowMs: number, force: boolean, fenceMs = 0): [number, number, number] {
     let now = this.#now()
     const current = parseValue(this.get(key))
     let tokens: number
     let at: number
+    let takeOver = false
     if (current === null) {
       tokens = cap
       at = now
+      takeOver = true
     } else if (current.kind === 'm') {
       if (!force) return [-1, current.tokens, current.at]
+      tokens = current.tokens
+      at = current.at
+      takeOver = true
+    } else if (current.kind === 't') {
+      if (now < current.at + fenceMs) return [-2, current.at + fenceMs - now, current.at]
       tokens = current.tokens
       at = current.at
     } else if (current.kind !== 'r') {
       tokens = refill(current.tokens, current.at, dbNowMs, cap, rate)
       at = now
+      takeOver = true
     } else {
       tokens = current.tokens
       at = current.at
     }
     if (now < at) now = at
+    if (takeOver && fenceMs > 0) {
+      tokens = refill(tokens, at, now, cap, rate)
+      this.set(key, num(tokens) + '|' + num(now) + '|t', ttl)
+      return [-2, fenceMs, now]
+    }
     tokens = refill(tokens, at, now, cap, rate)
     let allowed = 0
     if (tokens + 1e-9 >= cost) {
@@ -208,7 +223,7 @@ export class MemoryRedis {
   /** HAND_BACK of scripts.ts: the tokens now, or null where Redis does not own the bucket. */
   handBackScript (key: string, cap: number, rate: number, ttl: number): number | null {
     const current = parseValue(this.get(key))
-    if (current === null || (current.kind !== 'r' && current.kind !== 'm')) return null
+    if (current === null || (current.kind !== 'r' && current.kind !== 'm' && current.kind !== 't')) return null
     let now = this.#now()
     if (now < current.at) now = current.at
     const tokens = refill(current.tokens, current.at, now, cap, rate)
@@ -219,7 +234,7 @@ export class MemoryRedis {
   /** HANDED_BACK of scripts.ts: 1 done, 0 taken back by Redis meanwhile. */
   handedBackScript (key: string, snapshot: string, ttl: number): 0 | 1 {
     const current = parseValue(this.get(key))
-    if (current?.kind === 'r') return 0
+    if (current?.kind === 'r' || current?.kind === 't') return 0
     if (current?.kind === 'm') this.set(key, snapshot, ttl)
     return 1
   }
@@ -247,7 +262,7 @@ export class MemorySnapshotCache implements SnapshotCache {
     // ownerOf of scripts.ts: the suffix decides, before any parsing.
     const n = value.length
     if (n > 2 && value[n - 2] === '|') {
-      if (value[n - 1] === 'r') return REDIS_OWNED
+      if (value[n - 1] === 'r' || value[n - 1] === 't') return REDIS_OWNED
       if (value[n - 1] === 'm') return HANDING_BACK
     }
     // decode of snapshot-cache.ts.
@@ -305,8 +320,9 @@ export class MemoryRedisDecider implements RedisDecider {
     const { policy, userId, cost } = request
     r.sadd(encodeMember(policy, userId))
     const [status, tokens] = r.decideScript(r.key(policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-      policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force)
+      policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force, r.takeoverFenceMs)
     if (status === -1) return REDIS_HANDING_BACK
+    if (status === -2) return { kind: 'taking-over', waitMs: tokens }
     return { kind: 'decided', allowed: status === 1, tokens }
   }
 

@@ -74,7 +74,15 @@ export class PostgresStore implements DecidingStore {
       maxSize: config.batchMaxSize,
       // More slots than connections would only queue inside the pool.
       maxInFlight: Math.min(config.poolSize, config.batchMaxInFlight),
-      windowMs: config.batchWindowMs
+      windowMs: config.batchWindowMs,
+      // A decision waits at most the deadline for a slot and at most the deadline for its
+      // answer: that bounds how long after its cache read a PostgreSQL allowance can reach
+      // Redis, which the take-over fence relies on (scripts.ts, the "t" state).
+      maxWaitMs: config.decisionTimeoutMs,
+      expired: (waitedMs) => {
+        this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'decide' })
+        return new StoreFailure('postgres', `a decision waited ${Math.round(waitedMs)} ms for a batch slot, past postgres.decisionTimeoutMs (${config.decisionTimeoutMs} ms)`, { timedOut: true })
+      }
     })
   }
 

@@ -37,9 +37,16 @@ export class RedisDecider implements RedisDeciderPort {
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   readonly ownedSetKey: string
 
-  /** `health` is shared with the snapshot cache: one Redis, one outage log. */
-  constructor (config: Config['redis'], timeoutMs: number, health: StoreHealth, metrics: Metrics) {
+  #fenceMs: number
+
+  /**
+   * `health` is shared with the snapshot cache: one Redis, one outage log. `fenceMs`: how long
+   * a take-over waits before Redis decides (scripts.ts, the "t" state): at least the longest a
+   * PostgreSQL allowance of another gateway can take from its cache read to its snapshot write.
+   */
+  constructor (config: Config['redis'], timeoutMs: number, health: StoreHealth, metrics: Metrics, fenceMs = 0) {
     this.#prefix = config.keyPrefix
+    this.#fenceMs = fenceMs
     this.#health = health
     this.#metrics = metrics
     this.ownedSetKey = config.keyPrefix + 'redis-owned'
@@ -85,6 +92,11 @@ export class RedisDecider implements RedisDeciderPort {
     }
   }
 
+  /** A reload changed the take-over fence. */
+  setFence (fenceMs: number): void {
+    this.#fenceMs = fenceMs
+  }
+
   async close (): Promise<void> {
     if (this.#client === null) return
     try {
@@ -104,7 +116,7 @@ export class RedisDecider implements RedisDeciderPort {
     let reply: [number, string, string]
     try {
       reply = await client.rlDecide(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0)
+        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, this.#fenceMs)
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
@@ -114,6 +126,7 @@ export class RedisDecider implements RedisDeciderPort {
     this.#breaker.success()
     this.#health.succeeded()
     if (reply[0] === -1) return REDIS_HANDING_BACK
+    if (reply[0] === -2) return { kind: 'taking-over', waitMs: Number(reply[1]) }
     return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]) }
   }
 

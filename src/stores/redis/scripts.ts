@@ -8,6 +8,12 @@
  *                    lets Redis decide (through `decide` below) until it is handed back.
  *   "tokens|atMs|m"  Being handed back: a gateway holds the PostgreSQL row locked and is
  *                    merging this state into it. Redis clock.
+ *   "tokens|atMs|t"  Being taken over: Redis will decide the bucket from `atMs + fence` on
+ *                    (Redis clock; atMs is when the take-over began). Until then every
+ *                    gateway waits, so PostgreSQL allowances still on their way here (another
+ *                    gateway read the snapshot before the take-over and is committing now) are
+ *                    charged to this state before Redis spends from it (docs/design.md,
+ *                    "The take-over fence").
  *
  * Keeping the owner in the bucket's own value is what makes the switch back safe with many
  * gateways: whichever gateway reads the key learns who decides, so no bucket is decided by both
@@ -54,7 +60,7 @@ end
 const WRITE_ONE = `
 local function write_one(key, snapshot, ttl, charge)
   local tokens, at, kind = parse(redis.call('GET', key))
-  if kind == 'r' or kind == 'm' then
+  if kind == 'r' or kind == 'm' or kind == 't' then
     charge = tonumber(charge)
     if charge > 0 then
       redis.call('SET', key, num(tokens - charge) .. '|' .. num(at) .. '|' .. kind, 'KEEPTTL')
@@ -86,27 +92,40 @@ return written`
  * A decision by Redis (PostgreSQL unreachable, or the bucket is Redis-owned). KEYS[1] bucket.
  * ARGV: cost, capacity, rate per second, ttl seconds, the gateway's estimate of the database
  * clock (ms, to project a PostgreSQL snapshot), force (1: take the bucket back even while it is
- * being handed back).
- * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL), tokens, atMs}.
+ * being handed back), fence ms (how long a take-over waits before Redis decides; 0: at once).
+ * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL) | -2 being taken over
+ * (ask again in the second element's ms), tokens, atMs}.
  * Every script touches one key only, so each runs in one Redis Cluster slot; the set of
  * Redis-owned buckets is kept by separate commands (redis-decider.ts).
  */
 const DECIDE = HELPERS + `
 local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local fence = tonumber(ARGV[7])
 local now = now_ms()
 local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
+local take_over = false
 if tokens == nil then
   -- No snapshot: the bucket is full (snapshots live until a full refill).
   tokens, at = cap, now
+  take_over = true
 elseif kind == 'm' then
   if ARGV[6] ~= '1' then return {-1, num(tokens), num(at)} end
+  take_over = true
+elseif kind == 't' then
+  if now < at + fence then return {-2, num(at + fence - now), num(at)} end
 elseif kind ~= 'r' then
   -- A PostgreSQL snapshot (database clock): refill it to the database's "now" as the gateway
   -- estimates it (an estimate that never runs ahead), then restamp it on the Redis clock.
   tokens = refill(tokens, at, tonumber(ARGV[5]), cap, rate)
   at = now
+  take_over = true
 end
 if now < at then now = at end
+if take_over and fence > 0 then
+  tokens = refill(tokens, at, now, cap, rate)
+  redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|t', 'EX', ARGV[4])
+  return {-2, num(fence), num(now)}
+end
 tokens = refill(tokens, at, now, cap, rate)
 local allowed = 0
 if tokens + 1e-9 >= cost then
@@ -142,7 +161,7 @@ return {1, num(tokens)}
  */
 const HAND_BACK = HELPERS + `
 local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
-if kind ~= 'r' and kind ~= 'm' then return {0, ''} end
+if kind ~= 'r' and kind ~= 'm' and kind ~= 't' then return {0, ''} end
 local now = now_ms()
 if now < at then now = at end
 tokens = refill(tokens, at, now, tonumber(ARGV[1]), tonumber(ARGV[2]))
@@ -157,7 +176,7 @@ return {1, num(tokens)}
  */
 const HANDED_BACK = HELPERS + `
 local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
-if kind == 'r' then return 0 end
+if kind == 'r' or kind == 't' then return 0 end
 if kind == 'm' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 return 1
 `
@@ -170,7 +189,7 @@ export interface ScriptedRedis extends Redis {
   /** WRITE_MANY: the key count, the keys, then snapshot, ttl and charge per key. */
   rlWriteMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<number>
   rlDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number,
-    dbNowMs: number, force: 0 | 1) => Reply<[number, string, string]>
+    dbNowMs: number, force: 0 | 1, fenceMs: number) => Reply<[number, string, string]>
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
@@ -193,7 +212,8 @@ export function ownerOf (value: string): Owner {
   const n = value.length
   if (n > 2 && value.charCodeAt(n - 2) === 124 /* | */) {
     const kind = value.charCodeAt(n - 1)
-    if (kind === 114 /* r */) return 'redis'
+    // Being taken over counts as Redis-owned: a reader asks Redis, and waits out the fence.
+    if (kind === 114 /* r */ || kind === 116 /* t */) return 'redis'
     if (kind === 109 /* m */) return 'handing-back'
   }
   return 'postgres'
