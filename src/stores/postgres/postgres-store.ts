@@ -1,7 +1,8 @@
 /**
  * PostgreSQL, the source of truth (the DecidingStore port). Every allowance is decided here,
- * by the stored function rate_limit_decide (migrations/003), one round trip per batch of
- * concurrent decisions; the hand-back merges are rate_limit_lock and rate_limit_merge.
+ * by the stored function rate_limit_decide_batch (migrations/007: set-based, the same results
+ * as 006's rate_limit_decide_groups), one round trip per batch of concurrent decisions; the
+ * hand-back merges are rate_limit_lock and rate_limit_merge.
  */
 import postgres, { type Sql } from 'postgres'
 import type { Config } from '../../config/schema.ts'
@@ -131,7 +132,7 @@ export class PostgresStore implements DecidingStore {
     return this.#batcher.submit(requests)
   }
 
-  /** One round trip for the batch's requests: each request's buckets are one group (migrations/006). */
+  /** One round trip for the batch's requests: each request's buckets are one group (migrations/007). */
   async #decideBatch (groups: Array<readonly BucketRequest[]>): Promise<StoreDecision[][]> {
     let n = 0
     for (const g of groups) n += g.length
@@ -159,7 +160,7 @@ export class PostgresStore implements DecidingStore {
     try {
       rows = await withDeadline(this.sql<DecideRow[]>`
         SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
-        FROM rate_limit_decide_groups(${this.sql.array(groupIds, INT4)}::int[], ${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
+        FROM rate_limit_decide_batch(${this.sql.array(groupIds, INT4)}::int[], ${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
           ${this.sql.array(costs, FLOAT8)}::float8[], ${this.sql.array(capacities, FLOAT8)}::float8[], ${this.sql.array(rates, FLOAT8)}::float8[])`.execute(),
       this.#decisionTimeoutMs, 'postgres', 'decision', () => this.#expired('decide', this.#decisionTimeoutMs))
     } catch (err) {
