@@ -26,6 +26,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   n int := coalesce(array_length(p_policies, 1), 0);
   nk int;
+  ng int;
   v_clock timestamptz;
   c_policies text[];
   c_users text[];
@@ -64,11 +65,43 @@ BEGIN
     ON CONFLICT (policy, user_id) DO UPDATE SET tokens = r.tokens WHERE false
     RETURNING r.policy, r.user_id
   )
-  SELECT (SELECT count(*) FROM k), array_agg(ins.policy), array_agg(ins.user_id)
-    INTO nk, c_policies, c_users FROM ins;
+  SELECT (SELECT count(*) FROM k), (SELECT count(DISTINCT g) FROM unnest(p_groups) AS g), array_agg(ins.policy), array_agg(ins.user_id)
+    INTO nk, ng, c_policies, c_users FROM ins;
 
   -- Every row is locked (or ours): from here on, the clock read follows every lock.
   v_clock := clock_timestamp();
+
+  -- 2a. Every key once and every group one bucket (one policy per request, the usual batch):
+  -- each row decides alone, so one UPDATE charges the rows that can pay and returns them, and
+  -- only the refused rows are read (a refusal writes nothing, so the statement's snapshot of
+  -- them is the locked state).
+  IF nk = n AND ng = n THEN
+    RETURN QUERY
+    WITH it AS (
+      SELECT t.p, t.u, t.c, t.cap, t.rate, t.n::int AS n
+      FROM unnest(p_policies, p_users, p_costs, p_capacities, p_rates) WITH ORDINALITY AS t(p, u, c, cap, rate, n)
+    ), paid AS (
+      UPDATE rate_limits r
+      SET tokens = least(it.cap, r.tokens + extract(epoch FROM (greatest(v_clock, r.last_refill_time) - r.last_refill_time)) * it.rate) - it.c,
+          last_refill_time = greatest(v_clock, r.last_refill_time)
+      FROM it
+      WHERE r.policy = it.p AND r.user_id = it.u
+        AND least(it.cap, r.tokens + extract(epoch FROM (greatest(v_clock, r.last_refill_time) - r.last_refill_time)) * it.rate) + 1e-9 >= it.c
+      RETURNING it.n, it.p, it.u, r.tokens, r.last_refill_time
+    )
+    SELECT x.n, x.allowed, x.allowed, x.tokens, (extract(epoch FROM x.at) * 1000)::float8,
+           EXISTS (SELECT 1 FROM unnest(c_policies, c_users) AS c(cp, cu) WHERE c.cp = x.p AND c.cu = x.u)
+    FROM (
+      SELECT paid.n, paid.p, paid.u, true AS allowed, paid.tokens, paid.last_refill_time AS at FROM paid
+      UNION ALL
+      SELECT it.n, it.p, it.u, false, least(it.cap, r.tokens + extract(epoch FROM (s.v_now - r.last_refill_time)) * it.rate), s.v_now
+      FROM it
+      JOIN rate_limits r ON r.policy = it.p AND r.user_id = it.u
+      CROSS JOIN LATERAL (SELECT greatest(v_clock, r.last_refill_time) AS v_now) AS s
+      WHERE NOT EXISTS (SELECT 1 FROM paid WHERE paid.n = it.n)
+    ) AS x;
+    RETURN;
+  END IF;
 
   -- The items of groups that touch a key occurring twice (none when every key is distinct).
   IF nk < n THEN
@@ -81,7 +114,7 @@ BEGIN
   dep := coalesce(dep, '{}');
   nd := coalesce(array_length(dep, 1), 0);
 
-  -- 2. The independent groups, set-based: read, refill, decide all or nothing, write, return.
+  -- 2b. The independent groups, set-based: read, refill, decide all or nothing, write, return.
   IF nd < n THEN
     RETURN QUERY
     WITH it AS (

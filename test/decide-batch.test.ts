@@ -67,11 +67,13 @@ t.test('the set-based batch gives what the sequential loop gives: distinct, repe
   let refusedGroups = 0
   let distinctOnly = 0
   for (let round = 0; round < 120; round++) {
-    // Every fifth batch has only distinct keys (the set-based statement alone decides it).
+    // Every fifth batch has only distinct keys (the set-based statements alone decide it), every
+    // other of those one bucket per group too (the single UPDATE of 007's step 2a).
     let items = batch(rand, round)
     if (round % 5 === 0) {
       const seen = new Set<string>()
       items = items.filter((i) => !seen.has(i.policy + ' ' + i.user) && seen.add(i.policy + ' ' + i.user) !== undefined)
+      if (round % 10 === 0) items = items.map((i, n) => ({ ...i, group: n + 1 }))
       distinctOnly++
     }
     const [a, b] = await Promise.all([decide(loop, 'rate_limit_decide_groups', items), decide(set, 'rate_limit_decide_batch', items)])
