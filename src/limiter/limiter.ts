@@ -42,7 +42,7 @@ export class Limiter {
   readonly #outage: Outage
   readonly #overLimit: OverLimitCache | null
   readonly #postgres: AskPostgres
-  readonly #alongside: ReadAlongside
+  readonly #alongside: ReadAlongside | null
   readonly #redisDecides: RedisDecides
   readonly #failMode: FailMode
   readonly #group: GroupFlow
@@ -60,9 +60,9 @@ export class Limiter {
     this.#outage = new Outage({ store: ports.store, redis: ports.redis, mode: this.#mode, fallback: () => this.#fallback, metrics, log })
     const local = options.localDenyCache
     this.#overLimit = local?.enabled === true ? new OverLimitCache(local.maxEntries, DENY_MARGIN_MS) : null
-    const plenty = new RecentlyPlenty(this.clock.nowMs())
+    const plenty = options.readAlongside === false ? null : new RecentlyPlenty(this.clock.nowMs())
     this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit, plenty)
-    this.#alongside = new ReadAlongside(this.#postgres, plenty)
+    this.#alongside = plenty === null ? null : new ReadAlongside(this.#postgres, plenty)
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
     this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
     this.#refunds = new Refunds({ cache: ports.cache, postgres: this.#postgres, redisDecides: this.#redisDecides, failMode: this.#failMode, metrics, log })
@@ -104,18 +104,19 @@ export class Limiter {
   async #decide (request: BucketRequest, key: string): Promise<Decision> {
     if (!this.#outage.down) {
       // Steps 2 and 3 at once for a bucket recently seen with plenty of tokens (read-alongside.ts).
-      const early = this.#alongside.start(request, key, this.clock.nowMs())
+      const alongside = this.#alongside
+      const early = alongside === null ? null : alongside.start(request, key, this.clock.nowMs())
       const read = await this.#cache.read(key)
       if (early !== null) {
         if (read !== REDIS_OWNED && read !== HANDING_BACK) {
           try {
-            return await this.#alongside.finish(early, request, key, read, this.clock.nowMs())
+            return await alongside!.finish(early, request, key, read, this.clock.nowMs())
           } catch (err) {
             this.#outage.failed(err)
             return await this.#withoutPostgres(request, key)
           }
         }
-        this.#alongside.discard(key)
+        alongside!.discard(key)
       }
       const refused = snapshotDeny(read, request, this.clock.nowMs())
       if (refused !== null) {
