@@ -8,6 +8,7 @@
  *
  * ALLOW_ROUNDS (default 4), ALLOW_SECONDS (per run, default 5), ALLOW_CONNECTIONS (default 32),
  * ALLOW_PROFILE=1: the gateway also runs under --cpu-prof and the top frames are printed.
+ * ALLOW_BASE=<dist/src/main.js of another build>: that gateway takes turns too (before/after).
  */
 import postgres from 'postgres'
 import { randomBytes } from 'node:crypto'
@@ -44,20 +45,27 @@ async function main (): Promise<void> {
     const dir = mkdtempSync(join(tmpdir(), 'allow-listed-'))
     const configFile = join(dir, 'config.yaml')
     writeFileSync(configFile, 'access:\n  allow: [allowed0]\n')
-    const gateway = await startChild('gateway', GATEWAY_MAIN, {
-      ...env, PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', CONTROL_HOST: '127.0.0.1', UPSTREAM_URL: upstreamUrl, CONFIG_FILE: configFile, LOG_LEVEL: 'info',
-      DATABASE_URL: databaseUrl.toString(), REDIS_KEY_PREFIX: name + ':'
-    }, (l) => typeof l.msg === 'string' && l.msg.startsWith('Starting server on'),
-    ['--max-semi-space-size=8', '--heap-growing-percent=50', ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [])])
-    children.push(gateway)
+    const startGateway = async (label: string, main: string, flags: string[]): Promise<Child> => {
+      const child = await startChild(label, main, {
+        ...env, PORT: '0', CONTROL_PORT: '0', HOST: '127.0.0.1', CONTROL_HOST: '127.0.0.1', UPSTREAM_URL: upstreamUrl, CONFIG_FILE: configFile, LOG_LEVEL: 'info',
+        DATABASE_URL: databaseUrl.toString(), REDIS_KEY_PREFIX: name + ':'
+      }, (l) => typeof l.msg === 'string' && l.msg.startsWith('Starting server on'), ['--max-semi-space-size=8', '--heap-growing-percent=50', ...flags])
+      children.push(child)
+      return child
+    }
+    const gateway = await startGateway('gateway', GATEWAY_MAIN, profile ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [])
     const servers = [
       { name: 'floor', child: floor, url: `http://127.0.0.1:${floor.ready.port as number}` },
       { name: 'gateway', child: gateway, url: `http://127.0.0.1:${gateway.ready.port as number}` }
     ]
+    if (env.ALLOW_BASE !== undefined) {
+      const base = await startGateway('base', env.ALLOW_BASE, [])
+      servers.push({ name: 'base', child: base, url: `http://127.0.0.1:${base.ready.port as number}` })
+    }
     const workload = { kind: 'proxy', prefix: 'allowed', callers: 1 } as const
     for (const s of servers) await saturate(s.url, workload, connections, 4) // compile the hot paths
-    const us: Record<string, number[]> = { floor: [], gateway: [] }
-    const rps: Record<string, number[]> = { floor: [], gateway: [] }
+    const us: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.name, []]))
+    const rps: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.name, []]))
     for (let r = 0; r < rounds; r++) {
       for (const s of r % 2 === 0 ? servers : [...servers].reverse()) {
         const before = cpuSeconds(s.child.proc.pid!)
@@ -72,8 +80,10 @@ async function main (): Promise<void> {
     for (const s of servers) {
       console.log(`${s.name.padEnd(8)} µs/req median ${median(us[s.name]!).toFixed(1)} (${us[s.name]!.map((x) => x.toFixed(1)).join(' ')}); req/s ${rps[s.name]!.map((x) => x.toFixed(0)).join(' ')}`)
     }
-    const ratios = us.gateway!.map((g, i) => g / us.floor![i]!)
-    console.log(`gateway / floor per round: ${ratios.map((x) => x.toFixed(2)).join(' ')}; median ${median(ratios).toFixed(2)}`)
+    for (const s of servers.slice(1)) {
+      const ratios = us[s.name]!.map((g, i) => g / us.floor![i]!)
+      console.log(`${s.name} / floor per round: ${ratios.map((x) => x.toFixed(2)).join(' ')}; median ${median(ratios).toFixed(2)}`)
+    }
     if (profile) {
       await gateway.stop()
       const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
