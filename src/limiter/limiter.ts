@@ -25,6 +25,8 @@ import { recordDecision } from './record.ts'
 import { AskPostgres } from './steps/deciding-store.ts'
 import { FailMode } from './steps/fail-mode.ts'
 import { OverLimitCache } from './steps/over-limit.ts'
+import { ReadAlongside } from './steps/read-alongside.ts'
+import { RecentlyPlenty } from './steps/recently-plenty.ts'
 import { RedisDecides } from './steps/redis-decides.ts'
 import { DENY_MARGIN_MS, snapshotDeny } from './steps/snapshot-deny.ts'
 
@@ -40,6 +42,7 @@ export class Limiter {
   readonly #outage: Outage
   readonly #overLimit: OverLimitCache | null
   readonly #postgres: AskPostgres
+  readonly #alongside: ReadAlongside | null
   readonly #redisDecides: RedisDecides
   readonly #failMode: FailMode
   readonly #group: GroupFlow
@@ -57,7 +60,9 @@ export class Limiter {
     this.#outage = new Outage({ store: ports.store, redis: ports.redis, mode: this.#mode, fallback: () => this.#fallback, metrics, log })
     const local = options.localDenyCache
     this.#overLimit = local?.enabled === true ? new OverLimitCache(local.maxEntries, DENY_MARGIN_MS) : null
-    this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit)
+    const plenty = options.readAlongside === false ? null : new RecentlyPlenty(this.clock.nowMs())
+    this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit, plenty)
+    this.#alongside = plenty === null ? null : new ReadAlongside(this.#postgres, plenty)
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
     this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
     this.#refunds = new Refunds({ cache: ports.cache, postgres: this.#postgres, redisDecides: this.#redisDecides, failMode: this.#failMode, metrics, log })
@@ -98,7 +103,21 @@ export class Limiter {
 
   async #decide (request: BucketRequest, key: string): Promise<Decision> {
     if (!this.#outage.down) {
+      // Steps 2 and 3 at once for a bucket recently seen with plenty of tokens (read-alongside.ts).
+      const alongside = this.#alongside
+      const early = alongside === null ? null : alongside.start(request, key, this.clock.nowMs())
       const read = await this.#cache.read(key)
+      if (early !== null) {
+        if (read !== REDIS_OWNED && read !== HANDING_BACK) {
+          try {
+            return await alongside!.finish(early, request, key, read, this.clock.nowMs())
+          } catch (err) {
+            this.#outage.failed(err)
+            return await this.#withoutPostgres(request, key)
+          }
+        }
+        alongside!.discard(key)
+      }
       const refused = snapshotDeny(read, request, this.clock.nowMs())
       if (refused !== null) {
         if (read.kind === 'snapshot') this.#overLimit?.remember(key, read, request, this.clock.nowMs())

@@ -21,6 +21,12 @@ export interface LimiterOptions {
    * buckets (tests control time with it). Default: Date.now and performance.now.
    */
   readonly now?: () => number
+  /**
+   * Read Redis alongside PostgreSQL's decision for buckets recently seen with plenty of tokens
+   * (steps/read-alongside.ts). Default true; false runs the steps one after the other (tests
+   * compare the two).
+   */
+  readonly readAlongside?: boolean
 }
 
 export type Deciding = 'redis-fallback' | FailModeDeciding

@@ -4,31 +4,45 @@
  */
 import { makeDecision } from '../../core/decision.ts'
 import type { Decision, DecisionSource } from '../../core/domain.ts'
-import type { BucketRequest, CacheRead, DecidingStore, SnapshotCache } from '../../core/ports.ts'
+import type { BucketRequest, CacheRead, DecidingStore, SnapshotCache, StoreDecision } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import type { DbClock } from '../db-clock.ts'
 import type { OverLimitCache } from './over-limit.ts'
+import type { RecentlyPlenty } from './recently-plenty.ts'
 
 export class AskPostgres {
   readonly #store: DecidingStore
   readonly #cache: SnapshotCache
   readonly #clock: DbClock
   readonly #overLimit: OverLimitCache | null
+  readonly #plenty: RecentlyPlenty | null
 
-  constructor (store: DecidingStore, cache: SnapshotCache, clock: DbClock, overLimit: OverLimitCache | null) {
+  constructor (store: DecidingStore, cache: SnapshotCache, clock: DbClock, overLimit: OverLimitCache | null, plenty: RecentlyPlenty | null = null) {
     this.#store = store
     this.#cache = cache
     this.#clock = clock
     this.#overLimit = overLimit
+    this.#plenty = plenty
   }
 
   /** `read`: what the cache held (a snapshot sets `X-Data-Source: redis`). Rejects when PostgreSQL fails. */
   async decide (request: BucketRequest, key: string, read: CacheRead): Promise<Decision> {
-    const result = await this.#store.decide(request)
+    return this.settle(request, key, read, await this.#store.decide(request))
+  }
+
+  /** The store's decision alone, before the cache is read (read-alongside.ts); `settle` completes it. */
+  start (request: BucketRequest): Promise<StoreDecision> {
+    return this.#store.decide(request)
+  }
+
+  /** What follows every PostgreSQL decision: snapshot write, clock, over-limit cache, the Decision. */
+  settle (request: BucketRequest, key: string, read: CacheRead, result: StoreDecision): Decision {
     const snapshot = result.snapshot
     this.#clock.observe(snapshot.atMs)
     this.#cache.write(key, snapshot, fullRefillSeconds(request.policy), result.allowed ? request.cost : 0)
-    this.#overLimit?.remember(key, snapshot, request, this.#clock.nowMs())
+    const nowMs = this.#clock.nowMs()
+    this.#overLimit?.remember(key, snapshot, request, nowMs)
+    this.#plenty?.seen(key, request, snapshot.tokens, nowMs)
     const source: DecisionSource = read.kind === 'snapshot' ? 'redis' : result.created ? 'new-user' : 'postgres'
     return makeDecision(request.policy, request.cost, result.allowed, snapshot.tokens, source, 'postgres')
   }

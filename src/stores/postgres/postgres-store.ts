@@ -1,7 +1,8 @@
 /**
  * PostgreSQL, the source of truth (the DecidingStore port). Every allowance is decided here,
- * by the stored function rate_limit_decide (migrations/003), one round trip per batch of
- * concurrent decisions; the hand-back merges are rate_limit_lock and rate_limit_merge.
+ * one round trip per batch of concurrent decisions: by rate_limit_decide_batch (migrations/007,
+ * set-based) for large batches, by 006's rate_limit_decide_groups (the same results, a loop per
+ * key) for small ones; the hand-back merges are rate_limit_lock and rate_limit_merge.
  */
 import postgres, { type Sql } from 'postgres'
 import type { Config } from '../../config/schema.ts'
@@ -21,6 +22,14 @@ const TEXT = 25
 const FLOAT8 = 701
 
 const INT4 = 23
+
+/**
+ * Batches of at least this many items are decided by migrations/007's set-based statements
+ * (rate_limit_decide_batch); smaller ones by 006's loop (rate_limit_decide_groups), which costs
+ * PostgreSQL less there: measured here (bench/decide-cpu.ts), 007 used 68% more CPU per decision
+ * at 1 item, 33% more at 16, and 22-27% less at 64-256 (docs/performance.md).
+ */
+export const SET_BASED_FROM = 32
 
 interface DecideRow { o_idx: number, o_allowed: boolean, o_can_pay: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
 
@@ -139,7 +148,7 @@ export class PostgresStore implements DecidingStore {
     return this.#batcher.submit(requests)
   }
 
-  /** One round trip for the batch's requests: each request's buckets are one group (migrations/006). */
+  /** One round trip for the batch's requests: each request's buckets are one group (migrations/006, 007). */
   async #decideBatch (groups: Array<readonly BucketRequest[]>): Promise<StoreDecision[][]> {
     let n = 0
     for (const g of groups) n += g.length
@@ -165,10 +174,16 @@ export class PostgresStore implements DecidingStore {
     this.#metrics.postgresBatchSize.observe(groups.length)
     let rows: DecideRow[]
     try {
-      rows = await withDeadline(this.sql<DecideRow[]>`
-        SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
-        FROM rate_limit_decide_groups(${this.sql.array(groupIds, INT4)}::int[], ${this.sql.array(policies, TEXT)}::text[], ${this.sql.array(users, TEXT)}::text[],
-          ${this.sql.array(costs, FLOAT8)}::float8[], ${this.sql.array(capacities, FLOAT8)}::float8[], ${this.sql.array(rates, FLOAT8)}::float8[])`.execute(),
+      const [g, p, u, c, cap, r] = [this.sql.array(groupIds, INT4), this.sql.array(policies, TEXT), this.sql.array(users, TEXT),
+        this.sql.array(costs, FLOAT8), this.sql.array(capacities, FLOAT8), this.sql.array(rates, FLOAT8)]
+      // The same results either way (test/decide-batch.test.ts): the set-based function from
+      // SET_BASED_FROM items, the per-key loop below, where its few cheap statements cost less.
+      const query = n >= SET_BASED_FROM
+        ? this.sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
+            FROM rate_limit_decide_batch(${g}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
+        : this.sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
+            FROM rate_limit_decide_groups(${g}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
+      rows = await withDeadline(query.execute(),
       this.#decisionTimeoutMs, 'postgres', 'decision', () => this.#expired('decide', this.#decisionTimeoutMs))
     } catch (err) {
       this.#metrics.storeErrors.inc({ store: 'postgres', operation: 'decide' })

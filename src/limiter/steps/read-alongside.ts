@@ -1,0 +1,65 @@
+/**
+ * Steps 2 and 3 side by side, for a bucket this process has just seen PostgreSQL leave with
+ * plenty of tokens: the Redis read would almost surely not refuse, so waiting for it before
+ * asking PostgreSQL only adds its round trip to the request's latency. Both are asked at once;
+ * PostgreSQL's answer is the one that counts (it is always right), the read still sets
+ * `X-Data-Source` (a snapshot: `redis`) exactly as when the steps run one after the other, and
+ * a snapshot that proves a refusal still gives the same refusal (`redis`, decided by Redis)
+ * when PostgreSQL refused too. A bucket seen low is not remembered, so its next request reads
+ * first and a snapshot refusal spares PostgreSQL, as before.
+ *
+ * A read that finds the bucket Redis-owned or being handed back (another gateway lost
+ * PostgreSQL meanwhile) discards PostgreSQL's early answer and the limiter goes on as usual; an
+ * allowance PostgreSQL made meanwhile stays charged there (never refunded: a refund could land
+ * after the hand-back merged the lower state and raise it), so it errs towards the caller being
+ * refused, never towards an extra allowance.
+ */
+import type { Decision } from '../../core/domain.ts'
+import type { BucketRequest, CacheRead, StoreDecision } from '../../core/ports.ts'
+import type { AskPostgres } from './deciding-store.ts'
+import type { RecentlyPlenty } from './recently-plenty.ts'
+import { snapshotDeny } from './snapshot-deny.ts'
+
+export class ReadAlongside {
+  readonly #postgres: AskPostgres
+  readonly #plenty: RecentlyPlenty
+
+  constructor (postgres: AskPostgres, plenty: RecentlyPlenty) {
+    this.#postgres = postgres
+    this.#plenty = plenty
+  }
+
+  /** PostgreSQL's decision, started now, for a bucket recently seen with plenty; else null (read first). */
+  start (request: BucketRequest, key: string, dbNowMs: number): Promise<StoreDecision> | null {
+    if (!this.#plenty.plenty(key, dbNowMs)) return null
+    const early = this.#postgres.start(request)
+    // Handled here too: a read that finds the bucket Redis-owned never awaits it.
+    early.catch(noop)
+    return early
+  }
+
+  /** The read was Redis-owned or handing-back: the early answer is not used (see above). */
+  discard (key: string): void {
+    this.#plenty.forget(key)
+  }
+
+  /**
+   * The decision from PostgreSQL's early answer and the read, as the sequential steps would
+   * give it. Rejects when PostgreSQL failed and the snapshot did not prove a refusal.
+   */
+  async finish (early: Promise<StoreDecision>, request: BucketRequest, key: string, read: CacheRead, dbNowMs: number): Promise<Decision> {
+    const refused = snapshotDeny(read, request, dbNowMs)
+    let result: StoreDecision
+    try {
+      result = await early
+    } catch (err) {
+      // Read first, PostgreSQL would not have been asked: the snapshot's refusal stands.
+      if (refused !== null) return refused
+      throw err
+    }
+    const decided = this.#postgres.settle(request, key, read, result)
+    return refused !== null && !result.allowed ? refused : decided
+  }
+}
+
+function noop (): void {}

@@ -1,0 +1,174 @@
+// The set-based batch decision (migrations/007, rate_limit_decide_batch) against the plpgsql loop
+// it replaces (006, rate_limit_decide_groups), on a real PostgreSQL: the same batches, mixing
+// distinct, repeated and new keys and groups of several buckets, give the same results; and
+// concurrent batches from two pools on overlapping keys (one pool also on the old function, as
+// during a rolling upgrade) never over-admit and never deadlock.
+import t from 'tap'
+import postgres from 'postgres'
+import { migrate } from '../src/stores/postgres/migrate.ts'
+import { createTestDatabase } from './helpers/stores.ts'
+
+interface Row { o_idx: number, o_allowed: boolean, o_can_pay: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
+interface Item { group: number, policy: string, user: string, cost: number, capacity: number, rate: number }
+type Fn = 'rate_limit_decide_batch' | 'rate_limit_decide_groups'
+
+async function database (t: { teardown: (fn: () => unknown) => void }): Promise<postgres.Sql> {
+  const sql = postgres(await createTestDatabase(t, 'gwbatch'), { max: 6, onnotice: () => {} })
+  t.teardown(() => sql.end())
+  await migrate(sql)
+  return sql
+}
+
+async function decide (sql: postgres.Sql, fn: Fn, items: readonly Item[]): Promise<Row[]> {
+  const rows = await sql.unsafe<Row[]>(`SELECT * FROM ${fn}($1::int[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])`,
+    [items.map((i) => i.group), items.map((i) => i.policy), items.map((i) => i.user), items.map((i) => i.cost), items.map((i) => i.capacity), items.map((i) => i.rate)] as never)
+  return rows.slice().sort((a, b) => a.o_idx - b.o_idx)
+}
+
+/** A small deterministic PRNG (mulberry32), so a failure can be replayed from its seed. */
+function prng (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let x = Math.imul(a ^ (a >>> 15), 1 | a)
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+// Two policies: 'still' never refills (its balances must agree exactly), 'slow' refills 1e-3 a
+// second (the two databases decide milliseconds apart: less than 0.01 of a token, never enough
+// to move a balance, a multiple of 0.25, across a cost, a multiple of 0.25 too).
+const POLICIES = [{ policy: 'still', capacity: 6, rate: 0 }, { policy: 'slow', capacity: 4, rate: 1e-3 }]
+
+function batch (rand: () => number, round: number): Item[] {
+  const items: Item[] = []
+  const groups = 1 + Math.floor(rand() * 40)
+  for (let g = 1; g <= groups; g++) {
+    const size = rand() < 0.25 ? 2 + Math.floor(rand() * 2) : 1
+    const used = new Set<string>()
+    for (let s = 0; s < size; s++) {
+      const p = POLICIES[Math.floor(rand() * POLICIES.length)]!
+      // A pool of 30 callers (repeats within and across batches), and a new caller now and then.
+      const user = rand() < 0.15 ? `new-${round}-${g}-${s}` : `u${Math.floor(rand() * 30)}`
+      if (used.has(p.policy + user)) continue // one request charges a bucket once
+      used.add(p.policy + user)
+      items.push({ group: g, policy: p.policy, user, cost: 0.25 * (1 + Math.floor(rand() * 12)), capacity: p.capacity, rate: p.rate })
+    }
+  }
+  return items
+}
+
+t.test('the set-based batch gives what the sequential loop gives: distinct, repeated and new keys, groups', async (t) => {
+  const [loop, set] = await Promise.all([database(t), database(t)])
+  const rand = prng(20261201)
+  let repeated = 0
+  let created = 0
+  let refusedGroups = 0
+  let distinctOnly = 0
+  for (let round = 0; round < 120; round++) {
+    // Every fifth batch has only distinct keys (the set-based statements alone decide it), every
+    // other of those one bucket per group too (the single UPDATE of 007's step 2a).
+    let items = batch(rand, round)
+    if (round % 5 === 0) {
+      const seen = new Set<string>()
+      items = items.filter((i) => !seen.has(i.policy + ' ' + i.user) && seen.add(i.policy + ' ' + i.user) !== undefined)
+      if (round % 10 === 0) items = items.map((i, n) => ({ ...i, group: n + 1 }))
+      distinctOnly++
+    }
+    const [a, b] = await Promise.all([decide(loop, 'rate_limit_decide_groups', items), decide(set, 'rate_limit_decide_batch', items)])
+    t.equal(b.length, items.length, `round ${round}: one row per item`)
+    const keys = new Set(items.map((i) => i.policy + ' ' + i.user))
+    if (keys.size < items.length) repeated++
+    for (let i = 0; i < items.length; i++) {
+      const x = a[i]!
+      const y = b[i]!
+      const same = x.o_idx === y.o_idx && x.o_allowed === y.o_allowed && x.o_can_pay === y.o_can_pay && x.o_created === y.o_created &&
+        (items[i]!.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
+      if (!same) {
+        t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): loop ${JSON.stringify(x)}, set ${JSON.stringify(y)}`)
+        return
+      }
+      if (y.o_created) created++
+    }
+    refusedGroups += new Set(items.filter((_, i) => !b[i]!.o_allowed).map((i) => i.group)).size
+  }
+  const rows = async (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> =>
+    await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
+  const [ra, rb] = await Promise.all([rows(loop), rows(set)])
+  t.same(rb.map((r) => [r.policy, r.user_id]), ra.map((r) => [r.policy, r.user_id]), 'the same rows exist')
+  t.ok(rb.every((r, i) => Math.abs(r.tokens - ra[i]!.tokens) < 0.01), 'with the same balances')
+  t.ok(repeated > 50 && distinctOnly > 10 && created > 50 && refusedGroups > 50,
+    `the batches covered the cases: ${repeated} with a repeated key, ${distinctOnly} distinct only, ${created} keys created, ${refusedGroups} groups refused`)
+})
+
+t.test('the set-based batch refills on the database clock as 006 does, never moving a timestamp back', async (t) => {
+  const sql = await database(t)
+  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES
+    ('p', 'past', 0.5, clock_timestamp() - interval '2.25 seconds'),
+    ('p', 'future', 1, clock_timestamp() + interval '1 hour'),
+    ('p', 'twice', 0, clock_timestamp() - interval '3 seconds')`
+  const before = Date.now()
+  const rows = await decide(sql, 'rate_limit_decide_batch', [
+    { group: 1, policy: 'p', user: 'past', cost: 1, capacity: 10, rate: 2 },
+    { group: 2, policy: 'p', user: 'future', cost: 1, capacity: 10, rate: 2 },
+    { group: 3, policy: 'p', user: 'twice', cost: 2, capacity: 10, rate: 1 },
+    { group: 4, policy: 'p', user: 'twice', cost: 2, capacity: 10, rate: 1 }
+  ])
+  const [past, future, twice1, twice2] = rows
+  // 0.5 + 2.25 s x 2/s (plus the time the statement took) - 1
+  t.ok(past!.o_allowed && past!.o_tokens >= 4 && past!.o_tokens < 4.2, `refilled, charged: ${past!.o_tokens}`)
+  t.ok(past!.o_at_ms >= before - 1000 && past!.o_at_ms < Date.now() + 1000, 'stamped now on the database clock')
+  t.ok(future!.o_allowed && future!.o_tokens === 0, 'a timestamp ahead of the clock is kept, not moved back, and adds nothing')
+  t.ok(future!.o_at_ms > Date.now() + 3_000_000, 'its timestamp stays ahead')
+  t.ok(twice1!.o_allowed && !twice2!.o_allowed && twice2!.o_can_pay === false, 'one key twice: the second pays from what the first left')
+  t.equal(twice1!.o_at_ms, twice2!.o_at_ms)
+  const [row] = await sql`SELECT tokens FROM rate_limits WHERE user_id = 'twice'`
+  t.ok(row!.tokens >= 1 && row!.tokens < 1.2, 'only the charge that was allowed was written')
+})
+
+t.test('concurrent batches from two pools on overlapping keys: never over-admitted, never a deadlock', async (t) => {
+  const url = await createTestDatabase(t, 'gwbatch')
+  const pools = [postgres(url, { max: 4, onnotice: () => {} }), postgres(url, { max: 4, onnotice: () => {} })]
+  t.teardown(async () => { await Promise.all(pools.map(async (p) => await p.end())) })
+  await migrate(pools[0]!)
+  // Deadlocks are detected after deadlock_timeout (1 s by default): any would fail a batch here.
+  const capacity = 25
+  const keys = Array.from({ length: 40 }, (_, i) => `k${i}`)
+  const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
+  const rand = prng(7)
+  const failures: unknown[] = []
+  const run = async (pool: postgres.Sql, fn: Fn): Promise<void> => {
+    for (let round = 0; round < 30; round++) {
+      // 60 items on a random third of the keys, in random order: repeats, new keys, groups of two.
+      const items: Item[] = []
+      let g = 0
+      while (items.length < 60) {
+        g++
+        const a = keys[Math.floor(rand() * keys.length)]!
+        items.push({ group: g, policy: 'c', user: a, cost: 1, capacity, rate: 0 })
+        if (rand() < 0.3) {
+          const b = keys[Math.floor(rand() * keys.length)]!
+          if (b !== a) items.push({ group: g, policy: 'c', user: b, cost: 1, capacity, rate: 0 })
+        }
+      }
+      try {
+        const rows = await decide(pool, fn, items)
+        rows.forEach((r, i) => { if (r.o_allowed) allowed.set(items[i]!.user, allowed.get(items[i]!.user)! + 1) })
+      } catch (err) {
+        failures.push(err)
+      }
+    }
+  }
+  await Promise.all([
+    ...Array.from({ length: 4 }, async () => await run(pools[0]!, 'rate_limit_decide_batch')),
+    ...Array.from({ length: 3 }, async () => await run(pools[1]!, 'rate_limit_decide_batch')),
+    run(pools[1]!, 'rate_limit_decide_groups')
+  ])
+  t.same(failures.map((e) => String(e)), [], 'no batch failed (no deadlock)')
+  const over = [...allowed].filter(([, n]) => n > capacity)
+  t.same(over, [], `no key allowed more than its capacity of ${capacity}`)
+  t.ok([...allowed.values()].filter((n) => n === capacity).length > 30, 'demand exceeded capacity on most keys, which then were full-spent exactly')
+  const rows = await pools[0]!<Array<{ user_id: string, tokens: number }>>`SELECT user_id, tokens FROM rate_limits WHERE policy = 'c'`
+  t.ok(rows.every((r) => Math.abs(r.tokens - (capacity - allowed.get(r.user_id)!)) < 1e-9), 'each row holds capacity minus what was allowed')
+})

@@ -1,0 +1,145 @@
+// The Redis read alongside the PostgreSQL decision (src/limiter/steps/read-alongside.ts): for a
+// bucket this process recently saw with plenty of tokens both start at once, and the result,
+// X-Data-Source and decided_by included, is what the steps one after the other give; a bucket
+// seen low is read first, so a snapshot refusal still spares PostgreSQL. In-memory stores.
+import t from 'tap'
+import type { Config } from '../src/config/schema.ts'
+import type { Decision, Policy } from '../src/core/domain.ts'
+import type { CacheRead, SnapshotCache } from '../src/core/ports.ts'
+import { Limiter } from '../src/limiter/limiter.ts'
+import { RecentlyPlenty } from '../src/limiter/steps/recently-plenty.ts'
+import { createLogger } from '../src/observability/log.ts'
+import { Metrics } from '../src/observability/metrics.ts'
+import { MemoryPostgres, MemoryRedis } from '../src/stores/memory/index.ts'
+
+const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1 }
+const metrics = new Metrics()
+const fallback: Config['fallback'] = { redisDecides: true, redisTimeoutMs: 500, mode: 'closed', localReplicas: 1, localMaxKeys: 1000, probeIntervalMs: 60_000, closedRetryAfterSeconds: 1 }
+
+interface Rig { limiter: Limiter, pg: MemoryPostgres, redis: MemoryRedis, events: string[], set: (ms: number) => void, advance: (ms: number) => void }
+
+/** A limiter on the in-memory stores; `events` records when each read and decision starts. */
+function rig (t: { teardown: (fn: () => unknown) => void }, readAlongside = true): Rig {
+  let now = 1_700_000_000_000
+  const pg = new MemoryPostgres({ now: () => now })
+  const redis = new MemoryRedis({ now: () => now })
+  const events: string[] = []
+  const decide = pg.decide.bind(pg)
+  pg.decide = async (request) => { events.push('decide'); return await decide(request) }
+  const cache = redis.cache
+  const traced: SnapshotCache = Object.assign(Object.create(Object.getPrototypeOf(cache)) as SnapshotCache, cache, {
+    key: cache.key.bind(cache),
+    write: cache.write.bind(cache),
+    remove: cache.remove.bind(cache),
+    ping: cache.ping.bind(cache),
+    settled: cache.settled.bind(cache),
+    read: async (key: string): Promise<CacheRead> => {
+      events.push('read')
+      // A read that takes a while: a decision started alongside is already on its way.
+      await new Promise((resolve) => setImmediate(resolve))
+      const got = await cache.read(key)
+      events.push('read done')
+      return got
+    }
+  })
+  const limiter = new Limiter({ store: pg, cache: traced, redis: redis.decider }, { fallback, metrics, log: createLogger('silent'), now: () => now, readAlongside })
+  t.teardown(async () => await limiter.close())
+  return { limiter, pg, redis, events, set: (ms) => { now = ms }, advance: (ms) => { now += ms } }
+}
+
+const summary = (d: Decision): string => `${d.allowed ? 'allowed' : 'refused'} ${d.source}/${d.decidedBy} ${d.tokens.toFixed(3)}`
+
+async function settle (): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve))
+}
+
+t.test('a bucket seen with plenty of tokens: decision and read start together, same result and source', async (t) => {
+  const { limiter, events } = rig(t)
+  const first = await limiter.check(policy, 'alice', 1)
+  t.equal(summary(first), 'allowed new-user/postgres 9.000', 'a new caller: read first, then PostgreSQL creates the row')
+  t.same(events, ['read', 'read done', 'decide'], 'sequential: nothing was known of the bucket')
+  await settle() // the snapshot write lands in Redis
+  events.length = 0
+  const second = await limiter.check(policy, 'alice', 1)
+  t.same(events, ['decide', 'read', 'read done'], 'overlapped: PostgreSQL was asked before the read answered')
+  t.equal(summary(second), 'allowed redis/postgres 8.000', 'Redis held a snapshot: X-Data-Source redis, decided by PostgreSQL, as before')
+})
+
+t.test('the same decisions, sources and tokens as the sequential steps, over a spending history', async (t) => {
+  // One limiter with the overlap, one with the steps one after the other, the same history.
+  const a = rig(t)
+  const b = rig(t, false)
+  const got: string[][] = [[], []]
+  const overlapped = [0, 0]
+  const costs = [1, 1, 2, 1, 1, 3, 1, 1, 2, 6, 4, 1, 1, 1, 2, 1]
+  for (let i = 0; i < costs.length; i++) {
+    a.events.length = 0
+    b.events.length = 0
+    const [da, db] = [await a.limiter.check(policy, 'bob', costs[i]!), await b.limiter.check(policy, 'bob', costs[i]!)]
+    // A decision that started before the read is one the overlap took.
+    if (a.events[0] === 'decide') overlapped[0]!++
+    if (b.events[0] === 'decide') overlapped[1]!++
+    got[0]!.push(summary(da))
+    got[1]!.push(summary(db))
+    await settle()
+    a.advance(700)
+    b.advance(700)
+  }
+  t.same(got[0], got[1], 'identical decisions')
+  t.ok(overlapped[0]! > 2, `and the overlap was taken several times (${overlapped[0]!})`)
+  t.ok(got[0]!.some((s) => s.startsWith('refused')), 'the history includes refusals')
+  t.equal(overlapped[1], 0, 'the other never overlapped')
+})
+
+t.test('a bucket seen low is read first: the snapshot refuses and PostgreSQL is not asked', async (t) => {
+  const { limiter, pg, events } = rig(t)
+  t.equal((await limiter.check(policy, 'carol', 9)).tokens, 1, 'one token left: not plenty')
+  await settle()
+  events.length = 0
+  const asked = pg.decideCalls
+  const refused = await limiter.check(policy, 'carol', 2)
+  t.equal(summary(refused), 'refused redis/redis 1.000', 'refused from the snapshot, decided by Redis (X-Data-Source redis)')
+  t.equal(pg.decideCalls, asked, 'PostgreSQL was not asked')
+  t.same(events, ['read', 'read done'])
+})
+
+t.test('a bucket seen with plenty, drained since by another gateway: the snapshot\'s refusal, as before', async (t) => {
+  const { limiter, pg, redis } = rig(t)
+  await limiter.check(policy, 'dave', 1)
+  await settle()
+  // Another gateway spends the rest (its own PostgreSQL decision and snapshot write).
+  const other = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider }, { fallback, metrics, log: createLogger('silent'), now: () => pg.nowMs() })
+  t.teardown(async () => await other.close())
+  t.ok((await other.check(policy, 'dave', 9)).allowed)
+  await settle()
+  const refused = await limiter.check(policy, 'dave', 1)
+  t.equal(summary(refused), 'refused redis/redis 0.000', 'PostgreSQL (asked alongside) refused too; the answer is the snapshot refusal the sequential steps give')
+  t.equal(pg.row(policy.name, 'dave')!.tokens, 0, 'nothing was charged')
+  t.equal((await limiter.check(policy, 'dave', 1)).source, 'redis', 'and the bucket, now seen low, is read first again')
+})
+
+t.test('the read finds the bucket Redis-owned: the early answer is not used, Redis decides', async (t) => {
+  const { limiter, redis } = rig(t)
+  await limiter.check(policy, 'erin', 1)
+  await settle()
+  // Another gateway lost PostgreSQL and Redis took the bucket over with 2 tokens left.
+  const key = redis.key(policy.name, 'erin')
+  redis.set(key, `2|${redis.nowMs()}|r`, 60)
+  const d = await limiter.check(policy, 'erin', 1)
+  t.equal(summary(d), 'allowed redis-fallback/redis 1.000', 'decided by Redis from its own state')
+})
+
+t.test('RecentlyPlenty: remembers buckets well above their cost for a while, in bounded memory', async (t) => {
+  const plenty = new RecentlyPlenty(0, 4)
+  const req = { policy, userId: 'u', cost: 1 }
+  plenty.seen('a', req, 9, 0)
+  plenty.seen('b', req, 4, 0)
+  t.ok(plenty.plenty('a', 5_000), 'nine of ten left: plenty')
+  t.notOk(plenty.plenty('b', 0), 'four of ten: below half, read first')
+  t.notOk(plenty.plenty('a', 10_001), 'forgotten after 10 s')
+  plenty.seen('a', req, 1, 6_000)
+  t.notOk(plenty.plenty('a', 6_000), 'seen low since: read first')
+  for (let i = 0; i < 20; i++) plenty.seen(`k${i}`, req, 10, 0)
+  t.ok(plenty.size <= 8, `at most two generations of 4 keys (${plenty.size})`)
+  t.ok(plenty.plenty('k19', 0), 'the newest are kept')
+})
