@@ -14,7 +14,7 @@ import { isUnreachable } from './stores/postgres/postgres-store.ts'
 import { Primary } from './workers/primary.ts'
 
 export async function runPrimary (config: Config, summary: Record<string, unknown>, count: number): Promise<void> {
-  const log = createLogger(config.log.level, undefined, { worker: 'primary', pid: process.pid })
+  const log = createLogger(config.log.level, undefined, { role: 'primary', pid: process.pid })
   log.info('Logger initialized successfully')
   log.info({ ...summary, workers: count }, `ratelimit-gateway ${packageVersion()} starting`)
   const fail = (err: unknown): never => {

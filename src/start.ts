@@ -54,7 +54,7 @@ export async function runGateway (): Promise<void> {
   // proxy.workers > 1: this process becomes the cluster primary and serves nothing itself.
   if (count > 1 && slot === null) return await runPrimary(config, startupSummary(config, loaded), count)
   // A worker's lines say which worker wrote them: several processes share one stdout.
-  const log = createLogger(config.log.level, undefined, slot === null ? undefined : { worker: slot, pid: process.pid })
+  const log = createLogger(config.log.level, undefined, slot === null ? undefined : { role: 'worker', worker: slot, pid: process.pid })
   if (slot === null) log.info('Logger initialized successfully')
   const link = slot === null ? null : new WorkerLink(log)
   // In a worker: its share of the local fail mode, and no migrations when the primary ran them.

@@ -29,6 +29,8 @@ interface Slot {
   /** Deaths in a row of workers that lived less than STABLE_MS: sets the restart delay. */
   failures: number
   restart: NodeJS.Timeout | undefined
+  /** Reloads ordered before this worker was forked (it read the files after them). */
+  readonly reloads: number
 }
 
 /** A worker that served this long before dying is not crash-looping: its delay starts over. */
@@ -48,6 +50,8 @@ export class Primary {
   #stopping: Promise<number> | undefined
   #startFailed: ((err: Error) => void) | undefined
   #exitCodes: Array<number | null> = []
+  /** Reloads ordered so far; a worker started before the latest one is sent it once it serves. */
+  #reloads = 0
 
   readonly registry = new Registry()
   readonly #running = new Gauge({ name: 'gateway_workers', help: 'Worker processes serving now (proxy.workers > 1); below gateway_workers_expected while one is being replaced.', registers: [this.registry] })
@@ -83,6 +87,7 @@ export class Primary {
 
   /** Every worker reloads its configuration (SIGHUP to the primary). */
   reload (reason: string): void {
+    this.#reloads++
     for (const { worker } of this.#slots.values()) this.#send(worker, { tag: TAG, kind: 'reload', reason })
   }
 
@@ -119,7 +124,7 @@ export class Primary {
 
   #fork (slot: number, failures: number): void {
     const worker = cluster.fork({ [ENV_SLOT]: String(slot), [ENV_COUNT]: String(this.#options.count), [ENV_MIGRATED]: this.#options.migrated ? '1' : '0' })
-    const entry: Slot = { worker, startedAt: Date.now(), listening: false, failures, restart: undefined }
+    const entry: Slot = { worker, startedAt: Date.now(), listening: false, failures, restart: undefined, reloads: this.#reloads }
     this.#slots.set(slot, entry)
     worker.on('message', (message: unknown) => { if (isOurs<ToPrimary>(message)) this.#receive(slot, entry, message) })
     worker.on('exit', (code, signal) => { this.#exited(slot, entry, code, signal) })
@@ -145,7 +150,7 @@ export class Primary {
     const failures = Date.now() - entry.startedAt < STABLE_MS ? entry.failures + 1 : 1
     const delayMs = Math.min(MAX_DELAY_MS, FIRST_DELAY_MS * 2 ** (failures - 1))
     this.#restarts.inc()
-    this.#log.error({ worker: slot, pid, code, signal, restart_in_ms: delayMs, deaths_in_a_row: failures }, 'worker exited unexpectedly; starting a new one')
+    this.#log.error({ worker: slot, worker_pid: pid, code, signal, restart_in_ms: delayMs, deaths_in_a_row: failures }, 'worker exited unexpectedly; starting a new one')
     entry.restart = setTimeout(() => {
       if (this.#stopping === undefined) this.#fork(slot, failures)
     }, delayMs)
@@ -156,7 +161,9 @@ export class Primary {
       case 'listening':
         if (!entry.listening) this.#running.inc()
         entry.listening = true
-        if (this.#started) this.#log.info({ worker: slot, pid: entry.worker.process.pid }, 'worker replaced and serving')
+        if (this.#started) this.#log.info({ worker: slot, worker_pid: entry.worker.process.pid }, 'worker replaced and serving')
+        // A reload ordered while this one was starting may have come after it read its files.
+        if (entry.reloads < this.#reloads) this.#send(entry.worker, { tag: TAG, kind: 'reload', reason: 'reload ordered while this worker was starting' })
         this.#onListening({ port: message.port, controlPort: message.controlPort })
         return
       case 'answer': {
