@@ -100,7 +100,7 @@ t.test('a worker that cannot start (port in use) ends the gateway with exit 1, n
   t.teardown(() => { squatter.close() })
   const port = (squatter.address() as { port: number }).port
   const run = spawnSync(process.execPath, [main], {
-    env: { PATH: process.env.PATH ?? '', WORKERS: '2', HOST: '127.0.0.1', PORT: String(port), CONTROL_PORT: '0', DATABASE_URL: await createTestDatabase(t), REDIS_KEY_PREFIX: createRedisPrefix(t) },
+    env: { PATH: process.env.PATH ?? '', WORKERS: '2', HOST: '127.0.0.1', PORT: String(port), CONTROL_PORT: '0', DATABASE_DECISION_TIMEOUT_MS: '5000', DATABASE_URL: await createTestDatabase(t), REDIS_KEY_PREFIX: createRedisPrefix(t) },
     encoding: 'utf8',
     timeout: 40_000
   })

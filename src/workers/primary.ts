@@ -38,6 +38,8 @@ const STABLE_MS = 30_000
 const FIRST_DELAY_MS = 200
 const MAX_DELAY_MS = 30_000
 
+type MetricJson = MetricObjectWithValues<MetricValue<string>>
+
 export interface Listening { readonly port: number, readonly controlPort: number, readonly pids: readonly number[] }
 
 export class Primary {
@@ -52,6 +54,14 @@ export class Primary {
   #exitCodes: Array<number | null> = []
   /** Reloads ordered so far; a worker started before the latest one is sent it once it serves. */
   #reloads = 0
+  /** Each worker's series as of the last scrape it answered. */
+  readonly #lastMetrics = new Map<number, MetricJson[]>()
+  /**
+   * The counters and histograms of workers that died, as of the last scrape each answered,
+   * summed: kept in the aggregate so that a sum Prometheus has seen never goes down (it would
+   * read a drop as a counter reset and rate() would jump).
+   */
+  #retired: MetricJson[] = []
 
   readonly registry = new Registry()
   readonly #running = new Gauge({ name: 'gateway_workers', help: 'Worker processes serving now (proxy.workers > 1); below gateway_workers_expected while one is being replaced.', registers: [this.registry] })
@@ -134,6 +144,9 @@ export class Primary {
 
   #exited (slot: number, entry: Slot, code: number | null, signal: string | null): void {
     if (entry.listening) this.#running.dec()
+    const last = this.#lastMetrics.get(slot)
+    this.#lastMetrics.delete(slot)
+    if (last !== undefined) void this.#retire(last)
     for (const q of this.#queries.values()) if (q.expected.delete(slot) && q.expected.size === 0) q.done()
     if (this.#stopping !== undefined) {
       this.#exitCodes.push(code)
@@ -190,8 +203,9 @@ export class Primary {
       }
       case 'metrics': {
         const answers = await this.#query({ what: 'metrics' })
-        const all = [...answers.values()].filter((a) => Array.isArray(a)) as Array<Array<MetricObjectWithValues<MetricValue<string>>>>
-        all.push(await this.registry.getMetricsAsJSON() as Array<MetricObjectWithValues<MetricValue<string>>>)
+        for (const [slot, value] of answers) if (Array.isArray(value)) this.#lastMetrics.set(slot, value as MetricJson[])
+        const all = [...answers.values()].filter((a) => Array.isArray(a)) as MetricJson[][]
+        all.push(this.#retired, await this.registry.getMetricsAsJSON() as MetricJson[])
         return await AggregatorRegistry.aggregate(all).metrics()
       }
       case 'forget': {
@@ -201,6 +215,11 @@ export class Primary {
         return null
       }
     }
+  }
+
+  async #retire (last: MetricJson[]): Promise<void> {
+    const monotonic = last.filter((m) => String(m.type) === 'counter' || String(m.type) === 'histogram')
+    this.#retired = await AggregatorRegistry.aggregate([this.#retired, monotonic]).getMetricsAsJSON() as MetricJson[]
   }
 
   #serving (): Array<[number, Slot]> {
