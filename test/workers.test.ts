@@ -223,6 +223,9 @@ t.test('reload: a changed file and SIGHUP to the primary are applied by every wo
 t.test('a worker that dies is replaced, once logged, and service continues', async (t) => {
   const gw = await twoWorkers(t)
   const pids = lines(gw).find((l) => l.msg?.startsWith('Starting server on'))!.pids as number[]
+  for (let i = 0; i < 6; i++) t.equal((await fresh(gw.proxyUrl + '/before', `before-${i}`)).status, 201)
+  const before = sample(await metrics(gw), 'gateway_decisions_total')
+  t.equal(before, 6)
   process.kill(pids[0]!, 'SIGKILL')
   const died = await waitFor(() => lines(gw).find((l) => l.msg === 'worker exited unexpectedly; starting a new one'), { what: 'the death to be logged' })
   t.match(died, { role: 'primary', worker: 1, worker_pid: pids[0], signal: 'SIGKILL', restart_in_ms: 200 })
@@ -235,6 +238,8 @@ t.test('a worker that dies is replaced, once logged, and service continues', asy
   const ready = await waitFor(async () => { const r = await send(gw.controlUrl + '/readyz'); return r.status === 200 ? r : null }, { what: 'readiness with both workers' })
   t.same(ready!.json<{ workers: Array<{ pid: number }> }>().workers.map((w) => w.pid).sort(), [replaced!.worker_pid, pids[1]].sort())
   t.equal(sample(await metrics(gw), 'gateway_worker_restarts_total'), 1)
+  // The dead worker's counts stay in the sum (as of the last scrape): the counter never drops.
+  t.equal(sample(await metrics(gw), 'gateway_decisions_total'), before + 4, 'decisions of the dead worker still counted')
   t.equal(sample(await metrics(gw), 'gateway_workers'), 2)
 })
 
