@@ -20,7 +20,10 @@ const REDIS_URL = env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
 const COUNTS = (env.BENCH_WORKERS ?? '1,2').split(',').map(Number)
 const CONNECTIONS = Number(env.BENCH_CONNECTIONS ?? 64)
 const SECONDS = Number(env.BENCH_DURATION ?? 8)
-const WARMUP = Number(env.BENCH_WARMUP ?? 4)
+// Long: each worker of N gets 1/N of the warm-up requests, and V8 optimises by calls seen.
+const WARMUP = Number(env.BENCH_WARMUP ?? 10)
+/** A subset of the loads below, by number (1, 2, 3). */
+const ONLY = env.BENCH_LOADS === undefined ? null : new Set(env.BENCH_LOADS.split(',').map(Number))
 const GATEWAY_MAIN = join(here, '..', 'src', 'main.js')
 
 const LOADS: Array<{ name: string, w: Workload }> = [
@@ -37,10 +40,11 @@ async function main (): Promise<void> {
   const upstream = await startChild('upstream', join(here, 'upstream.js'), { PATH: env.PATH }, (l) => l.ready === true)
   const upstreamUrl = `http://127.0.0.1:${upstream.ready.port as number}`
   console.log(`workers benchmark (${new Date().toISOString()}): ${CONNECTIONS} connections, ${SECONDS} s per load after ${WARMUP} s warm-up, load generator ${loadGenerator}`)
-  console.log('workers | load                                              |   req/s | p50 ms | p99 ms | non-2xx | gateway CPU µs/req | machine busy')
+  console.log('workers | load                                              |   req/s | p50 ms | p99 ms | non-2xx | gateway CPU µs/req | machine busy | decisions per PostgreSQL round trip')
   try {
     for (const count of COUNTS) {
-      for (const { name, w } of LOADS) {
+      for (const [i, { name, w }] of LOADS.entries()) {
+        if (ONLY !== null && !ONLY.has(i + 1)) continue
         const db = `bench_workers_${process.pid}_${count}_${w.prefix}`
         await admin.unsafe(`CREATE DATABASE ${db}`)
         let gw: Child | undefined
@@ -60,7 +64,11 @@ async function main (): Promise<void> {
           const cpu = pids.reduce((n, p) => n + cpuSeconds(p), 0) - cpu0
           const m1 = machineSeconds()
           const busy = (m1.busy - m0.busy) / (m1.total - m0.total)
-          console.log(`${String(count).padStart(7)} | ${name.padEnd(49)} | ${r.rps.toFixed(0).padStart(7)} | ${r.p50Ms.toFixed(2).padStart(6)} | ${r.p99Ms.toFixed(2).padStart(6)} | ${String(r.non2xx).padStart(7)} | ${(cpu / r.requests * 1e6).toFixed(0).padStart(18)} | ${(busy * 100).toFixed(0)}%`)
+          // Group commit per process: with N workers each batches only its own requests.
+          const text = await (await fetch(`http://127.0.0.1:${gw.ready.control_port as number}/metrics`)).text()
+          const metric = (name: string): number => Number(/^(\S+) (\S+)$/m.exec(text.split('\n').filter((l) => l.startsWith(name + ' ')).join('\n'))?.[2] ?? NaN)
+          const batch = metric('gateway_postgres_batch_size_sum') / metric('gateway_postgres_batch_size_count')
+          console.log(`${String(count).padStart(7)} | ${name.padEnd(49)} | ${r.rps.toFixed(0).padStart(7)} | ${r.p50Ms.toFixed(2).padStart(6)} | ${r.p99Ms.toFixed(2).padStart(6)} | ${String(r.non2xx).padStart(7)} | ${(cpu / r.requests * 1e6).toFixed(0).padStart(18)} | ${(busy * 100).toFixed(0).padStart(11)}% | ${Number.isFinite(batch) ? batch.toFixed(1) : '-'}`)
         } finally {
           await gw?.stop()
           await admin.unsafe(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
