@@ -111,9 +111,10 @@ export class Primary {
       for (const slot of live) clearTimeout(slot.restart)
       const exits = live.filter((s) => !s.worker.isDead())
         .map(async (s) => await new Promise<void>((resolve) => { s.worker.once('exit', () => resolve()) }))
-      for (const { worker } of live) {
-        if (worker.isConnected()) this.#send(worker, { tag: TAG, kind: 'shutdown' })
-        else worker.process.kill('SIGTERM')
+      for (const { worker, listening } of live) {
+        // One still starting may not listen for messages yet, and has nothing to drain.
+        if (listening && worker.isConnected()) this.#send(worker, { tag: TAG, kind: 'shutdown' })
+        else if (!worker.isDead()) worker.process.kill('SIGTERM')
       }
       const timeoutMs = this.#options.shutdownTimeoutMs ?? 30_000
       let timer: NodeJS.Timeout | undefined
@@ -149,7 +150,8 @@ export class Primary {
     if (last !== undefined) void this.#retire(last)
     for (const q of this.#queries.values()) if (q.expected.delete(slot) && q.expected.size === 0) q.done()
     if (this.#stopping !== undefined) {
-      this.#exitCodes.push(code)
+      // A worker stopped before it served ends by the signal: that is not a failed drain.
+      this.#exitCodes.push(entry.listening ? code : 0)
       return
     }
     const pid = entry.worker.process.pid
