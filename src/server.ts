@@ -24,6 +24,8 @@ import { startEchoUpstream } from './proxy/echo-upstream.ts'
 import { buildControl } from './control/app.ts'
 import { Holder } from './policy/holder.ts'
 import { buildRuntime, type Runtime } from './admission/runtime.ts'
+import { localReadiness } from './control/readiness.ts'
+import type { WorkerLink } from './workers/worker.ts'
 
 export type ReloadResult = { readonly ok: true, readonly generation: number } | { readonly ok: false, readonly error: string }
 
@@ -32,6 +34,8 @@ export interface GatewayOptions {
   readonly loadConfig?: () => Config
   /** Files whose change triggers a reload (config/default.yaml, CONFIG_FILE). */
   readonly watch?: readonly string[]
+  /** Set in a worker process (proxy.workers > 1): the link to the cluster primary. */
+  readonly cluster?: WorkerLink
 }
 
 export interface Gateway {
@@ -102,7 +106,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     }
     const concurrency = life.add('concurrency slots', new ConcurrencyLimiter(new RedisLeases(redis.client, config.redis.keyPrefix, metrics),
       config.redis.leaseMs, config.fallback.localReplicas, metrics), (c) => { c.close() })
-    const control = life.add('control listener', await buildControl({ config, limiter, store: postgres, cache: redis, metrics, log, runtime, overrides }), async (c) => await c.close())
+    const control = life.add('control listener', await buildControl({ config, limiter, store: postgres, cache: redis, metrics, log, runtime, overrides, ...(options.cluster === undefined ? {} : { cluster: options.cluster }) }), async (c) => await c.close())
     const proxy = life.add('proxy listener', await buildProxy({ config, limiter, concurrency, metrics, log, runtime, overrides }), async (p) => await p.close())
 
     const reload = (reason: string): ReloadResult => {
@@ -155,7 +159,19 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     await proxy.listen({ port: config.proxy.port, host: config.proxy.host })
     const proxyPort = (proxy.server.address() as AddressInfo).port
     const controlPort = (control.server.address() as AddressInfo).port
-    log.info({ port: proxyPort, control_port: controlPort, control_host: config.control.host }, `Starting server on :${proxyPort}`)
+    if (options.cluster === undefined) {
+      log.info({ port: proxyPort, control_port: controlPort, control_host: config.control.host }, `Starting server on :${proxyPort}`)
+    } else {
+      // The primary logs "Starting server on" once every worker serves.
+      options.cluster.attach({
+        readiness: async () => await localReadiness({ config, limiter, store: postgres, cache: redis }),
+        forget: (cacheName, key) => { limiter.forget(cacheName, key) },
+        reload: (reason) => { reload(reason) },
+        metrics
+      })
+      options.cluster.listening(proxyPort, controlPort)
+      log.info({ port: proxyPort, control_port: controlPort }, 'worker serving')
+    }
 
     return {
       proxy,

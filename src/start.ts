@@ -9,6 +9,9 @@ import { isUnreachable } from './stores/postgres/postgres-store.ts'
 import { prepareFirstRun, type FirstRun } from './first-run.ts'
 import { createLogger } from './observability/log.ts'
 import { startGateway } from './server.ts'
+import { perWorker, workerCount } from './workers/count.ts'
+import { WorkerLink, workerSlot } from './workers/worker.ts'
+import { runPrimary } from './start-primary.ts'
 
 /** What is about to run, in one start-up line: an operator reads the setup off the log. */
 export function startupSummary (config: Config, loaded: Pick<LoadedConfig, 'files'>): Record<string, unknown> {
@@ -33,6 +36,7 @@ export function startupSummary (config: Config, loaded: Pick<LoadedConfig, 'file
 
 /** Starts the gateway and runs it until SIGTERM/SIGINT (npm start, the image, the bin). */
 export async function runGateway (): Promise<void> {
+  // proxy.workers > 1: the primary forks workers that run this same function (src/workers).
   let config
   let loaded: LoadedConfig
   try {
@@ -45,8 +49,18 @@ export async function runGateway (): Promise<void> {
     }
     throw err
   }
-  const log = createLogger(config.log.level)
-  log.info('Logger initialized successfully')
+  const count = workerCount(config.proxy.workers)
+  const slot = workerSlot()
+  // proxy.workers > 1: this process becomes the cluster primary and serves nothing itself.
+  if (count > 1 && slot === null) return await runPrimary(config, startupSummary(config, loaded), count)
+  // A worker's lines say which worker wrote them: several processes share one stdout.
+  const log = createLogger(config.log.level, undefined, slot === null ? undefined : { role: 'worker', worker: slot, pid: process.pid })
+  if (slot === null) log.info('Logger initialized successfully')
+  const link = slot === null ? null : new WorkerLink(log)
+  // In a worker: its share of the local fail mode, and no migrations when the primary ran them.
+  const asWorker = (c: Config): Config => link === null
+    ? c
+    : perWorker(link.migrated ? { ...c, postgres: { ...c.postgres, migrate: false } } : c, link.count)
 
   let gateway: Awaited<ReturnType<typeof startGateway>> | undefined
   let firstRun: FirstRun | undefined
@@ -63,8 +77,8 @@ export async function runGateway (): Promise<void> {
     for (const file of [config.proxy.tlsCertFile, config.proxy.tlsKeyFile]) if (file !== undefined) watch.push(resolve(file))
     // No DATABASE_URL and no local PostgreSQL: the embedded one (src/first-run.ts).
     const dev = firstRun = await prepareFirstRun(config, process.env, log)
-    log.info(startupSummary(dev.config, loaded), `ratelimit-gateway ${packageVersion()} starting`)
-    gateway = await startGateway(dev.config, log, { loadConfig: () => dev.apply(loadConfig()), watch })
+    if (link === null) log.info(startupSummary(dev.config, loaded), `ratelimit-gateway ${packageVersion()} starting`)
+    gateway = await startGateway(asWorker(dev.config), log, { loadConfig: () => asWorker(dev.apply(loadConfig())), watch, ...(link === null ? {} : { cluster: link }) })
   } catch (err) {
     await firstRun?.close().catch(() => {})
     const hint = isUnreachable(err) && (firstRun?.config ?? config).postgres.requiredAtStart
@@ -76,11 +90,27 @@ export async function runGateway (): Promise<void> {
 
   const running = gateway
   const stores = firstRun
-  closeWithGrace({ delay: 25_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
+  // A worker is stopped by its primary (the 'shutdown' message, or SIGTERM sent to it alone);
+  // SIGINT is the terminal's Ctrl-C, which reaches the primary too: it orders the shutdown.
+  // closeWithGrace would take a second signal (the primary's order after the terminal's) as
+  // "exit now" and cut the in-flight requests off.
+  const workerSignals = ['SIGINT', 'SIGTERM'] as const
+  const graceful = closeWithGrace({ delay: 25_000, skip: link === null ? ['SIGHUP' as const] : ['SIGHUP' as const, ...workerSignals] }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
-    else log.info({ signal }, 'shutting down: finishing in-flight requests')
+    else log.info({ signal: signal ?? 'primary' }, 'shutting down: finishing in-flight requests')
     await running.close()
     await stores.close()
     log.info('shutdown complete')
   })
+  if (link !== null) {
+    let stopping = false
+    const stop = (): void => {
+      if (stopping) return
+      stopping = true
+      void graceful.close()
+    }
+    link.onShutdown(stop)
+    process.on('SIGTERM', stop)
+    process.on('SIGINT', () => {})
+  }
 }

@@ -21,6 +21,7 @@ const LAYERS: Record<string, number> = {
   proxy: 7,
   control: 7,
   cli: 8,
+  workers: 8, // src/workers: the cluster primary and its workers' side (composition, like the root)
   '.': 8 // src/server.ts, main.ts, lifecycle.ts, first-run.ts: the composition root
 }
 

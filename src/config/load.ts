@@ -8,12 +8,13 @@ import { packageRoot } from '../core/package.ts'
 import { parse as parseYaml } from 'yaml'
 import { configSchema, type Config } from './schema.ts'
 
-type Kind = 'string' | 'int' | 'number' | 'boolean'
+type Kind = 'string' | 'int' | 'number' | 'boolean' | 'int-or-auto'
 
 /** Public environment names (README's config table) and the field each sets. */
 export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['PORT', 'proxy.port', 'int'],
   ['HOST', 'proxy.host', 'string'],
+  ['WORKERS', 'proxy.workers', 'int-or-auto'],
   ['UPSTREAM_URL', 'proxy.upstreamUrl', 'string'],
   ['UPSTREAM_TIMEOUT_MS', 'proxy.upstreamTimeoutMs', 'number'],
   ['UPSTREAM_TLS_VERIFY', 'proxy.upstreamTlsVerify', 'boolean'],
@@ -107,6 +108,9 @@ function convert (name: string, raw: string, kind: Kind): unknown {
       if (/^(1|true|yes|on)$/i.test(raw)) return true
       if (/^(0|false|no|off)$/i.test(raw)) return false
       throw new ConfigError(`${name}=${raw}: must be true or false`)
+    case 'int-or-auto':
+      // Anything else reaches the schema as it was written, whose message names the choices.
+      return raw === 'auto' || raw.trim() === '' || !Number.isFinite(Number(raw)) ? raw : Number(raw)
     case 'int':
     case 'number': {
       const n = Number(raw)

@@ -15,9 +15,18 @@ const url = (protocols: string[]) =>
     }
   }, { message: `must be a URL starting with ${protocols.map((p) => p + '//').join(' or ')}` })
 
+const WORKERS_MESSAGE = 'must be a whole number from 1 to 1024, or "auto"'
+
 const proxy = z.strictObject({
   host: z.string().min(1).default('0.0.0.0'),
   port: port.default(8080),
+  /**
+   * Processes serving the proxy and control ports (node:cluster, the ports shared): 1 is the
+   * single process of old, with no cluster primary; auto is one per core
+   * (os.availableParallelism()). See docs/design.md, "Processes".
+   */
+  workers: z.union([z.literal('auto'), z.number()], { error: WORKERS_MESSAGE })
+    .refine((w) => w === 'auto' || (Number.isInteger(w) && w >= 1 && w <= 1024), { message: WORKERS_MESSAGE }).default(1),
   /** Where allowed requests go. Unset: a built-in echo upstream is started. */
   upstreamUrl: url(['http:', 'https:']).optional(),
   /** Header and body timeout towards the upstream; exceeded answers 504. */

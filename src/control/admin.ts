@@ -78,7 +78,8 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
   async function dropSnapshots (key: string, ...policies: LimitPolicy[]): Promise<void> {
     const names = new Set(policies.map((p) => p.cacheName))
     for (const name of names) deps.limiter.forget(name, key)
-    await Promise.all([...names].map((name) => cache.remove(cache.key(name, key)).catch(() => {})))
+    // Every worker keeps its own over-limit cache: each must forget before the answer says done.
+    await Promise.all([...[...names].map((name) => cache.remove(cache.key(name, key)).catch(() => {})), deps.cluster?.forget([...names], key)])
   }
 
   const common = { tags: ['admin'], security: [{ admin: [] }] }

@@ -20,6 +20,7 @@ import { decide, screen, type Admission, type Screened } from '../admission/admi
 import { registerAdmin } from './admin.ts'
 import type { ControlDeps } from './deps.ts'
 import { admissionBody } from './decision-body.ts'
+import { localReadiness } from './readiness.ts'
 
 
 interface CheckInput { key: string, cost?: number, policy?: string, method?: string, path?: string }
@@ -139,22 +140,23 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
       }
     }
   }, async (_request, reply) => {
-    let postgres = 'up'
-    try {
-      await deps.store.ping()
-    } catch {
-      postgres = 'down'
+    const own = await localReadiness(deps)
+    if (deps.cluster === undefined) {
+      reply.code(own.ready ? 200 : 503)
+      return { status: own.ready ? 'ready' : 'not ready', postgres: own.postgres, redis: own.redis, deciding: own.deciding }
     }
-    const redis = await deps.cache.ping()
-    const deciding = postgres === 'up' ? 'postgres' : limiter.decidesWithoutPostgres(redis === 'up')
-    const ready = config.control.readiness === 'postgres' ? postgres === 'up' : deciding !== 'none'
+    // A load balancer sends to the host, and the host's primary hands the connection to any
+    // worker: the host is ready only when every configured worker is up and ready.
+    const all = await deps.cluster.readiness()
+    const ready = all.workers.length >= all.expected && all.workers.every((w) => w.ready)
     reply.code(ready ? 200 : 503)
-    return { status: ready ? 'ready' : 'not ready', postgres, redis, deciding }
+    return { status: ready ? 'ready' : 'not ready', postgres: own.postgres, redis: own.redis, deciding: own.deciding, workers: all.workers, expected_workers: all.expected }
   })
 
   app.get('/metrics', { schema: { summary: 'Prometheus metrics (text exposition format).', tags: ['metrics'], produces: ['text/plain'] } }, async (_request, reply) => {
     reply.type(metrics.registry.contentType)
-    return await metrics.registry.metrics()
+    // With several workers, every worker's series summed by the primary (docs/observability.md).
+    return deps.cluster === undefined ? await metrics.registry.metrics() : await deps.cluster.metrics()
   })
 
   app.addSchema({
@@ -164,7 +166,23 @@ export async function buildControl (deps: ControlDeps): Promise<FastifyInstance>
       status: { type: 'string' },
       postgres: { type: 'string', enum: ['up', 'down'] },
       redis: { type: 'string', enum: ['up', 'down', 'disabled'] },
-      deciding: { type: 'string', enum: ['postgres', 'redis-fallback', 'local-fallback', 'fail-open', 'none'], description: 'Who decides requests right now.' }
+      deciding: { type: 'string', enum: ['postgres', 'redis-fallback', 'local-fallback', 'fail-open', 'none'], description: 'Who decides requests right now (in the worker that answered).' },
+      expected_workers: { type: 'integer', description: 'With proxy.workers > 1: the workers configured.' },
+      workers: {
+        type: 'array',
+        description: 'With proxy.workers > 1: each worker that answered, with its own readiness. Ready only when all expected workers are.',
+        items: {
+          type: 'object',
+          properties: {
+            worker: { type: 'integer' },
+            pid: { type: 'integer' },
+            ready: { type: 'boolean' },
+            postgres: { type: 'string' },
+            redis: { type: 'string' },
+            deciding: { type: 'string' }
+          }
+        }
+      }
     }
   })
   app.addSchema(problemSchema)

@@ -38,3 +38,18 @@ export class BadRequest extends Error {
   readonly code = 'GW_BAD_REQUEST'
   readonly statusCode = 400
 }
+
+/**
+ * A worker process (proxy.workers > 1) exited before it was serving, or WORKERS cannot be used
+ * as configured: the gateway does not start (exit 1) rather than restarting it in a loop.
+ */
+export class WorkerStartError extends Error {
+  override name = 'WorkerStartError'
+  readonly code = 'GW_WORKER_START_FAILED'
+}
+
+/** A question to the cluster primary or to the other workers got no answer in time (IPC). */
+export class WorkerTimeout extends Error {
+  override name = 'WorkerTimeout'
+  readonly code = 'GW_WORKER_TIMEOUT'
+}

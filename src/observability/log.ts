@@ -9,11 +9,12 @@ const HEADER_MAPS = ['req.headers', 'res.headers', 'request.headers', 'headers',
 
 export const REDACTED_PATHS = HEADER_MAPS.flatMap((map) => SECRET_HEADERS.map((h) => `${map}["${h}"]`))
 
-export function createLogger (level: string, destination?: pino.DestinationStream): Logger {
+export function createLogger (level: string, destination?: pino.DestinationStream, base?: Record<string, unknown>): Logger {
   return pino({
     level,
-    // No pid/hostname on every line: the collector adds where a line came from.
-    base: undefined,
+    // No pid/hostname on every line: the collector adds where a line came from. Worker
+    // processes (proxy.workers > 1) share one stdout, so theirs say which worker wrote them.
+    base: base ?? undefined,
     // Paths, not a serializer: pino compiles them once, so lines without them cost nothing.
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
     hooks: {

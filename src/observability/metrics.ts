@@ -90,6 +90,9 @@ export class Metrics {
     name: 'gateway_store_up',
     help: '1 while the store answers, 0 from its first failure until it answers again. Absent for Redis when Redis is disabled.',
     labelNames: ['store'] as const,
+    // With several workers (the primary sums every worker's series): up only while every
+    // worker reaches the store, so one worker's outage still fires the alert.
+    aggregator: 'min',
     registers: [this.registry]
   })
 
@@ -179,8 +182,9 @@ export class Metrics {
 
   readonly failModeActive = new Gauge({
     name: 'gateway_fail_mode_active',
-    help: 'Who decides now: 1 for the mode in force (postgres, redis-fallback, local, open, closed), 0 for the others.',
+    help: 'Who decides now: 1 for the mode in force (postgres, redis-fallback, local, open, closed), 0 for the others. With several workers, 1 for every mode in force in any of them.',
     labelNames: ['mode'] as const,
+    aggregator: 'max',
     registers: [this.registry]
   })
 
@@ -194,6 +198,7 @@ export class Metrics {
     name: 'gateway_build_info',
     help: 'Always 1; the version label is the gateway\'s package version.',
     labelNames: ['version'] as const,
+    aggregator: 'first',
     registers: [this.registry]
   })
 
