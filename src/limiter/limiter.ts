@@ -8,12 +8,15 @@
  *   4. Redis decides      while PostgreSQL is down, or Redis owns the bucket
  *   5. fail mode          neither store answers: local shares, open or closed
  *
+ * A write-behind policy goes to steps/redis-write-behind.ts instead: Redis decides every
+ * request; while Redis cannot, PostgreSQL decides strictly (3, then 4 and 5).
+ *
  * The limiter sees the stores only through the ports of src/core/ports.ts.
  */
 import type { Config } from '../config/schema.ts'
 import { makeVerdict } from '../core/decision.ts'
 import type { Decision, Policy, Verdict } from '../core/domain.ts'
-import { CACHE_MISS, HANDING_BACK, REDIS_OWNED, type BucketRequest, type SnapshotCache } from '../core/ports.ts'
+import { CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type BucketRequest, type SnapshotCache } from '../core/ports.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import { DbClock } from './db-clock.ts'
@@ -26,6 +29,7 @@ import { AskPostgres } from './steps/deciding-store.ts'
 import { FailMode } from './steps/fail-mode.ts'
 import { OverLimitCache } from './steps/over-limit.ts'
 import { RedisDecides } from './steps/redis-decides.ts'
+import { WriteBehindStep } from './steps/redis-write-behind.ts'
 import { DENY_MARGIN_MS, snapshotDeny } from './steps/snapshot-deny.ts'
 
 import type { Deciding, LimiterOptions, LimiterPorts } from './options.ts'
@@ -44,6 +48,7 @@ export class Limiter {
   readonly #failMode: FailMode
   readonly #group: GroupFlow
   readonly #refunds: Refunds
+  readonly #writeBehind: WriteBehindStep | null
   #fallback: Config['fallback']
 
   constructor (ports: LimiterPorts, options: LimiterOptions) {
@@ -60,6 +65,10 @@ export class Limiter {
     this.#postgres = new AskPostgres(ports.store, ports.cache, this.clock, this.#overLimit)
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
     this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
+    const wb = ports.writeBehind
+    this.#writeBehind = wb === undefined
+      ? null
+      : new WriteBehindStep({ ...wb, outage: this.#outage, log, retryMs: () => this.#fallback.probeIntervalMs })
     this.#refunds = new Refunds({ cache: ports.cache, postgres: this.#postgres, redisDecides: this.#redisDecides, failMode: this.#failMode, metrics, log })
     this.#group = new GroupFlow({
       cache: ports.cache, clock: this.clock, outage: this.#outage, overLimit: this.#overLimit, postgres: this.#postgres, metrics,
@@ -97,6 +106,7 @@ export class Limiter {
   }
 
   async #decide (request: BucketRequest, key: string): Promise<Decision> {
+    if (request.policy.consistency === 'write-behind' && this.#writeBehind !== null) return await this.#decideWriteBehind(request, key)
     if (!this.#outage.down) {
       const read = await this.#cache.read(key)
       const refused = snapshotDeny(read, request, this.clock.nowMs())
@@ -117,6 +127,16 @@ export class Limiter {
       }
     }
     return await this.#withoutPostgres(request, key)
+  }
+
+  /** Redis decides; where it cannot, PostgreSQL strictly (its state reaches Redis before Redis decides again), else steps 4-5. */
+  async #decideWriteBehind (request: BucketRequest, key: string): Promise<Decision> {
+    const wb = this.#writeBehind!
+    const decided = await wb.decide(request)
+    if (decided !== null) return decided
+    const strict = (this.#outage.down ? null : await this.#tryPostgres(request, key, CACHE_SKIPPED)) ?? await this.#withoutPostgres(request, key)
+    if (strict.decidedBy === 'postgres') wb.decidedWithoutRedis(request)
+    return strict
   }
 
   /** A policy refund after the upstream failed (refund.ts); off the response path, never throws. */
@@ -146,9 +166,9 @@ export class Limiter {
     return decided ?? this.#failMode.decide(request, this.#outage.cause)
   }
 
-  async #tryPostgres (request: BucketRequest, key: string): Promise<Decision | null> {
+  async #tryPostgres (request: BucketRequest, key: string, read = CACHE_MISS): Promise<Decision | null> {
     try {
-      return await this.#postgres.decide(request, key, CACHE_MISS)
+      return await this.#postgres.decide(request, key, read)
     } catch (err) {
       this.#outage.failed(err)
       return null
