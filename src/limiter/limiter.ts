@@ -68,7 +68,7 @@ export class Limiter {
     const wb = ports.writeBehind
     this.#writeBehind = wb === undefined
       ? null
-      : new WriteBehindStep({ ...wb, outage: this.#outage, log, retryMs: () => this.#fallback.probeIntervalMs })
+      : new WriteBehindStep({ ...wb, outage: this.#outage, log, retryMs: () => this.#fallback.probeIntervalMs, ...(options.now === undefined ? {} : { now: options.now }) })
     this.#refunds = new Refunds({ cache: ports.cache, postgres: this.#postgres, redisDecides: this.#redisDecides, failMode: this.#failMode, metrics, log })
     this.#group = new GroupFlow({
       cache: ports.cache, clock: this.clock, outage: this.#outage, overLimit: this.#overLimit, postgres: this.#postgres, metrics,
