@@ -66,7 +66,8 @@ t.test('WriteBehindSync: one statement per flush; failures keep the entries and 
   let failing = true
   const ledger: BucketLedger = {
     load: async () => null,
-    sync: async (entries) => { calls.push([...entries]); if (failing) throw new Error('PostgreSQL down') }
+    sync: async (entries) => { calls.push([...entries]); if (failing) throw new Error('PostgreSQL down') },
+    ping: async () => { if (failing) throw new Error('PostgreSQL down') }
   }
   const metrics = new Metrics()
   const sync = new WriteBehindSync({ ledger, intervalMs: () => 100, metrics, log, now: () => now })
@@ -78,6 +79,8 @@ t.test('WriteBehindSync: one statement per flush; failures keep the entries and 
   t.equal(calls[0]!.length, 2, 'both buckets in it')
   t.equal(sync.pending.size, 2, 'kept')
   sync.record(policy, 'a', 3, 11)
+  t.equal(await sync.flush(), false, 'still failing')
+  t.equal(calls.length, 1, 'after a failure, no statement until PostgreSQL answers a ping (it would run late, with stale ages)')
   now = 400
   const age = await metrics.registry.getSingleMetric('gateway_write_behind_oldest_unsynced_seconds')!.get()
   t.equal(age.values[0]!.value, 0.05, 'the gauge showed the oldest change\'s age at the last flush')
@@ -86,7 +89,7 @@ t.test('WriteBehindSync: one statement per flush; failures keep the entries and 
   t.same(calls[1]!.map((e) => [e.userId, e.tokens, e.ageMs]), [['a', 3, 350], ['b', 6, 400]], 'retried with the newer state of a (aged from when it was learnt)')
   t.equal(sync.pending.size, 0)
   const flushes = await metrics.registry.getSingleMetric('gateway_write_behind_flushes_total')!.get()
-  t.same(Object.fromEntries(flushes.values.map((v) => [v.labels.result, v.value])), { ok: 1, failed: 1 })
+  t.same(Object.fromEntries(flushes.values.map((v) => [v.labels.result, v.value])), { ok: 1, failed: 2 })
   const ageAfter = await metrics.registry.getSingleMetric('gateway_write_behind_oldest_unsynced_seconds')!.get()
   t.equal(ageAfter.values[0]!.value, 0, 'all written: age 0')
   t.equal(await sync.flush(), true, 'nothing pending: no statement')

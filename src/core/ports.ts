@@ -258,4 +258,10 @@ export interface BucketLedger {
    * (src/core/write-behind-merge.ts). Missing rows are created. At most one entry per bucket.
    */
   sync (entries: readonly SyncEntry[]): Promise<void>
+  /**
+   * Whether PostgreSQL answers. After a failed flush the next one waits for this: a flush
+   * queued in the driver while no connection is up would run whenever one is, with ages
+   * measured long before (stamped too late: PostgreSQL would hold fewer tokens than the truth).
+   */
+  ping (): Promise<void>
 }

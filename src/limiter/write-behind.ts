@@ -152,6 +152,17 @@ export class WriteBehindSync {
 
   async #flushOnce (): Promise<boolean> {
     const { metrics, log, ledger } = this.#o
+    if (this.#failing && this.pending.size > 0) {
+      // The last flush failed: send the next only over a connection that answers now, so it
+      // runs now (its ages are measured now), not whenever the driver reconnects.
+      try {
+        await ledger.ping()
+      } catch {
+        metrics.syncFlushes.inc({ result: 'failed' })
+        this.#gauges()
+        return false
+      }
+    }
     const batch = this.pending.take(this.#now())
     if (batch !== null) {
       try {

@@ -55,7 +55,8 @@ export class MemoryPostgres implements DecidingStore {
     this.#now = options.now
     this.ledger = {
       load: async (request) => this.#load(request),
-      sync: async (entries) => { this.#sync(entries) }
+      sync: async (entries) => { this.#sync(entries) },
+      ping: async () => { await this.ping() }
     }
   }
 

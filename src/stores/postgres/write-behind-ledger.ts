@@ -98,6 +98,10 @@ export class PostgresLedger implements BucketLedger {
     return out
   }
 
+  async ping (): Promise<void> {
+    await this.#store.ping()
+  }
+
   async sync (entries: readonly SyncEntry[]): Promise<void> {
     if (entries.length === 0) return
     const { sql } = this.#store
