@@ -188,6 +188,7 @@ export class WriteBehindSync {
   }
 
   #gauges (): void {
+    this.#o.metrics.syncInterval.set(this.#o.intervalMs() / 1000)
     this.#o.metrics.syncPending.set(this.pending.size)
     this.#o.metrics.syncOldestAge.set(this.pending.oldestAgeMs(this.#now()) / 1000)
   }

@@ -218,6 +218,12 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly syncInterval = new Gauge({
+    name: 'gateway_write_behind_sync_interval_seconds',
+    help: 'The configured write-behind sync interval (limits.syncIntervalMs): the alert on the oldest unsynced change is relative to it.',
+    registers: [this.registry]
+  })
+
   readonly buildInfo = new Gauge({
     name: 'gateway_build_info',
     help: 'Always 1; the version label is the gateway\'s package version.',
@@ -257,6 +263,7 @@ export class Metrics {
     for (const result of ['ok', 'failed']) this.syncFlushes.labels(result)
     this.syncPending.set(0)
     this.syncOldestAge.set(0)
+    this.syncInterval.set(0.1)
     this.allowListed.labels()
     for (const result of ['applied', 'rejected']) this.configReloads.labels(result)
     this.bound = {
