@@ -140,7 +140,7 @@ t.test('Redis cut off: PostgreSQL decides strictly, and no bucket is refunded wh
   t.same(strict, [...Array(6).fill([201, 'postgres']), [429, 'postgres'], [429, 'postgres']], 'PostgreSQL decided: the six tokens left')
   await relay.restore()
   // Redis still holds its six tokens; it must learn PostgreSQL's state before deciding again.
-  const back = await waitFor(async () => { const a = await ask(); seen.push(a); return a[1] === 'redis' ? a : false }, { timeoutMs: 10_000, what: 'Redis deciding again' })
+  const back = await waitFor(async () => { const a = await ask(); seen.push(a); return a[1] === 'redis' ? a : null }, { timeoutMs: 10_000, what: 'Redis deciding again' }) as [number, string]
   t.equal(back[0], 429, 'the first Redis decision after the switch refuses: nothing refunded')
   const later: number[] = []
   for (let i = 0; i < 5; i++) later.push((await ask())[0])

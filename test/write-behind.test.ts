@@ -46,7 +46,7 @@ t.test('write-behind: Redis decides every request, PostgreSQL is written behind'
     const value = await redis.get(`${gw.redisPrefix}wb{default@10/1:nu}`)
     t.match(value, /\|w$/, 'the write-behind key, on the bucket\'s hash tag')
     t.equal(await redis.get(`${gw.redisPrefix}{default@10/1:nu}`), null, 'no snapshot-cache value: the modes keep apart')
-    const written = await waitFor(async () => { const r = await row(sql, 'default', 'nu'); return r !== undefined && r.tokens < 1 ? r : false }, { what: 'the row written behind' })
+    const written = await waitFor(async () => { const r = await row(sql, 'default', 'nu'); return r !== undefined && r.tokens < 1 ? r : null }, { what: 'the row written behind' }) as { tokens: number }
     t.ok(written.tokens < 1 && written.tokens > -1e-6, `PostgreSQL holds the spent bucket (${written.tokens})`)
   })
 
