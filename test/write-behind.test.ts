@@ -110,7 +110,7 @@ t.test('a policy sets its own consistency: a strict daily quota beside a write-b
   const configFile = join(dir, 'policies.yaml')
   writeFileSync(configFile, 'policies:\n  burst: { capacity: 5, refillPerSecond: 1, consistency: write-behind }\n  daily: { capacity: 5, refillPerSecond: 0.001 }\n' +
     'routes:\n  - { path: /burst, policy: burst }\n  - { path: /daily, policy: daily }\n')
-  const gw = await startTestGateway(t, { configFile, config: { limits: { syncIntervalMs: 60_000 } } })
+  const gw = await startTestGateway(t, { configFile, config: { limits: { syncIntervalMs: 60_000 }, control: { adminToken: 'write-behind-admin-token' } } })
   t.equal(gw.config.limits.consistency, 'strict', 'strict by default')
   const { redis, sql } = stores(t, gw)
   for (let i = 0; i < 3; i++) {
@@ -124,6 +124,13 @@ t.test('a policy sets its own consistency: a strict daily quota beside a write-b
   t.equal(await row(sql, 'burst', 'mixed'), undefined, 'burst: not written yet (the sync interval is a minute)')
   t.equal(await counter(gw, 'gateway_decisions_total', { policy: 'daily', decided_by: 'postgres' }), 3)
   t.equal(await counter(gw, 'gateway_decisions_total', { policy: 'burst', decided_by: 'redis' }), 3)
+  // An admin reset forgets the Redis state and the pending one too: the caller starts full.
+  for (let i = 0; i < 5; i++) await send(gw.proxyUrl + '/burst', { user: 'reset-me' })
+  t.equal((await send(gw.proxyUrl + '/burst', { user: 'reset-me' })).status, 429, 'spent')
+  const reset = await send(gw.controlUrl + '/v1/buckets/reset-me?policy=burst', { method: 'DELETE', headers: { authorization: 'Bearer write-behind-admin-token' } })
+  t.equal(reset.status, 200, reset.body)
+  const after = await send(gw.proxyUrl + '/burst', { user: 'reset-me' })
+  t.same([after.status, after.headers.get('x-data-source')], [201, 'new-user'], 'full again, from no row')
   // A graceful shutdown writes the pending state once.
   await gw.close()
   const burst = await row(sql, 'burst', 'mixed')

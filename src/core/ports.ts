@@ -114,7 +114,7 @@ export interface SnapshotCache {
    * still on its way there (the decider has a connection of its own). Never rejects.
    */
   settled (): Promise<void>
-  /** Removes a snapshot (a bucket was raised: reset, override); throws when Redis fails. */
+  /** Removes a snapshot, and the bucket's write-behind state (a bucket was raised: reset, override); throws when Redis fails. */
   remove (key: string): Promise<void>
   /** Readiness: 'disabled' when no Redis is configured. */
   ping (): Promise<'up' | 'down' | 'disabled'>

@@ -30,6 +30,7 @@ import { FailMode } from './steps/fail-mode.ts'
 import { OverLimitCache } from './steps/over-limit.ts'
 import { RedisDecides } from './steps/redis-decides.ts'
 import { WriteBehindStep } from './steps/redis-write-behind.ts'
+import type { WriteBehindSync } from './write-behind.ts'
 import { DENY_MARGIN_MS, snapshotDeny } from './steps/snapshot-deny.ts'
 
 import type { Deciding, LimiterOptions, LimiterPorts } from './options.ts'
@@ -49,6 +50,7 @@ export class Limiter {
   readonly #group: GroupFlow
   readonly #refunds: Refunds
   readonly #writeBehind: WriteBehindStep | null
+  readonly #writeBehindSync: WriteBehindSync | undefined
   #fallback: Config['fallback']
 
   constructor (ports: LimiterPorts, options: LimiterOptions) {
@@ -66,6 +68,7 @@ export class Limiter {
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
     this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
     const wb = ports.writeBehind
+    this.#writeBehindSync = wb?.sync
     this.#writeBehind = wb === undefined
       ? null
       : new WriteBehindStep({ ...wb, outage: this.#outage, log, retryMs: () => this.#fallback.probeIntervalMs, ...(options.now === undefined ? {} : { now: options.now }) })
@@ -178,6 +181,7 @@ export class Limiter {
   /** A bucket was raised (admin reset, override): forget what this process remembers of it. */
   forget (cacheName: string, userId: string): void {
     this.#overLimit?.forget(this.#cache.key(cacheName, userId))
+    this.#writeBehindSync?.pending.forget(cacheName, userId)
   }
 
   /** Started while PostgreSQL does not answer: decide without it; `prepare` runs once it does. */

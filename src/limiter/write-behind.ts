@@ -92,6 +92,11 @@ export class PendingSyncs {
     this.#inFlightOldest = Infinity
   }
 
+  /** A bucket was reset (admin): its pending state must not write the spent tokens back. */
+  forget (cacheName: string, userId: string): void {
+    for (const [id, e] of this.#map) if (e.userId === userId && (e.policy.cacheName ?? e.policy.name) === cacheName) this.#map.delete(id)
+  }
+
   /** Milliseconds since the oldest change PostgreSQL does not have (pending or in flight); 0 if none. */
   oldestAgeMs (nowMs: number): number {
     const oldest = Math.min(this.#pendingOldest, this.#inFlightOldest)

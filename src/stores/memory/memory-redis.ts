@@ -322,6 +322,7 @@ export class MemorySnapshotCache implements SnapshotCache {
     if (!r.enabled) return
     if (r.down) throw new Error('Redis is not connected (in-memory outage)')
     r.del(key)
+    r.del(r.keyPrefix + 'wb' + key.slice(r.keyPrefix.length))
   }
 
   async ping (): Promise<'up' | 'down' | 'disabled'> {
