@@ -27,15 +27,13 @@ function stores (t: { teardown: (fn: () => unknown) => void }, gw: TestGateway):
   return { redis, sql }
 }
 
-async function row (sql: postgres.Sql, policy: string, user: string): Promise<{ tokens: number, now_tokens: number } | undefined> {
-  const rows = await sql<Array<{ tokens: number, now_tokens: number }>>`
-    SELECT tokens, least(10, tokens + extract(epoch FROM clock_timestamp() - last_refill_time) * 1) AS now_tokens
-    FROM rate_limits WHERE policy = ${policy} AND user_id = ${user}`
-  return rows[0] === undefined ? undefined : { tokens: Number(rows[0].tokens), now_tokens: Number(rows[0].now_tokens) }
+async function row (sql: postgres.Sql, policy: string, user: string): Promise<{ tokens: number } | undefined> {
+  const rows = await sql<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = ${policy} AND user_id = ${user}`
+  return rows[0] === undefined ? undefined : { tokens: Number(rows[0].tokens) }
 }
 
 t.test('write-behind: Redis decides every request, PostgreSQL is written behind', async (t) => {
-  const gw = await startTestGateway(t, { config: { limits: { consistency: 'write-behind', syncIntervalMs: 50 } } })
+  const gw = await startTestGateway(t, { config: { limits: { consistency: 'write-behind', syncIntervalMs: 50, refillPerSecond: 0.01 } } }) // a slow refill: timing cannot add tokens
   const { redis, sql } = stores(t, gw)
 
   await t.test('a new caller: new-user, then redis; exactly the capacity allowed', async (t) => {
@@ -43,9 +41,9 @@ t.test('write-behind: Redis decides every request, PostgreSQL is written behind'
     for (let i = 0; i < 12; i++) replies.push(await send(gw.proxyUrl + '/x', { user: 'nu' }))
     t.same(replies.map((r) => r.status), [...Array(10).fill(201), 429, 429], '10 allowed, then refused')
     t.same(replies.map((r) => r.headers.get('x-data-source')), ['new-user', ...Array(11).fill('redis')])
-    const value = await redis.get(`${gw.redisPrefix}wb{default@10/1:nu}`)
+    const value = await redis.get(`${gw.redisPrefix}wb{default@10/0.01:nu}`)
     t.match(value, /\|w$/, 'the write-behind key, on the bucket\'s hash tag')
-    t.equal(await redis.get(`${gw.redisPrefix}{default@10/1:nu}`), null, 'no snapshot-cache value: the modes keep apart')
+    t.equal(await redis.get(`${gw.redisPrefix}{default@10/0.01:nu}`), null, 'no snapshot-cache value: the modes keep apart')
     const written = await waitFor(async () => { const r = await row(sql, 'default', 'nu'); return r !== undefined && r.tokens < 1 ? r : null }, { what: 'the row written behind' }) as { tokens: number }
     t.ok(written.tokens < 1 && written.tokens > -1e-6, `PostgreSQL holds the spent bucket (${written.tokens})`)
   })
@@ -83,7 +81,7 @@ t.test('write-behind: Redis decides every request, PostgreSQL is written behind'
   await t.test('seeded only if absent: a state Redis holds is kept, PostgreSQL\'s row is not read', async (t) => {
     await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES ('default', 'held', 10, clock_timestamp())`
     const [sec, micro] = await redis.time()
-    await redis.set(`${gw.redisPrefix}wb{default@10/1:held}`, `1|${Number(sec) * 1000 + Number(micro) / 1000}|w`, 'EX', 10)
+    await redis.set(`${gw.redisPrefix}wb{default@10/0.01:held}`, `1|${Number(sec) * 1000 + Number(micro) / 1000}|w`, 'EX', 10)
     const replies = [await send(gw.proxyUrl + '/x', { user: 'held' }), await send(gw.proxyUrl + '/x', { user: 'held' })]
     t.same(replies.map((r) => [r.status, r.headers.get('x-data-source')]), [[201, 'redis'], [429, 'redis']], 'Redis\'s one token')
   })
