@@ -17,6 +17,9 @@ import { OverrideStore } from './stores/postgres/override-store.ts'
 import { StoreHealth } from './stores/health.ts'
 import { RedisDecider } from './stores/redis/redis-decider.ts'
 import { RedisSnapshotCache } from './stores/redis/snapshot-cache.ts'
+import { RedisWriteBehind } from './stores/redis/write-behind-redis.ts'
+import { PostgresLedger } from './stores/postgres/write-behind-ledger.ts'
+import { WriteBehindSync } from './limiter/write-behind.ts'
 import { RedisLeases } from './stores/redis/leases.ts'
 import { ConcurrencyLimiter } from './limiter/concurrency.ts'
 import { buildProxy, readTlsFiles } from './proxy/app.ts'
@@ -94,8 +97,21 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const runtime = new Holder(buildRuntime(config, defaultUpstream, 1))
     const initPolicies = (rt: Runtime): void => { for (const p of rt.policies.policies.values()) metrics.initPolicy(p.name, p.shadow) }
     initPolicies(runtime.current)
-    const limiter = life.add('limiter', new Limiter({ store: postgres, cache: redis, redis: decider },
+    // Write-behind mode (docs/design.md): Redis decides, PostgreSQL is written behind. Without
+    // Redis there is nothing to decide in, and write-behind policies are decided strictly.
+    const sync = config.redis.enabled
+      ? new WriteBehindSync({ ledger: new PostgresLedger(postgres, metrics, { maxInFlight: Math.min(config.postgres.poolSize, config.postgres.batchMaxInFlight), maxSize: config.postgres.batchMaxSize }),
+        intervalMs: () => runtime.current.config.limits.syncIntervalMs, metrics, log })
+      : null
+    if (sync === null && [...runtime.current.policies.policies.values()].some((p) => p.consistency === 'write-behind')) {
+      log.warn('write-behind policies are decided strictly: Redis is disabled (REDIS_ENABLED=false)')
+    }
+    const writeBehind = sync === null ? undefined : { redis: new RedisWriteBehind(() => decider.client, config.redis.keyPrefix, redisHealth, metrics), ledger: sync.ledger, sync }
+    const limiter = life.add('limiter', new Limiter({ store: postgres, cache: redis, redis: decider, ...(writeBehind === undefined ? {} : { writeBehind }) },
       { fallback: config.fallback, localDenyCache: config.localDenyCache, metrics, log }), async (l) => await l.close())
+    // Closed after the listeners (no more decisions) and before PostgreSQL: a graceful
+    // shutdown writes the pending write-behind state once.
+    if (sync !== null) life.add('write-behind sync', sync, async (s) => await s.close()).start()
     if (postgresMissing !== null) {
       log.warn({ err: postgresMissing }, 'PostgreSQL does not answer at start-up: starting without it (postgres.requiredAtStart: false); ' +
         'Redis or the fail mode decides until it answers, then migrations run and the buckets are handed back')

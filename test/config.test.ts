@@ -18,7 +18,7 @@ t.test('defaults match the original', async (t) => {
   t.equal(c.control.port, 9090)
   t.equal(c.control.host, '127.0.0.1', 'control port is local-only by default')
   t.equal(c.identity.header, 'x-user-id')
-  t.same(c.limits, { capacity: 10, refillPerSecond: 1, cost: 1 })
+  t.same(c.limits, { capacity: 10, refillPerSecond: 1, cost: 1, consistency: 'strict', syncIntervalMs: 100 })
   t.equal(c.postgres.url, 'postgres://postgres@127.0.0.1:5432/postgres')
   t.equal(c.redis.url, 'redis://127.0.0.1:6379')
   t.equal(c.proxy.upstreamUrl, undefined)
@@ -50,6 +50,15 @@ t.test('environment overrides the file; CONFIG_FILE overrides the defaults', asy
   t.equal(env.limits.capacity, 7, 'environment wins over CONFIG_FILE')
 })
 
+t.test('consistency: strict by default, write-behind from CONSISTENCY, a policy may set its own', async (t) => {
+  const file = tempFile('cons.yaml', 'policies:\n  daily: { capacity: 1000, refillPerSecond: 0.01, consistency: strict }\n  burst: { capacity: 5 }\n')
+  const c = loadConfig({ env: { CONFIG_FILE: file, CONSISTENCY: 'write-behind', SYNC_INTERVAL_MS: '250' } })
+  t.equal(c.limits.consistency, 'write-behind')
+  t.equal(c.limits.syncIntervalMs, 250)
+  t.equal(c.policies.daily!.consistency, 'strict', 'the policy\'s own')
+  t.equal(c.policies.burst!.consistency, undefined, 'unset: limits.consistency applies (policy-set.ts)')
+})
+
 t.test('bad configuration names the field', async (t) => {
   const cases: Array<[string, NodeJS.ProcessEnv, RegExp]> = [
     ['negative capacity', { RATE_LIMIT_CAPACITY: '-1' }, /limits\.capacity: .*(from RATE_LIMIT_CAPACITY)/],
@@ -66,7 +75,14 @@ t.test('bad configuration names the field', async (t) => {
     ['unknown field', { CONFIG_FILE: tempFile('u.yaml', 'limits:\n  capacty: 5\n') }, /limits\.capacty/],
     ['unknown section', { CONFIG_FILE: tempFile('s.yaml', 'limitz: {}\n') }, /limitz/],
     ['missing file', { CONFIG_FILE: '/nonexistent/gw.yaml' }, /\/nonexistent\/gw\.yaml/],
-    ['invalid YAML', { CONFIG_FILE: tempFile('bad.yaml', 'limits: [\n') }, /not valid YAML/]
+    ['invalid YAML', { CONFIG_FILE: tempFile('bad.yaml', 'limits: [\n') }, /not valid YAML/],
+    ['bad consistency', { CONSISTENCY: 'eventual' }, /limits\.consistency: .*(from CONSISTENCY)/],
+    ['zero sync interval', { SYNC_INTERVAL_MS: '0' }, /limits\.syncIntervalMs/],
+    ['fractional sync interval', { SYNC_INTERVAL_MS: '2.5' }, /SYNC_INTERVAL_MS/],
+    ['bad policy consistency', { CONFIG_FILE: tempFile('pc.yaml', 'policies:\n  burst: { consistency: lazy }\n') }, /policies\.burst\.consistency/],
+    ['several policies, one write-behind', {
+      CONFIG_FILE: tempFile('pg.yaml', 'policies:\n  a: { consistency: write-behind }\n  b: {}\nroutes:\n  - { path: /x, policy: [a, b] }\n')
+    }, /routes\.0\.policy: charges several policies/]
   ]
   for (const [name, env, pattern] of cases) {
     t.throws(() => loadConfig({ env }), pattern, name)

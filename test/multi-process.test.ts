@@ -1,5 +1,6 @@
 // Three gateway processes sharing one PostgreSQL database and one Redis key prefix: the safety
-// invariant holds across processes, for a burst and for a sustained overload.
+// invariant holds across processes, for a burst and for a sustained overload, in both
+// consistency modes (CONSISTENCY: strict, PostgreSQL decides; write-behind, Redis decides).
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -14,7 +15,7 @@ const RATE = 5
 // The issue asks for a 20 s run; MULTI_PROCESS_RUN_SECONDS shortens it for quick local loops.
 const RUN_SECONDS = Number(process.env.MULTI_PROCESS_RUN_SECONDS ?? 20)
 
-t.test('three gateway processes sharing the stores', async (t) => {
+for (const mode of ['strict', 'write-behind'] as const) t.test(`three gateway processes sharing the stores (${mode})`, async (t) => {
   const db = await createTestDatabase(t)
   const prefix = createRedisPrefix(t)
   const upstream = await startUpstream(t)
@@ -30,7 +31,8 @@ t.test('three gateway processes sharing the stores', async (t) => {
     REDIS_KEY_PREFIX: prefix,
     UPSTREAM_URL: upstream.url,
     RATE_LIMIT_CAPACITY: String(CAPACITY),
-    RATE_LIMIT_REFILL_PER_SECOND: String(RATE)
+    RATE_LIMIT_REFILL_PER_SECOND: String(RATE),
+    CONSISTENCY: mode
   }
   const gateways: SpawnedGateway[] = await Promise.all([0, 1, 2].map(() => spawnGateway(t, env)))
 

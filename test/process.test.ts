@@ -2,6 +2,7 @@
 import { execFile, spawnSync } from 'node:child_process'
 import { promisify } from 'node:util'
 import { join } from 'node:path'
+import postgres from 'postgres'
 import t from 'tap'
 import { packageRoot } from '../src/core/package.ts'
 import { spawnGateway } from './helpers/gateway.ts'
@@ -11,17 +12,17 @@ import { startUpstream } from './helpers/upstream.ts'
 
 const main = join(packageRoot(), 'dist', 'src', 'main.js')
 
-t.test('two gateway processes sharing the stores allow exactly the capacity in total', async (t) => {
+for (const mode of ['strict', 'write-behind'] as const) t.test(`two gateway processes sharing the stores allow exactly the capacity in total (${mode})`, async (t) => {
   const db = await createTestDatabase(t)
   const prefix = createRedisPrefix(t)
   const upstream = await startUpstream(t)
-  const env = { DATABASE_URL: db, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: prefix, UPSTREAM_URL: upstream.url }
+  const env = { DATABASE_URL: db, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: prefix, UPSTREAM_URL: upstream.url, CONSISTENCY: mode }
   // Started together: both run migrations at once, serialised by the advisory lock.
   const [a, b] = await Promise.all([spawnGateway(t, env), spawnGateway(t, env)])
   for (const key of ['shared-1', 'shared-2']) {
     const replies = await Promise.all(Array.from({ length: 40 }, (_, i) => send((i % 2 === 0 ? a : b).proxyUrl + '/x', { user: key })))
     t.equal(replies.filter((r) => r.status === 201).length, 10, `${key}: exactly 10 allowed across both`)
-    t.equal(replies.filter((r) => r.status === 429).length, 30, `${key}: the rest blocked`)
+    t.equal(replies.filter((r) => r.status === 429).length, 30, `${key}: the rest blocked (${[...new Set(replies.map((r) => `${r.status} ${r.headers.get('x-data-source') ?? ''}`))].join(', ')})`)
   }
 })
 
@@ -37,6 +38,20 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async (t) => {
   t.equal(await exited, 0, 'exit code 0')
   t.ok(gw.output.some((l) => l.includes('shutdown complete')), 'logs the shutdown')
   await t.rejects(fetch(gw.proxyUrl + '/x', { headers: { 'x-user-id': 'late' } }), 'no longer accepting')
+})
+
+t.test('write-behind: SIGTERM writes the pending state to PostgreSQL before the process exits', async (t) => {
+  const db = await createTestDatabase(t)
+  const upstream = await startUpstream(t)
+  // A sync interval of a minute: only the shutdown flush can have written the row.
+  const gw = await spawnGateway(t, { DATABASE_URL: db, REDIS_KEY_PREFIX: createRedisPrefix(t), UPSTREAM_URL: upstream.url, CONSISTENCY: 'write-behind', SYNC_INTERVAL_MS: '60000' })
+  for (let i = 0; i < 4; i++) t.equal((await send(gw.proxyUrl + '/x', { user: 'flushed' })).status, 201)
+  t.equal(await gw.stop('SIGTERM'), 0)
+  const sql = postgres(db, { max: 1, onnotice: () => {} })
+  t.teardown(async () => { await sql.end() })
+  const rows = await sql<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'default' AND user_id = 'flushed'`
+  t.equal(rows.length, 1, 'the row was written')
+  t.ok(rows[0]!.tokens < 7, `with the four allowances (${rows[0]?.tokens} tokens, plus the refill meanwhile)`)
 })
 
 t.test('with no UPSTREAM_URL the built-in echo upstream answers, and says so', async (t) => {

@@ -7,7 +7,7 @@ import { parseRedisUrl } from '../src/config/redis-url.ts'
 import { loadConfig } from '../src/config/load.ts'
 import { burst as burstScenario, cacheVsDb } from '../scripts/scenarios-lib.ts'
 import { startTestGateway } from './helpers/gateway.ts'
-import { burst, waitFor } from './helpers/http.ts'
+import { burst, send, waitFor } from './helpers/http.ts'
 import { keysPerNode, startRedisCluster, startRedisSentinel } from './helpers/redis-topologies.ts'
 
 const SLOW = { limits: { capacity: 10, refillPerSecond: 0.01 } }
@@ -65,6 +65,23 @@ t.test('Redis Cluster of three local nodes', async (t) => {
   const total = perNode.reduce((a, n) => a + n, 0)
   t.ok(total <= buckets && total >= buckets - 1, `one key per bucket (${total} keys for ${buckets} buckets; a write-back may be dropped under load)`)
   t.ok(perNode.filter((n) => n > 0).length >= 2, `buckets spread over the nodes (${perNode.join('/')})`)
+})
+
+t.test('Redis Cluster in write-behind mode: the keys keep their hash tags, 40 concurrent on a fresh key allow exactly 10', async (t) => {
+  const cluster = await startRedisCluster(t, 3)
+  const gw = await startTestGateway(t, { redisUrl: cluster.url, redisPrefix: 'rlw:', config: { limits: { ...SLOW.limits, consistency: 'write-behind' } } })
+  // Redis decides once the deciding client has the slot map; until then PostgreSQL decides (strictly).
+  await waitFor(async () => (await send(gw.proxyUrl + '/x', { user: 'cluster-warm' })).headers.get('x-data-source') === 'redis',
+    { timeoutMs: 20_000, what: 'Redis deciding on the cluster' })
+  const users = Array.from({ length: 8 }, (_, i) => `cluster-wb-${i}`)
+  const results = await Promise.all(users.map((u) => burst(gw.proxyUrl + '/x', u, 40)))
+  results.forEach((replies, i) => {
+    t.equal(replies.filter((r) => r.status === 201).length, 10, `${users[i]}: exactly 10 allowed`)
+    t.ok(replies.every((r) => r.headers.get('x-data-source') !== 'postgres' || r.status === 201), `${users[i]}: the refusals came from Redis (a strict PostgreSQL refusal says postgres)`)
+  })
+  const perNode = await keysPerNode(cluster, 'rlw:wb{*')
+  t.equal(perNode.reduce((a, n) => a + n, 0), users.length + 1, `one write-behind key per bucket (${perNode.join('/')})`)
+  t.ok(perNode.filter((n) => n > 0).length >= 2, 'spread over the nodes by their hash tags')
 })
 
 t.test('Redis Sentinel: the gateway asks the sentinel for the master', async (t) => {

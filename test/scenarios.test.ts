@@ -1,5 +1,6 @@
 // The original runner's six scenarios, through a real gateway to a real upstream, with real
-// PostgreSQL and Redis; plus the stricter concurrency checks of issue 2.
+// PostgreSQL and Redis; plus the stricter concurrency checks of issue 2. In both consistency
+// modes: strict (PostgreSQL decides) and write-behind (Redis decides, PostgreSQL behind).
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
@@ -9,8 +10,10 @@ import { SCENARIOS, concurrent } from '../scripts/scenarios-lib.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { burst } from './helpers/http.ts'
 
-t.test('the six original scenarios', async (t) => {
-  const gw = await startTestGateway(t)
+const MODES = ['strict', 'write-behind'] as const
+
+for (const mode of MODES) t.test(`the six original scenarios (${mode})`, async (t) => {
+  const gw = await startTestGateway(t, { config: { limits: { consistency: mode } } })
   for (const [id, scenario] of SCENARIOS) {
     const result = await scenario(gw.proxyUrl + '/', `user_123-${id}`)
     for (const e of result.expectations) t.ok(e.ok, `${id}: ${e.what} (expected ${e.expected}, got ${e.actual})`)
@@ -22,8 +25,8 @@ t.test('the six original scenarios', async (t) => {
   }
 })
 
-t.test('40 concurrent requests on a fresh key give exactly 10 allowed', async (t) => {
-  const gw = await startTestGateway(t)
+for (const mode of MODES) t.test(`40 concurrent requests on a fresh key give exactly 10 allowed (${mode})`, async (t) => {
+  const gw = await startTestGateway(t, { config: { limits: { consistency: mode } } })
   for (const user of ['fresh-a', 'fresh-b', 'fresh-c']) {
     const replies = await burst(gw.proxyUrl + '/x', user, 40)
     t.equal(replies.filter((r) => r.status === 200 || r.status === 201).length, 10, `${user}: 10 allowed`)
@@ -33,8 +36,8 @@ t.test('40 concurrent requests on a fresh key give exactly 10 allowed', async (t
   t.ok(result.expectations.every((e) => e.ok), 'seed: 10 goroutines all allowed')
 })
 
-t.test('Redis pointed at a port where nothing listens: Postgres answers every request', async (t) => {
-  const gw = await startTestGateway(t, { redisUrl: 'redis://127.0.0.1:1' })
+for (const mode of MODES) t.test(`Redis pointed at a port where nothing listens: Postgres answers every request (${mode})`, async (t) => {
+  const gw = await startTestGateway(t, { redisUrl: 'redis://127.0.0.1:1', config: { limits: { consistency: mode } } })
   const sources: string[] = []
   const statuses: number[] = []
   for (let i = 0; i < 15; i++) {

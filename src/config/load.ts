@@ -36,6 +36,8 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['RATE_LIMIT_CAPACITY', 'limits.capacity', 'number'],
   ['RATE_LIMIT_REFILL_PER_SECOND', 'limits.refillPerSecond', 'number'],
   ['RATE_LIMIT_COST', 'limits.cost', 'number'],
+  ['CONSISTENCY', 'limits.consistency', 'string'],
+  ['SYNC_INTERVAL_MS', 'limits.syncIntervalMs', 'int'],
   ['LOCAL_DENY_CACHE', 'localDenyCache.enabled', 'boolean'],
   ['LOCAL_DENY_CACHE_SIZE', 'localDenyCache.maxEntries', 'int'],
   ['DATABASE_URL', 'postgres.url', 'string'],

@@ -88,7 +88,17 @@ const control = z.strictObject({
 const limits = z.strictObject({
   capacity: positive.default(10),
   refillPerSecond: positive.default(1),
-  cost: positive.default(1)
+  cost: positive.default(1),
+  /**
+   * Who decides (docs/design.md, "The write-behind mode"): strict, PostgreSQL decides every
+   * allowance (never beyond capacity + rate x T, whatever fails); write-behind, Redis decides
+   * every request in one round trip and PostgreSQL is written behind every syncIntervalMs (if
+   * Redis loses a bucket, its caller may be allowed again what it spent in one sync interval).
+   * A policy may set its own.
+   */
+  consistency: z.enum(['strict', 'write-behind']).default('strict'),
+  /** Write-behind: how often each gateway writes the buckets it decided to PostgreSQL (one statement per flush). */
+  syncIntervalMs: z.number().int().min(1).max(60_000).default(100)
 }).refine((l) => l.cost <= l.capacity, { message: 'cost must not exceed capacity (such a request could never pass)', path: ['cost'] })
 
 const postgres = z.strictObject({

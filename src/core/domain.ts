@@ -19,7 +19,15 @@ export interface Policy {
    * `capacity` is the same number; it has no token bucket).
    */
   readonly concurrency?: number
+  /**
+   * Who decides the bucket: `strict` (unset: PostgreSQL decides every allowance) or
+   * `write-behind` (Redis decides every request, PostgreSQL is written behind every sync
+   * interval). docs/design.md, "The write-behind mode", states each mode's bound.
+   */
+  readonly consistency?: Consistency
 }
+
+export type Consistency = 'strict' | 'write-behind'
 
 /**
  * A bucket's state at one instant. `atMs` is on the database's clock (epoch milliseconds,

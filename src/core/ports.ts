@@ -114,7 +114,7 @@ export interface SnapshotCache {
    * still on its way there (the decider has a connection of its own). Never rejects.
    */
   settled (): Promise<void>
-  /** Removes a snapshot (a bucket was raised: reset, override); throws when Redis fails. */
+  /** Removes a snapshot, and the bucket's write-behind state (a bucket was raised: reset, override); throws when Redis fails. */
   remove (key: string): Promise<void>
   /** Readiness: 'disabled' when no Redis is configured. */
   ping (): Promise<'up' | 'down' | 'disabled'>
@@ -191,4 +191,86 @@ export interface LeaseStore {
   renew (leases: ReadonlyArray<{ readonly policy: string, readonly userId: string, readonly leaseId: string }>, leaseMs: number): Promise<void>
   /** Frees a slot. Never throws. */
   release (policy: string, userId: string, leaseId: string): Promise<void>
+}
+
+/** What Redis answered in write-behind mode (it decides every request there). */
+export type WriteBehindVerdict = WriteBehindDecided | WriteBehindNotDecided
+
+export interface WriteBehindDecided {
+  readonly kind: 'decided'
+  readonly allowed: boolean
+  /** Tokens left, on the Redis clock. */
+  readonly tokens: number
+  /** When Redis decided (its clock): of two decisions of one bucket the later one is the newer state. */
+  readonly atMs: number
+  /** This call seeded the bucket from PostgreSQL's state (seedAndDecide only). */
+  readonly seeded: boolean
+}
+
+export interface WriteBehindNotDecided {
+  /** miss: Redis does not hold the bucket (load it from PostgreSQL); unavailable: Redis cannot decide. */
+  readonly kind: 'miss' | 'unavailable'
+}
+
+export const WB_MISS: WriteBehindNotDecided = Object.freeze({ kind: 'miss' })
+export const WB_UNAVAILABLE: WriteBehindNotDecided = Object.freeze({ kind: 'unavailable' })
+
+/**
+ * Redis deciding every request of a write-behind policy: one atomic script on the Redis clock,
+ * one round trip. Its keys are apart from the snapshot cache's (same hash tag: same Cluster
+ * slot), so the two modes never read each other's values. Nothing here throws on the request path.
+ */
+export interface WriteBehindRedis {
+  /** Configured and connected now (a write-behind decision can be tried). */
+  readonly available: boolean
+  /** Decides if Redis holds the bucket; `miss` otherwise (nothing is written). */
+  decide (request: BucketRequest): Promise<WriteBehindVerdict>
+  /**
+   * Seeds the bucket with `tokens` (PostgreSQL's state, refilled to the database's now) only if
+   * Redis still does not hold it (another gateway may have seeded it meanwhile), then decides.
+   */
+  seedAndDecide (request: BucketRequest, tokens: number): Promise<WriteBehindVerdict>
+  /**
+   * Lowers buckets Redis holds to PostgreSQL's state where that has fewer tokens (the min-merge
+   * before Redis decides again after PostgreSQL decided without it); absent buckets stay absent
+   * (a miss loads PostgreSQL's state anyway). Rejects when Redis fails.
+   */
+  lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void>
+}
+
+/** One bucket's latest write-behind state, to be written to PostgreSQL. */
+export interface SyncEntry {
+  readonly policy: Policy
+  readonly userId: string
+  readonly tokens: number
+  /**
+   * How long ago (gateway clock, at the flush) this state was known: the reply's arrival, which
+   * is after Redis decided, so the row is stamped no earlier than the truth and gets no refill
+   * it did not earn.
+   */
+  readonly ageMs: number
+}
+
+/**
+ * PostgreSQL as the write-behind mode's durable copy: read on a Redis miss, written behind.
+ * Every method rejects with StoreFailure when PostgreSQL does not answer in time.
+ */
+export interface BucketLedger {
+  /**
+   * Each bucket's tokens refilled to the database's now, or null where it has no row (a new
+   * caller). Concurrent calls share one round trip.
+   */
+  load (request: BucketRequest): Promise<number | null>
+  /**
+   * Writes the states in one statement, merging so that no row is ever raised: the row and
+   * the state are both refilled to the later of their two times and the lower count is kept
+   * (src/core/write-behind-merge.ts). Missing rows are created. At most one entry per bucket.
+   */
+  sync (entries: readonly SyncEntry[]): Promise<void>
+  /**
+   * Whether PostgreSQL answers. After a failed flush the next one waits for this: a flush
+   * queued in the driver while no connection is up would run whenever one is, with ages
+   * measured long before (stamped too late: PostgreSQL would hold fewer tokens than the truth).
+   */
+  ping (): Promise<void>
 }

@@ -8,12 +8,15 @@
  *   4. Redis decides      while PostgreSQL is down, or Redis owns the bucket
  *   5. fail mode          neither store answers: local shares, open or closed
  *
+ * A write-behind policy goes to steps/redis-write-behind.ts instead: Redis decides every
+ * request; while Redis cannot, PostgreSQL decides strictly (3, then 4 and 5).
+ *
  * The limiter sees the stores only through the ports of src/core/ports.ts.
  */
 import type { Config } from '../config/schema.ts'
 import { makeVerdict } from '../core/decision.ts'
 import type { Decision, Policy, Verdict } from '../core/domain.ts'
-import { CACHE_MISS, HANDING_BACK, REDIS_OWNED, type BucketRequest, type SnapshotCache } from '../core/ports.ts'
+import { CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type BucketRequest, type SnapshotCache } from '../core/ports.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import { DbClock } from './db-clock.ts'
@@ -28,6 +31,8 @@ import { OverLimitCache } from './steps/over-limit.ts'
 import { ReadAlongside } from './steps/read-alongside.ts'
 import { RecentlyPlenty } from './steps/recently-plenty.ts'
 import { RedisDecides } from './steps/redis-decides.ts'
+import { WriteBehindStep } from './steps/redis-write-behind.ts'
+import type { WriteBehindSync } from './write-behind.ts'
 import { DENY_MARGIN_MS, snapshotDeny } from './steps/snapshot-deny.ts'
 
 import type { Deciding, LimiterOptions, LimiterPorts } from './options.ts'
@@ -47,6 +52,8 @@ export class Limiter {
   readonly #failMode: FailMode
   readonly #group: GroupFlow
   readonly #refunds: Refunds
+  readonly #writeBehind: WriteBehindStep | null
+  readonly #writeBehindSync: WriteBehindSync | undefined
   #fallback: Config['fallback']
 
   constructor (ports: LimiterPorts, options: LimiterOptions) {
@@ -65,6 +72,11 @@ export class Limiter {
     this.#alongside = plenty === null ? null : new ReadAlongside(this.#postgres, plenty)
     this.#redisDecides = new RedisDecides(ports.redis, this.clock, metrics)
     this.#failMode = new FailMode(options.fallback, this.#mode, metrics, options.now)
+    const wb = ports.writeBehind
+    this.#writeBehindSync = wb?.sync
+    this.#writeBehind = wb === undefined
+      ? null
+      : new WriteBehindStep({ ...wb, outage: this.#outage, log, retryMs: () => this.#fallback.probeIntervalMs, ...(options.now === undefined ? {} : { now: options.now }) })
     this.#refunds = new Refunds({ cache: ports.cache, postgres: this.#postgres, redisDecides: this.#redisDecides, failMode: this.#failMode, metrics, log })
     this.#group = new GroupFlow({
       cache: ports.cache, clock: this.clock, outage: this.#outage, overLimit: this.#overLimit, postgres: this.#postgres, metrics,
@@ -102,6 +114,7 @@ export class Limiter {
   }
 
   async #decide (request: BucketRequest, key: string): Promise<Decision> {
+    if (request.policy.consistency === 'write-behind' && this.#writeBehind !== null) return await this.#decideWriteBehind(request, key)
     if (!this.#outage.down) {
       // Steps 2 and 3 at once for a bucket recently seen with plenty of tokens (read-alongside.ts).
       const alongside = this.#alongside
@@ -138,6 +151,16 @@ export class Limiter {
     return await this.#withoutPostgres(request, key)
   }
 
+  /** Redis decides; where it cannot, PostgreSQL strictly (its state reaches Redis before Redis decides again), else steps 4-5. */
+  async #decideWriteBehind (request: BucketRequest, key: string): Promise<Decision> {
+    const wb = this.#writeBehind!
+    const decided = await wb.decide(request)
+    if (decided !== null) return decided
+    const strict = (this.#outage.down ? null : await this.#tryPostgres(request, key, CACHE_SKIPPED)) ?? await this.#withoutPostgres(request, key)
+    if (strict.decidedBy === 'postgres') wb.decidedWithoutRedis(request)
+    return strict
+  }
+
   /** A policy refund after the upstream failed (refund.ts); off the response path, never throws. */
   async refund (verdict: Verdict, reason: 'upstream-error' | '5xx'): Promise<void> {
     await this.#refunds.refund(verdict, reason)
@@ -165,9 +188,9 @@ export class Limiter {
     return decided ?? this.#failMode.decide(request, this.#outage.cause)
   }
 
-  async #tryPostgres (request: BucketRequest, key: string): Promise<Decision | null> {
+  async #tryPostgres (request: BucketRequest, key: string, read = CACHE_MISS): Promise<Decision | null> {
     try {
-      return await this.#postgres.decide(request, key, CACHE_MISS)
+      return await this.#postgres.decide(request, key, read)
     } catch (err) {
       this.#outage.failed(err)
       return null
@@ -177,6 +200,7 @@ export class Limiter {
   /** A bucket was raised (admin reset, override): forget what this process remembers of it. */
   forget (cacheName: string, userId: string): void {
     this.#overLimit?.forget(this.#cache.key(cacheName, userId))
+    this.#writeBehindSync?.pending.forget(cacheName, userId)
   }
 
   /** Started while PostgreSQL does not answer: decide without it; `prepare` runs once it does. */

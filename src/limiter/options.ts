@@ -1,14 +1,21 @@
 /** What a Limiter is built from: the store ports and its settings. */
 import type { Config } from '../config/schema.ts'
-import type { DecidingStore, RedisDecider, SnapshotCache } from '../core/ports.ts'
+import type { BucketLedger, DecidingStore, RedisDecider, SnapshotCache, WriteBehindRedis } from '../core/ports.ts'
 import type { Logger } from '../observability/log.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { FailModeDeciding } from './steps/fail-mode.ts'
+import type { WriteBehindSync } from './write-behind.ts'
 
 export interface LimiterPorts {
   readonly store: DecidingStore
   readonly cache: SnapshotCache
   readonly redis: RedisDecider
+  /** Write-behind mode's two halves; absent: every policy is decided strictly. */
+  readonly writeBehind?: {
+    readonly redis: WriteBehindRedis
+    readonly ledger: BucketLedger
+    readonly sync: WriteBehindSync
+  }
 }
 
 export interface LimiterOptions {

@@ -35,12 +35,14 @@ export const PREFLIGHT_REASONS = ['preflight-limit'] as const
 export const REJECT_REASONS = [...Object.keys(REASONS) as RejectReason[], ...CLIENT_ERROR_REASONS, ...PREFLIGHT_REASONS]
 /** Which store decides each source; decisions are counted and timed by both labels. */
 export const DECIDERS_OF: Readonly<Record<DecisionSource, readonly Decider[]>> = {
-  redis: ['redis', 'postgres'], postgres: ['postgres'], 'new-user': ['postgres'], local: ['gateway'], 'redis-fallback': ['redis'], 'local-fallback': ['gateway'], 'fail-open': ['gateway']
+  // postgres and new-user by Redis too: write-behind decisions of buckets loaded from PostgreSQL.
+  redis: ['redis', 'postgres'], postgres: ['postgres', 'redis'], 'new-user': ['postgres', 'redis'], local: ['gateway'], 'redis-fallback': ['redis'], 'local-fallback': ['gateway'], 'fail-open': ['gateway']
 }
 export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped', 'redis-owned', 'handing-back'] as const
 export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
   ['postgres', 'decide'], ['postgres', 'peek'], ['postgres', 'reset'], ['postgres', 'ping'],
-  ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping'], ['redis', 'decide']
+  ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping'], ['redis', 'decide'],
+  ['redis', 'wb-decide'], ['redis', 'wb-lower'], ['postgres', 'wb-load'], ['postgres', 'wb-sync']
 ]
 export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 export const UPSTREAM_ERROR_KINDS = ['unreachable', 'timeout', 'interrupted'] as const
@@ -194,6 +196,38 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly syncFlushes = new FastCounter({
+    name: 'gateway_write_behind_flushes_total',
+    help: 'Write-behind flushes to PostgreSQL (one statement each), by result (ok, failed: its entries are kept and retried).',
+    labelNames: ['result'] as const,
+    registers: [this.registry]
+  })
+
+  readonly syncKeys = new FastHistogram({
+    name: 'gateway_write_behind_flush_keys',
+    help: 'Buckets written to PostgreSQL in one write-behind flush.',
+    buckets: [1, 4, 16, 64, 256, 1024, 4096, 16384],
+    registers: [this.registry]
+  })
+
+  readonly syncPending = new Gauge({
+    name: 'gateway_write_behind_pending_keys',
+    help: 'Buckets decided in write-behind mode whose latest state PostgreSQL does not have yet.',
+    registers: [this.registry]
+  })
+
+  readonly syncOldestAge = new Gauge({
+    name: 'gateway_write_behind_oldest_unsynced_seconds',
+    help: 'Age of the oldest bucket change not yet written to PostgreSQL (0 when everything is written). Above a few sync intervals, flushes are failing: a bucket Redis loses now can be allowed again what its caller spent since.',
+    registers: [this.registry]
+  })
+
+  readonly syncInterval = new Gauge({
+    name: 'gateway_write_behind_sync_interval_seconds',
+    help: 'The configured write-behind sync interval (limits.syncIntervalMs): the alert on the oldest unsynced change is relative to it.',
+    registers: [this.registry]
+  })
+
   readonly buildInfo = new Gauge({
     name: 'gateway_build_info',
     help: 'Always 1; the version label is the gateway\'s package version.',
@@ -231,6 +265,10 @@ export class Metrics {
       this.failModeActive.set({ mode }, mode === 'postgres' ? 1 : 0)
     }
     this.handedBack.labels()
+    for (const result of ['ok', 'failed']) this.syncFlushes.labels(result)
+    this.syncPending.set(0)
+    this.syncOldestAge.set(0)
+    this.syncInterval.set(0.1)
     this.allowListed.labels()
     for (const result of ['applied', 'rejected']) this.configReloads.labels(result)
     this.bound = {

@@ -64,5 +64,5 @@ export class OverrideTable {
 
 /** The configured policy with an override's numbers (and a cache name that says so). */
 export function effectivePolicy (policy: LimitPolicy, capacity: number | null, refillPerSecond: number | null): LimitPolicy {
-  return makeLimitPolicy(policy.name, capacity ?? policy.capacity, refillPerSecond ?? policy.refillPerSecond, policy.cost, policy.shadow, refundsOf(policy))
+  return makeLimitPolicy(policy.name, capacity ?? policy.capacity, refillPerSecond ?? policy.refillPerSecond, policy.cost, policy.shadow, refundsOf(policy), policy.consistency)
 }

@@ -4,7 +4,7 @@
  * goes to. Everything is resolved when the set is built, so a request costs a few lookups
  * and no allocation. Hot reload builds a new set and swaps it in whole (holder.ts).
  */
-import type { Policy } from '../core/domain.ts'
+import type { Consistency, Policy } from '../core/domain.ts'
 import { policyNames, type PolicyConfig } from './schema.ts'
 import { compilePathRule, hasPrefix, type PathRule } from './path.ts'
 
@@ -24,6 +24,7 @@ export interface LimitPolicy extends Policy {
    * after a raise that would deny callers who have tokens.
    */
   readonly cacheName: string
+  readonly consistency: Consistency
 }
 
 /** What applies to one request: the policies, their costs, and the route that chose them. */
@@ -64,8 +65,9 @@ export function cacheNameOf (name: string, capacity: number, refillPerSecond: nu
 export type RefundOn = 'upstream-error' | '5xx'
 
 export function makeLimitPolicy (name: string, capacity: number, refillPerSecond: number, cost: number, shadow: boolean,
-  refund: readonly RefundOn[] = []): LimitPolicy {
+  refund: readonly RefundOn[] = [], consistency: Consistency = 'strict'): LimitPolicy {
   return {
+    consistency,
     name,
     capacity,
     refillPerSecond,
@@ -136,7 +138,9 @@ export class PolicySet {
     const { limits } = config
     const policies = new Map<string, LimitPolicy>()
     const defaultDef = config.policies.default
-    policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false, defaultDef?.refund ?? []))
+    const consistency = limits.consistency ?? 'strict'
+    policies.set('default', makeLimitPolicy('default', defaultDef?.capacity ?? limits.capacity, defaultDef?.refillPerSecond ?? limits.refillPerSecond, defaultDef?.cost ?? limits.cost, defaultDef?.shadow ?? false, defaultDef?.refund ?? [],
+      defaultDef?.consistency ?? consistency))
     for (const [name, def] of Object.entries(config.policies)) {
       if (name === 'default') continue
       if (def.concurrency !== undefined) {
@@ -144,7 +148,7 @@ export class PolicySet {
         policies.set(name, { ...makeLimitPolicy(name, n, n, 1, false), concurrency: n })
         continue
       }
-      policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow, def.refund ?? []))
+      policies.set(name, makeLimitPolicy(name, def.capacity ?? limits.capacity, def.refillPerSecond ?? limits.refillPerSecond, def.cost ?? limits.cost, def.shadow, def.refund ?? [], def.consistency ?? consistency))
     }
     this.policies = policies
     this.defaultPolicy = policies.get('default')!

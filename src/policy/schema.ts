@@ -35,6 +35,8 @@ export const policyDefinition = z.strictObject({
   cost: positive.optional(),
   /** Decide, count and log, but always forward. */
   shadow: z.boolean().default(false),
+  /** strict or write-behind (default: limits.consistency); docs/design.md, "The write-behind mode". */
+  consistency: z.enum(['strict', 'write-behind']).optional(),
   /**
    * When the tokens a request spent are given back: `upstream-error` (the upstream was
    * unreachable or timed out: 502/504), `5xx` (the upstream answered 5xx). None by default.
@@ -121,7 +123,7 @@ export const policySections = {
 
 /** What the policy layer reads of the configuration (a structural slice of Config). */
 export interface PolicyConfig {
-  limits: { capacity: number, refillPerSecond: number, cost: number }
+  limits: { capacity: number, refillPerSecond: number, cost: number, consistency?: 'strict' | 'write-behind' }
   upstreams: Array<z.output<typeof upstreamRoute>>
   access: z.output<typeof access>
   policies: Record<string, z.output<typeof policyDefinition>>
@@ -143,8 +145,10 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
   const costOf = (name: string): number => config.policies[name]?.cost ?? config.limits.cost
 
   const isConcurrency = (name: string): boolean => config.policies[name]?.concurrency !== undefined
+  const consistencyOf = (name: string): string => config.policies[name]?.consistency ?? config.limits.consistency ?? 'strict'
   for (const [name, p] of Object.entries(config.policies)) {
     if (p.concurrency !== undefined) {
+      if (p.consistency !== undefined) issues.push({ path: ['policies', name, 'consistency'], message: 'a concurrency policy has no token bucket to write behind' })
       if (name === 'default') issues.push({ path: ['policies', name, 'concurrency'], message: 'the default policy is a token bucket; name a concurrency policy of its own' })
       for (const field of ['capacity', 'refillPerSecond', 'cost', 'shadow'] as const) {
         if (field === 'shadow' ? p.shadow : p[field] !== undefined) issues.push({ path: ['policies', name, field], message: `a concurrency policy has no ${field}` })
@@ -174,6 +178,12 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
       const rates = targets.filter((n) => !isConcurrency(n))
       if (new Set(rates.map(shadowOf)).size > 1) {
         issues.push({ path: [...at, 'policy'], message: `mixes shadow and enforced policies (${targets.join(', ')}); a request is either enforced or shadowed` })
+        return
+      }
+      // Several buckets all or nothing is PostgreSQL's group decision; Redis does not decide
+      // groups in write-behind mode (yet), and one bucket must not be decided by both.
+      if (rates.length > 1 && rates.some((n) => consistencyOf(n) === 'write-behind')) {
+        issues.push({ path: [...at, 'policy'], message: `charges several policies (${rates.join(', ')}) and one of them is write-behind; a request of several policies needs them all strict` })
         return
       }
       for (const target of rates) {

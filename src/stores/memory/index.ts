@@ -4,4 +4,4 @@
  * their semantics (migrations/003 and 005, src/stores/redis/scripts.ts).
  */
 export { MemoryPostgres, type MemoryPostgresOptions } from './memory-postgres.ts'
-export { MemoryRedis, MemoryRedisDecider, MemorySnapshotCache, encodeSnapshot, memoryBucketKey, parseValue, type MemoryRedisOptions } from './memory-redis.ts'
+export { MemoryRedis, MemoryRedisDecider, MemorySnapshotCache, MemoryWriteBehindRedis, encodeSnapshot, memoryBucketKey, parseValue, type MemoryRedisOptions } from './memory-redis.ts'

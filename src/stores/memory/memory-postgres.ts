@@ -12,8 +12,9 @@
  */
 import type { BucketSnapshot } from '../../core/domain.ts'
 import { StoreFailure } from '../../core/errors.ts'
-import type { BucketPeek, BucketRequest, DecidingStore, OwnedBucket, StoreDecision } from '../../core/ports.ts'
+import type { BucketLedger, BucketPeek, BucketRequest, DecidingStore, OwnedBucket, StoreDecision, SyncEntry } from '../../core/ports.ts'
 import { EPSILON } from '../../core/token-bucket.ts'
+import { mergeLower } from '../../core/write-behind-merge.ts'
 
 export interface MemoryPostgresOptions {
   /** The database clock, epoch milliseconds (clock_timestamp()). */
@@ -46,8 +47,35 @@ export class MemoryPostgres implements DecidingStore {
   pingCalls = 0
   handBackCalls = 0
 
+  syncCalls = 0
+  /** The BucketLedger port on these rows (write-behind-ledger.ts's SQL, transcribed). */
+  readonly ledger: BucketLedger
+
   constructor (options: MemoryPostgresOptions) {
     this.#now = options.now
+    this.ledger = {
+      load: async (request) => this.#load(request),
+      sync: async (entries) => { this.#sync(entries) },
+      ping: async () => { await this.ping() }
+    }
+  }
+
+  #load ({ policy, userId }: BucketRequest): number | null {
+    if (this.down) throw this.#fail('load the buckets')
+    const row = this.#rows.get(rowKey(policy.name, userId))
+    return row === undefined ? null : refill(row, policy.capacity, policy.refillPerSecond, this.#now()).tokens
+  }
+
+  /** One statement: all of it applies, or (down) none. Stamped now - age; the lower count at the later time wins. */
+  #sync (entries: readonly SyncEntry[]): void {
+    this.syncCalls++
+    if (this.down) throw this.#fail('take the write-behind flush')
+    const now = this.#now()
+    for (const e of entries) {
+      const key = rowKey(e.policy.name, e.userId)
+      const merged = mergeLower(this.#rows.get(key) ?? null, { tokens: e.tokens, atMs: now - Math.max(0, e.ageMs) }, e.policy)
+      this.#rows.set(key, { tokens: merged.tokens, atMs: merged.atMs })
+    }
   }
 
   /** The database clock. */

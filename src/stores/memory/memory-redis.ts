@@ -19,8 +19,9 @@
  */
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import {
-  CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE,
-  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisVerdict, type SnapshotCache
+  CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE, WB_MISS, WB_UNAVAILABLE,
+  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisVerdict, type SnapshotCache,
+  type WriteBehindRedis, type WriteBehindVerdict
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { decodeMember, encodeMember, memberOf } from '../owned-member.ts'
@@ -88,8 +89,11 @@ export class MemoryRedis {
   takeoverFenceMs = 0
   handBackCalls = 0
 
+  wbDecideCalls = 0
+
   readonly cache: MemorySnapshotCache
   readonly decider: MemoryRedisDecider
+  readonly writeBehind: MemoryWriteBehindRedis
 
   constructor (options: MemoryRedisOptions) {
     this.#now = options.now
@@ -98,6 +102,51 @@ export class MemoryRedis {
     this.#expire = options.expire ?? false
     this.cache = new MemorySnapshotCache(this)
     this.decider = new MemoryRedisDecider(this)
+    this.writeBehind = new MemoryWriteBehindRedis(this)
+  }
+
+  /** The write-behind key (write-behind-redis.ts): the bucket's hash tag, a namespace of its own. */
+  wbKey (cacheName: string, userId: string): string {
+    return `${this.keyPrefix}wb{${cacheName}:${userId}}`
+  }
+
+  /** WB_DECIDE of scripts.ts: [1 allowed | 0 denied | -2 miss, tokens, atMs, seeded]. */
+  wbDecideScript (key: string, cost: number, cap: number, rate: number, ttl: number, seed: number | null): [number, number, number, 0 | 1] {
+    let now = this.#now()
+    const current = parseValue(this.get(key))
+    let tokens: number
+    let at: number
+    let seeded: 0 | 1 = 0
+    if (current === null) {
+      if (seed === null) return [-2, 0, 0, 0]
+      tokens = Math.min(cap, seed)
+      at = now
+      seeded = 1
+    } else {
+      tokens = current.tokens
+      at = current.at
+    }
+    if (now < at) now = at
+    tokens = refill(tokens, at, now, cap, rate)
+    let allowed = 0
+    if (tokens + 1e-9 >= cost) {
+      tokens = tokens - cost
+      allowed = 1
+    }
+    this.set(key, num(tokens) + '|' + num(now) + '|w', ttl)
+    return [allowed, tokens, now, seeded]
+  }
+
+  /** WB_LOWER of scripts.ts: 1 if lowered. */
+  wbLowerScript (key: string, theirs: number, cap: number, rate: number, ttl: number): 0 | 1 {
+    const current = parseValue(this.get(key))
+    if (current === null) return 0
+    let now = this.#now()
+    if (now < current.at) now = current.at
+    const tokens = refill(current.tokens, current.at, now, cap, rate)
+    if (theirs >= tokens) return 0
+    this.set(key, num(theirs) + '|' + num(now) + '|w', ttl)
+    return 1
   }
 
   /** The Redis clock (TIME). */
@@ -288,6 +337,7 @@ export class MemorySnapshotCache implements SnapshotCache {
     if (!r.enabled) return
     if (r.down) throw new Error('Redis is not connected (in-memory outage)')
     r.del(key)
+    r.del(r.keyPrefix + 'wb' + key.slice(r.keyPrefix.length))
   }
 
   async ping (): Promise<'up' | 'down' | 'disabled'> {
@@ -368,6 +418,46 @@ export class MemoryRedisDecider implements RedisDecider {
       if (done === 1) {
         r.srem(memberOf(b))
       }
+    })
+  }
+}
+
+/** The WriteBehindRedis port on a MemoryRedis. */
+export class MemoryWriteBehindRedis implements WriteBehindRedis {
+  readonly #redis: MemoryRedis
+
+  constructor (redis: MemoryRedis) {
+    this.#redis = redis
+  }
+
+  get available (): boolean { return this.#redis.enabled && !this.#redis.down }
+
+  async decide (request: BucketRequest): Promise<WriteBehindVerdict> {
+    return this.#decide(request, null)
+  }
+
+  async seedAndDecide (request: BucketRequest, tokens: number): Promise<WriteBehindVerdict> {
+    return this.#decide(request, tokens)
+  }
+
+  #decide (request: BucketRequest, seed: number | null): WriteBehindVerdict {
+    const r = this.#redis
+    if (!this.available) return WB_UNAVAILABLE
+    r.wbDecideCalls++
+    const { policy, userId, cost } = request
+    const [status, tokens, atMs, seeded] = r.wbDecideScript(r.wbKey(policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+      policy.refillPerSecond, fullRefillSeconds(policy), seed)
+    if (status === -2) return WB_MISS
+    return { kind: 'decided', allowed: status === 1, tokens, atMs, seeded: seeded === 1 }
+  }
+
+  async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {
+    const r = this.#redis
+    if (!this.available) throw new Error('Redis is not connected (in-memory outage)')
+    requests.forEach(({ policy, userId }, i) => {
+      const t = tokens[i]
+      if (t === null || t === undefined) return
+      r.wbLowerScript(r.wbKey(policy.cacheName ?? policy.name, userId), t, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
     })
   }
 }

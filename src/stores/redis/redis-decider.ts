@@ -76,6 +76,14 @@ export class RedisDecider implements RedisDeciderPort {
     return this.#client !== null
   }
 
+  /**
+   * The deciding client, shared with the write-behind adapter (write-behind-redis.ts): both
+   * decide with Redis as the only store, so both wait fallback.redisTimeoutMs, not the cache's 50 ms.
+   */
+  get client (): ScriptedRedis | null {
+    return this.#client
+  }
+
   get available (): boolean {
     return this.#client !== null && this.#client.status === 'ready'
   }

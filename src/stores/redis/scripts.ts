@@ -181,6 +181,56 @@ if kind == 'm' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 return 1
 `
 
+/**
+ * Write-behind mode: Redis decides every request. Its keys are `<prefix>wb{<cacheName>:<caller>}`
+ * (the bucket's hash tag: one Cluster slot) and their values `tokens|atMs|w`, on the Redis clock,
+ * apart from the snapshot cache's keys, so the two modes never read each other's values.
+ * KEYS[1] bucket. ARGV: cost, capacity, rate per second, ttl seconds, seed ('' : a missing
+ * bucket is a miss; else the tokens to seed it with, PostgreSQL's state refilled to the
+ * database's now: used only if the bucket is still missing, since another gateway may have
+ * seeded and spent from it meanwhile).
+ * Returns {1 allowed | 0 denied | -2 miss, tokens, atMs, 1 seeded by this call | 0}.
+ */
+const WB_DECIDE = HELPERS + `
+local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local tokens, at = parse(redis.call('GET', KEYS[1]))
+local seeded = 0
+if tokens == nil then
+  if ARGV[5] == '' then return {-2, '', '', 0} end
+  tokens, at, seeded = math.min(cap, tonumber(ARGV[5])), now, 1
+end
+if now < at then now = at end
+tokens = refill(tokens, at, now, cap, rate)
+local allowed = 0
+if tokens + 1e-9 >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|w', 'EX', ARGV[4])
+return {allowed, num(tokens), num(now), seeded}
+`
+
+/**
+ * Write-behind mode, after PostgreSQL decided without Redis: a bucket Redis still holds is
+ * lowered to PostgreSQL's state where that has fewer tokens (both refilled to now: PostgreSQL's
+ * at the database's now when read, which is earlier, so the refill between is given up), so
+ * Redis refunds nothing PostgreSQL spent. A missing bucket stays missing: a miss loads the row.
+ * KEYS[1] bucket. ARGV: tokens, capacity, rate, ttl. Returns 1 if lowered, 0 otherwise.
+ */
+const WB_LOWER = HELPERS + `
+local tokens, at = parse(redis.call('GET', KEYS[1]))
+if tokens == nil then return 0 end
+local cap = tonumber(ARGV[2])
+local now = now_ms()
+if now < at then now = at end
+tokens = refill(tokens, at, now, cap, tonumber(ARGV[3]))
+local theirs = tonumber(ARGV[1])
+if theirs >= tokens then return 0 end
+redis.call('SET', KEYS[1], num(theirs) .. '|' .. num(now) .. '|w', 'EX', ARGV[4])
+return 1
+`
+
 type Reply<T> = Promise<T>
 
 /** The client with the scripts defined (EVALSHA, falling back to EVAL after a restart). */
@@ -193,6 +243,8 @@ export interface ScriptedRedis extends Redis {
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
+  rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<[number, string, string, number]>
+  rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
 }
 
 export function defineScripts (client: Redis): ScriptedRedis {
@@ -202,6 +254,8 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
   client.defineCommand('rlRefund', { numberOfKeys: 1, lua: REFUND })
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
+  client.defineCommand('rlWbDecide', { numberOfKeys: 1, lua: WB_DECIDE })
+  client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   return client as ScriptedRedis
 }
 

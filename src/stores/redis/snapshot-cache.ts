@@ -204,7 +204,8 @@ export class RedisSnapshotCache implements SnapshotCache {
     if (this.client === null) return
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'del' })
     try {
-      await this.client.del(key)
+      // And the bucket's write-behind key (write-behind-redis.ts): same hash tag, same slot.
+      await this.client.del(key, this.#prefix + 'wb' + key.slice(this.#prefix.length))
     } catch (err) {
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'del' })
       throw err

@@ -1,0 +1,93 @@
+/**
+ * Redis deciding every request of a write-behind policy (the WriteBehindRedis port): one
+ * atomic Lua script on the Redis clock (scripts.ts WB_DECIDE), one round trip per request.
+ * A bucket Redis does not hold is a miss; the limiter loads PostgreSQL's state and seeds it
+ * (seeded only if still absent), so a new or evicted bucket starts from the truth, not full.
+ *
+ * It uses the Redis decider's client: while deciding, Redis is the only store, so a reply
+ * merely late (up to fallback.redisTimeoutMs) must not send the request elsewhere; a Redis
+ * really gone opens this adapter's own circuit breaker and PostgreSQL decides (strictly).
+ */
+import type { BucketRequest, WriteBehindRedis as WriteBehindRedisPort, WriteBehindVerdict } from '../../core/ports.ts'
+import { WB_MISS, WB_UNAVAILABLE } from '../../core/ports.ts'
+import { fullRefillSeconds } from '../../core/token-bucket.ts'
+import type { Metrics } from '../../observability/metrics.ts'
+import { CircuitBreaker } from '../breaker.ts'
+import type { StoreHealth } from '../health.ts'
+import type { ScriptedRedis } from './scripts.ts'
+
+/** The write-behind key of a bucket: the snapshot key's hash tag (one Cluster slot), its own namespace. */
+export function writeBehindKey (prefix: string, cacheName: string, userId: string): string {
+  return `${prefix}wb{${cacheName}:${userId}}`
+}
+
+export class RedisWriteBehind implements WriteBehindRedisPort {
+  readonly #client: () => ScriptedRedis | null
+  readonly #prefix: string
+  readonly #metrics: Metrics
+  readonly #health: StoreHealth
+  readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
+
+  /** `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log. */
+  constructor (client: () => ScriptedRedis | null, prefix: string, health: StoreHealth, metrics: Metrics) {
+    this.#client = client
+    this.#prefix = prefix
+    this.#health = health
+    this.#metrics = metrics
+  }
+
+  /** Connected (the circuit breaker aside: `lower`, the switch back, is its probe). */
+  get available (): boolean {
+    const c = this.#client()
+    return c !== null && c.status === 'ready'
+  }
+
+  async decide (request: BucketRequest): Promise<WriteBehindVerdict> {
+    return await this.#decide(request, '')
+  }
+
+  async seedAndDecide (request: BucketRequest, tokens: number): Promise<WriteBehindVerdict> {
+    return await this.#decide(request, tokens)
+  }
+
+  async #decide (request: BucketRequest, seed: number | ''): Promise<WriteBehindVerdict> {
+    const client = this.#client()
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return WB_UNAVAILABLE
+    const { policy, userId, cost } = request
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
+    let reply: [number, string, string, number]
+    try {
+      reply = await client.rlWbDecide(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, fullRefillSeconds(policy), seed)
+    } catch (err) {
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
+      this.#health.failed(err)
+      return WB_UNAVAILABLE
+    }
+    this.#breaker.success()
+    this.#health.succeeded()
+    if (reply[0] === -2) return WB_MISS
+    return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]), atMs: Number(reply[2]), seeded: reply[3] === 1 }
+  }
+
+  async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {
+    const client = this.#client()
+    if (client === null || client.status !== 'ready') throw new Error('Redis is not connected')
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-lower' })
+    // One call per bucket (auto-pipelined): the buckets live in different Cluster slots.
+    try {
+      await Promise.all(requests.map(async ({ policy, userId }, i) => {
+        const t = tokens[i]
+        if (t === null || t === undefined) return
+        await client.rlWbLower(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), t, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
+      }))
+    } catch (err) {
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-lower' })
+      throw err
+    }
+    // Redis answered: decisions may go to it again.
+    this.#breaker.success()
+  }
+}
