@@ -12,7 +12,7 @@ import { runChaos } from '../scripts/chaos/run.ts'
 
 t.test('chaos quick subset, strict mode: over-admission within the stated bound, no unexplained failure', { timeout: 150_000 }, async (t) => {
   const lines: string[] = []
-  const { rows, resultsDir } = await runChaos({ quick: true, resultsDir: mkdtempSync(join(tmpdir(), 'gw-chaos-test-')), log: (l) => lines.push(l) })
+  const { rows, resultsDir } = await runChaos({ quick: true, mode: 'strict', resultsDir: mkdtempSync(join(tmpdir(), 'gw-chaos-test-')), log: (l) => lines.push(l) })
   t.comment(lines.join('\n'))
   t.same(rows.map((r) => r.fault), ['redis-restarted-empty', 'postgres-down-5s', 'gateway-killed'], 'the quick subset ran')
   for (const row of rows) {
