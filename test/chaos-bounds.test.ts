@@ -9,13 +9,14 @@ import { namesFor, pickSubnet, staleLinks, staleNamespaces } from '../scripts/li
 
 const setting: BoundSetting = { capacity: 5, ratePerSecond: 2, gateways: 3, syncIntervalMs: 1000, probeIntervalMs: 500 }
 
-t.test('strict: one request per other gateway (a switch), plus the local share when cut off from both', async (t) => {
-  t.same(statedBound('strict', {}, 5000, setting), { bound: 2, text: '2 (switch)' })
-  t.equal(statedBound('strict', { redisLosesData: true }, 5000, setting).bound, 2, 'Redis losing data costs strict nothing more')
+t.test('strict: 0 (the take-over fence), one request per other gateway without it, plus the local share when cut off from both', async (t) => {
+  t.same(statedBound('strict', {}, 5000, setting), { bound: 0, text: '0' })
+  t.equal(statedBound('strict', { redisLosesData: true }, 5000, setting).bound, 0, 'Redis losing data costs strict nothing')
+  t.same(statedBound('strict', {}, 5000, { ...setting, fenceOff: true }), { bound: 2, text: '2 (switch, no fence)' })
   const both = statedBound('strict', { localFailMode: true }, 5000, setting)
-  t.ok(Math.abs(both.bound - (2 + 5 / 3 + (2 / 3) * 5.5)) < 1e-9, `switch + C/3 + r/3·(T + 0.5 s) = ${both.bound}`)
-  t.equal(both.text, '2 (switch) + C/3 + r/3·(T+0.5 s)')
-  t.equal(statedBound('strict', {}, 0, { ...setting, gateways: 1 }).bound, 0, 'one gateway: no switch between gateways')
+  t.ok(Math.abs(both.bound - (5 / 3 + (2 / 3) * 5.5)) < 1e-9, `C/3 + r/3·(T + 0.5 s) = ${both.bound}`)
+  t.equal(both.text, 'C/3 + r/3·(T+0.5 s)')
+  t.equal(statedBound('strict', {}, 0, { ...setting, gateways: 1, fenceOff: true }).bound, 0, 'one gateway: no switch between gateways')
 })
 
 t.test('write-behind: one sync interval of spending when Redis loses data, 0 otherwise', async (t) => {

@@ -2,10 +2,11 @@
  * Each consistency mode's stated over-admission bound per fault, and whether the gateway being
  * tested knows the mode at all. Pure: the runner (run.ts) and test/chaos-bounds.test.ts use it.
  *
- * strict (PostgreSQL decides; Redis atomically while PostgreSQL is away): 0 while every gateway
- *   agrees on who decides; across a switch, while some gateways still decide in PostgreSQL and
- *   others already in Redis (docs/design.md, "Where the bound is weaker"; docs/reliability.md,
- *   the finding in the fault-and-overshoot suite), one request more per other gateway.
+ * strict (PostgreSQL decides; Redis atomically while PostgreSQL is away): 0, across a switch of
+ *   who decides too: Redis decides a bucket it takes over only after the take-over fence, by
+ *   when every PostgreSQL allowance another gateway was committing has been charged to it
+ *   (docs/design.md, "The take-over fence"). With the fence off (FALLBACK_TAKEOVER_FENCE_MS=0)
+ *   one request more per other gateway at a switch.
  * write-behind (the gateways decide in Redis and write PostgreSQL every sync interval): when
  *   Redis loses data (killed, restarted empty) what was spent since the last sync is forgotten,
  *   so a caller can spend once more what it spent in one sync interval, at most capacity +
@@ -30,6 +31,8 @@ export interface BoundSetting {
   syncIntervalMs: number
   /** fallback.probeIntervalMs: how soon a cut-off gateway finds a store again. */
   probeIntervalMs: number
+  /** FALLBACK_TAKEOVER_FENCE_MS=0: Redis decides a take-over at once (strict: one request per other gateway at a switch). */
+  fenceOff?: boolean
 }
 
 export interface FaultTraits {
@@ -54,8 +57,10 @@ function fmt (n: number): string {
 export function statedBound (mode: ModeName, fault: FaultTraits, faultMs: number, s: BoundSetting): StatedBound {
   const parts: StatedBound[] = []
   if (mode === 'strict') {
-    const others = s.gateways - 1
-    parts.push({ bound: others, text: `${others} (switch)` })
+    if (s.fenceOff === true) {
+      const others = s.gateways - 1
+      parts.push({ bound: others, text: `${others} (switch, no fence)` })
+    }
   } else if (fault.redisLosesData === true) {
     parts.push({ bound: s.capacity + s.ratePerSecond * s.syncIntervalMs / 1000, text: `C + r·${fmt(s.syncIntervalMs / 1000)} s (one sync interval)` })
   }

@@ -327,7 +327,7 @@ export async function runChaos (options: ChaosOptions = {}): Promise<{ rows: Row
   mkdirSync(resultsDir, { recursive: true })
   const u = options.clockUncertaintyMs ?? 2
   const faults = FAULTS.filter((f) => options.only !== undefined ? options.only.includes(f.name) : options.quick === true ? f.quick === true : true)
-  const setting: BoundSetting = { ...LIMITS, gateways: GATEWAYS, syncIntervalMs, probeIntervalMs: PROBE_INTERVAL_MS }
+  const setting: BoundSetting = { ...LIMITS, gateways: GATEWAYS, syncIntervalMs, probeIntervalMs: PROBE_INTERVAL_MS, fenceOff: process.env.FALLBACK_TAKEOVER_FENCE_MS === '0' }
   const cleanups: Array<() => Promise<unknown>> = []
   let cleaned: Promise<void> | null = null
   const cleanUp = async (): Promise<void> => {
@@ -424,6 +424,8 @@ export async function runChaos (options: ChaosOptions = {}): Promise<{ rows: Row
           LOG_LEVEL: 'info',
           FAIL_MODE: 'local',
           FAIL_LOCAL_REPLICAS: String(GATEWAYS),
+          // The take-over fence is the gateway's default unless the run turns it off (FALLBACK_TAKEOVER_FENCE_MS=0: see bounds.ts).
+          ...(process.env.FALLBACK_TAKEOVER_FENCE_MS === undefined ? {} : { FALLBACK_TAKEOVER_FENCE_MS: process.env.FALLBACK_TAKEOVER_FENCE_MS }),
           ...mode.env,
           ...(partitioned?.gatewayEnv ?? {})
         }
