@@ -229,7 +229,6 @@ export class MemoryRedis {
       if (!force) return [-1, current.tokens, current.at]
       tokens = current.tokens
       at = current.at
-      takeOver = true
     } else if (current.kind === 't') {
       if (now < current.at + fenceMs) return [-2, current.at + fenceMs - now, current.at]
       tokens = current.tokens
@@ -272,7 +271,7 @@ export class MemoryRedis {
   /** HAND_BACK of scripts.ts: the tokens now, or null where Redis does not own the bucket. */
   handBackScript (key: string, cap: number, rate: number, ttl: number): number | null {
     const current = parseValue(this.get(key))
-    if (current === null || (current.kind !== 'r' && current.kind !== 'm' && current.kind !== 't')) return null
+    if (current === null || (current.kind !== 'r' && current.kind !== 'm')) return null
     let now = this.#now()
     if (now < current.at) now = current.at
     const tokens = refill(current.tokens, current.at, now, cap, rate)

@@ -92,7 +92,8 @@ return written`
  * A decision by Redis (PostgreSQL unreachable, or the bucket is Redis-owned). KEYS[1] bucket.
  * ARGV: cost, capacity, rate per second, ttl seconds, the gateway's estimate of the database
  * clock (ms, to project a PostgreSQL snapshot), force (1: take the bucket back even while it is
- * being handed back), fence ms (how long a take-over waits before Redis decides; 0: at once).
+ * being handed back), fence ms (how long a take-over of a snapshot or a missing key waits
+ * before Redis decides; 0: at once).
  * Returns {1 allowed | 0 denied | -1 being handed back (ask PostgreSQL) | -2 being taken over
  * (ask again in the second element's ms), tokens, atMs}.
  * Every script touches one key only, so each runs in one Redis Cluster slot; the set of
@@ -109,8 +110,10 @@ if tokens == nil then
   tokens, at = cap, now
   take_over = true
 elseif kind == 'm' then
+  -- Taken back by force (PostgreSQL failed this gateway during a hand-back) without a fence: a
+  -- fence here would restart with every hand-back pass that met it, and no request of the
+  -- bucket would ever be decided.
   if ARGV[6] ~= '1' then return {-1, num(tokens), num(at)} end
-  take_over = true
 elseif kind == 't' then
   if now < at + fence then return {-2, num(at + fence - now), num(at)} end
 elseif kind ~= 'r' then
@@ -161,7 +164,9 @@ return {1, num(tokens)}
  */
 const HAND_BACK = HELPERS + `
 local tokens, at, kind = parse(redis.call('GET', KEYS[1]))
-if kind ~= 'r' and kind ~= 'm' and kind ~= 't' then return {0, ''} end
+-- A bucket still being taken over ("t") is left alone: Redis decides it once the fence is over,
+-- and the next pass hands it back.
+if kind ~= 'r' and kind ~= 'm' then return {0, ''} end
 local now = now_ms()
 if now < at then now = at end
 tokens = refill(tokens, at, now, tonumber(ARGV[1]), tonumber(ARGV[2]))
