@@ -15,7 +15,6 @@ import type { ConcurrencyLimiter } from '../limiter/concurrency.ts'
 import { admit } from '../admission/admit.ts'
 import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, PartitionKeys, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
-import { lazyRequestLogger } from '../observability/request-logger.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
@@ -74,8 +73,6 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     // requestIdFor reads x-request-id itself, keeping only well-formed ids.
     requestIdHeader: false,
     genReqId: requestIdFor,
-    // request.log is made on first use: most requests log nothing (request-logger.ts).
-    childLoggerFactory: lazyRequestLogger as never,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
     clientErrorHandler: clientErrorHandler(metrics, config.proxy.maxHeaderBytes),
