@@ -160,15 +160,13 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     }
     if (access !== null) request.accessCaller = identity.id
     const rawPath = pathOf(request.url)
-    const admitting = admit(admission, runtime, {
+    const admitted = await admit(admission, runtime, {
       id: identity.id,
       method: request.method,
       path: rawPath,
       tierHeader,
       claims: identity.claims
     }, request.log as Logger)
-    // Allow- and deny-listed requests are answered synchronously: no turn of the microtask queue.
-    const admitted = admitting instanceof Promise ? await admitting : admitting
     switch (admitted.kind) {
       case 'deny-listed':
         send(reply, problem('CALLER_DENIED'), null)
