@@ -99,19 +99,16 @@ export function screen (runtime: Runtime, overrides: OverrideTable, request: Adm
   return { kind: 'charge', id, policy: policies[0]!, cost: costs[0]!, policies, costs, concurrency }
 }
 
-/** A deny- or allow-listed request: no bucket, nothing to wait for. */
-function listed (deps: AdmissionDeps, screened: Screened & { kind: 'deny-listed' | 'allow-listed' }): Admission {
+/** Spends the screened request's tokens and says what becomes of it. */
+export async function decide (deps: AdmissionDeps, screened: Screened, log: Logger): Promise<Admission> {
   if (screened.kind === 'deny-listed') {
     deps.metrics.rejectedRequests.inc({ reason: 'deny-list' })
     return DENY_LISTED
   }
-  deps.metrics.allowListed.inc()
-  return UNLIMITED
-}
-
-/** Spends the screened request's tokens and says what becomes of it. */
-export async function decide (deps: AdmissionDeps, screened: Screened, log: Logger): Promise<Admission> {
-  if (screened.kind !== 'charge') return listed(deps, screened)
+  if (screened.kind === 'allow-listed') {
+    deps.metrics.allowListed.inc()
+    return UNLIMITED
+  }
   const { policy, id, cost } = screened
   // Concurrency slots first: a caller with every slot taken is refused without spending tokens.
   let slots: Slots | null = null
@@ -145,14 +142,9 @@ export async function decide (deps: AdmissionDeps, screened: Screened, log: Logg
   return { kind: 'limited', verdict: verdict! }
 }
 
-/**
- * screen, then decide: one request through admission. A request that touches no bucket (deny-
- * or allow-listed) is answered at once, not as a promise: the proxy's cheapest path then waits
- * for nothing.
- */
-export function admit (deps: AdmissionDeps, runtime: Runtime, request: AdmissionRequest, log: Logger): Admission | Promise<Admission> {
-  const screened = screen(runtime, deps.overrides.table, request)
-  return screened.kind === 'charge' ? decide(deps, screened, log) : listed(deps, screened)
+/** screen, then decide: one request through admission. */
+export async function admit (deps: AdmissionDeps, runtime: Runtime, request: AdmissionRequest, log: Logger): Promise<Admission> {
+  return await decide(deps, screen(runtime, deps.overrides.table, request), log)
 }
 
 /** The named policy of the live configuration (default when unnamed); 400 when unknown. */

@@ -15,7 +15,6 @@ import type { ConcurrencyLimiter } from '../limiter/concurrency.ts'
 import { admit } from '../admission/admit.ts'
 import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, PartitionKeys, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
-import { lazyRequestLogger } from '../observability/request-logger.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
@@ -74,8 +73,6 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     // requestIdFor reads x-request-id itself, keeping only well-formed ids.
     requestIdHeader: false,
     genReqId: requestIdFor,
-    // request.log is made on first use: most requests log nothing (request-logger.ts).
-    childLoggerFactory: lazyRequestLogger as never,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
     clientErrorHandler: clientErrorHandler(metrics, config.proxy.maxHeaderBytes),
@@ -163,15 +160,13 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
     }
     if (access !== null) request.accessCaller = identity.id
     const rawPath = pathOf(request.url)
-    const admitting = admit(admission, runtime, {
+    const admitted = await admit(admission, runtime, {
       id: identity.id,
       method: request.method,
       path: rawPath,
       tierHeader,
       claims: identity.claims
     }, request.log as Logger)
-    // Allow- and deny-listed requests are answered synchronously: no turn of the microtask queue.
-    const admitted = admitting instanceof Promise ? await admitting : admitting
     switch (admitted.kind) {
       case 'deny-listed':
         send(reply, problem('CALLER_DENIED'), null)

@@ -46,9 +46,7 @@ export class UpstreamDispatcher {
     }
     this.#client = null
     const signal = new ClientGoneSignal(socket)
-    // reply-from builds `options` for this one request: set the signal on it rather than copy it.
-    ;(options as { signal?: unknown }).signal = signal
-    this.#agent.request(options, (err, data) => {
+    this.#agent.request({ ...options, signal }, (err, data) => {
       // The signal stays armed while the body streams: a client leaving mid-body aborts it.
       if (err !== null) signal.disarm()
       else data.body.once('close', signal.disarm)
