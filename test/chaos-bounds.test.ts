@@ -17,6 +17,9 @@ t.test('strict: 0 (the take-over fence), one request per other gateway without i
   t.ok(Math.abs(both.bound - (5 / 3 + (2 / 3) * 5.5)) < 1e-9, `C/3 + r/3·(T + 0.5 s) = ${both.bound}`)
   t.equal(both.text, 'C/3 + r/3·(T+0.5 s)')
   t.equal(statedBound('strict', {}, 0, { ...setting, gateways: 1, fenceOff: true }).bound, 0, 'one gateway: no switch between gateways')
+  const silent = statedBound('strict', { localFailMode: true, silentPartition: true }, 5000, setting)
+  t.ok(Math.abs(silent.bound - (5 / 3 + (2 / 3) * (5 + 0.5 + 3.2))) < 1e-9, `a silent partition adds TCP's retry back-off: ${silent.bound}`)
+  t.equal(statedBound('strict', { redisSplit: true }, 5000, setting).bound, 0, 'strict: a split over Redis costs nothing (PostgreSQL decides)')
 })
 
 t.test('write-behind: one sync interval of spending when Redis loses data, 0 otherwise', async (t) => {
@@ -25,6 +28,7 @@ t.test('write-behind: one sync interval of spending when Redis loses data, 0 oth
   t.equal(lost.bound, 5 + 2 * 1, 'C + r·I: the most a caller can spend in one interval')
   t.equal(lost.text, 'C + r·1 s (one sync interval)')
   t.equal(statedBound('write-behind', { redisLosesData: true }, 200, { ...setting, syncIntervalMs: 250 }).bound, 5.5, 'scales with the interval')
+  t.same(statedBound('write-behind', { redisSplit: true }, 5000, setting), { bound: 5 + 2 * 5, text: 'C + r·T (split between the stores)' }, 'gateways split over Redis: one more bucket for the time of the split')
   const both = statedBound('write-behind', { localFailMode: true }, 5000, setting)
   t.ok(Math.abs(both.bound - (5 / 3 + (2 / 3) * 5.5)) < 1e-9, 'the local share alone')
 })

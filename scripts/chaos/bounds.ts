@@ -11,9 +11,17 @@
  *   Redis loses data (killed, restarted empty) what was spent since the last sync is forgotten,
  *   so a caller can spend once more what it spent in one sync interval, at most capacity +
  *   rate × interval; 0 for every other fault.
+ *   While the gateways disagree on whether Redis answers (one gateway cut off from Redis; a
+ *   paused Redis that each gateway's timeouts give up on at a different moment), some decide in
+ *   PostgreSQL and others in Redis, each from its own copy (PostgreSQL's lags by the sync
+ *   interval, Redis's never sees PostgreSQL's decisions until it is seeded again), so a caller
+ *   can spend up to one more bucket for that time: C + r·T (docs/design.md, "The write-behind
+ *   mode", its weaker cases).
  * Both: a fault that leaves one gateway with neither store (FAIL_MODE=local) adds that gateway's
- *   in-process share, capacity/N refilled at rate/N, unshared while it is cut off and for one
- *   probe interval after (until it finds a store again).
+ *   in-process share, capacity/N refilled at rate/N, unshared while it is cut off and until it
+ *   finds a store again: one probe interval after a relay's reset, and after a silent partition
+ *   (netns) also TCP's retransmission back-off, up to 3.2 s after a 5 s silence (RTO 200 ms
+ *   doubling: the retry that finds the path restored comes that late).
  */
 
 export const MODE_NAMES = ['strict', 'write-behind'] as const
@@ -40,7 +48,14 @@ export interface FaultTraits {
   localFailMode?: boolean
   /** Redis's data is lost (killed, restarted empty): write-behind forgets one sync interval. */
   redisLosesData?: boolean
+  /** Some gateways reach Redis while others do not: write-behind decides in both stores at once. */
+  redisSplit?: boolean
+  /** Packets dropped silently (netns), not connections reset: reconnecting waits for TCP's retries. */
+  silentPartition?: boolean
 }
+
+/** The longest TCP retransmission wait after a 5 s silent partition (RTO 200 ms doubling: 0.2+0.4+0.8+1.6 = 3 s, then 3.2 s). */
+export const TCP_RETRY_SLACK_MS = 3200
 
 export interface StatedBound {
   /** Cost units of over-admission the mode allows for this fault. */
@@ -61,14 +76,20 @@ export function statedBound (mode: ModeName, fault: FaultTraits, faultMs: number
       const others = s.gateways - 1
       parts.push({ bound: others, text: `${others} (switch, no fence)` })
     }
-  } else if (fault.redisLosesData === true) {
-    parts.push({ bound: s.capacity + s.ratePerSecond * s.syncIntervalMs / 1000, text: `C + r·${fmt(s.syncIntervalMs / 1000)} s (one sync interval)` })
+  } else {
+    if (fault.redisLosesData === true) {
+      parts.push({ bound: s.capacity + s.ratePerSecond * s.syncIntervalMs / 1000, text: `C + r·${fmt(s.syncIntervalMs / 1000)} s (one sync interval)` })
+    }
+    if (fault.redisSplit === true) {
+      parts.push({ bound: s.capacity + s.ratePerSecond * faultMs / 1000, text: 'C + r·T (split between the stores)' })
+    }
   }
   if (fault.localFailMode === true) {
     const n = s.gateways
+    const slack = s.probeIntervalMs + (fault.silentPartition === true ? TCP_RETRY_SLACK_MS : 0)
     parts.push({
-      bound: s.capacity / n + (s.ratePerSecond / n) * (faultMs + s.probeIntervalMs) / 1000,
-      text: `C/${n} + r/${n}·(T+${fmt(s.probeIntervalMs / 1000)} s)`
+      bound: s.capacity / n + (s.ratePerSecond / n) * (faultMs + slack) / 1000,
+      text: `C/${n} + r/${n}·(T+${fmt(slack / 1000)} s)`
     })
   }
   if (parts.length === 0) return { bound: 0, text: '0' }

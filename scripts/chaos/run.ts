@@ -145,6 +145,7 @@ export const FAULTS: Fault[] = [
   },
   {
     name: 'redis-slow',
+    redisSplit: true,
     nominalMs: 4000,
     inject: async (ctx) => { await ctx.redis.pause(3000); await sleep(3000); return 'CLIENT PAUSE 3000 ALL (Redis timeout 50 ms, fallback 500 ms)' }
   },
@@ -194,6 +195,7 @@ export const FAULTS: Fault[] = [
     name: `gateway-partitioned-${name}`,
     partition: true,
     localFailMode: name === 'both',
+    redisSplit: name === 'redis',
     nominalMs: 6000,
     inject: async (ctx) => {
       const p = ctx.partition!
@@ -473,7 +475,8 @@ export async function runChaos (options: ChaosOptions = {}): Promise<{ rows: Row
           { startMs: phaseStart, endMs: faultStart }, { startMs: faultStart, endMs: faultEnd + 1000 },
           (r) => fault.explains?.(r, window) ?? false)
         const faultMs = faultEnd - faultStart
-        const { bound, text: boundText } = statedBound(mode.name, fault, faultMs, setting)
+        const traits = fault.partition === true && partition?.via === 'netns' ? { ...fault, silentPartition: true } : fault
+        const { bound, text: boundText } = statedBound(mode.name, traits, faultMs, setting)
         const pass = figures.overAdmission <= bound + 1e-6 && figures.failed === 0
         const file = `${mode.name}-${fault.name}.svg`
         writeFileSync(join(resultsDir, file), await timelineSvg({ title: `${mode.name}: ${fault.name}`, records, originMs: phaseStart, faultStartMs: faultStart, faultEndMs: faultEnd }))
