@@ -1,7 +1,7 @@
 /**
  * A child process that announces readiness on stdout (a JSON line), optionally run through a
  * wrapper command (`ip netns exec <ns>`: the wrapper execs the program, so the pid we signal is
- * the program's own). Like bench/procs.ts's startChild, which runs `node <script>` directly.
+ * the program's own). bench/procs.ts's startChild is this with `node <script>`.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
