@@ -42,6 +42,13 @@ local function refill(tokens, at, now, cap, rate)
   if now <= at then return math.min(tokens, cap) end
   return math.min(cap, tokens + (now - at) * rate / 1000)
 end
+-- Refill to now, then charge cost if the bucket can pay (EPSILON: a rounding shortfall passes).
+-- Returns the tokens left and 1 (allowed) or 0.
+local function spend(tokens, at, now, cap, rate, cost)
+  tokens = refill(tokens, at, now, cap, rate)
+  if tokens + 1e-9 >= cost then return tokens - cost, 1 end
+  return tokens, 0
+end
 `
 
 /**
@@ -129,12 +136,8 @@ if take_over and fence > 0 then
   redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|t', 'EX', ARGV[4])
   return {-2, num(fence), num(now)}
 end
-tokens = refill(tokens, at, now, cap, rate)
-local allowed = 0
-if tokens + 1e-9 >= cost then
-  tokens = tokens - cost
-  allowed = 1
-end
+local allowed
+tokens, allowed = spend(tokens, at, now, cap, rate, cost)
 redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
 return {allowed, num(tokens), num(now)}
 `
@@ -206,12 +209,8 @@ if tokens == nil then
   tokens, at, seeded = math.min(cap, tonumber(ARGV[5])), now, 1
 end
 if now < at then now = at end
-tokens = refill(tokens, at, now, cap, rate)
-local allowed = 0
-if tokens + 1e-9 >= cost then
-  tokens = tokens - cost
-  allowed = 1
-end
+local allowed
+tokens, allowed = spend(tokens, at, now, cap, rate, cost)
 redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|w', 'EX', ARGV[4])
 return {allowed, num(tokens), num(now), seeded}
 `
