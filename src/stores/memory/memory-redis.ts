@@ -54,6 +54,12 @@ function refill (tokens: number, at: number, now: number, cap: number, rate: num
   return Math.min(cap, tokens + ((now - at) * rate) / 1000)
 }
 
+/** spend() of scripts.ts: refill to now, charge if the bucket can pay. [tokens left, 1 allowed | 0]. */
+function spend (tokens: number, at: number, now: number, cap: number, rate: number, cost: number): [number, number] {
+  const refilled = refill(tokens, at, now, cap, rate)
+  return refilled + 1e-9 >= cost ? [refilled - cost, 1] : [refilled, 0]
+}
+
 /** num() of scripts.ts: an exact round trip (JavaScript's shortest representation is exact). */
 function num (x: number): string { return String(x) }
 
@@ -127,12 +133,8 @@ export class MemoryRedis {
       at = current.at
     }
     if (now < at) now = at
-    tokens = refill(tokens, at, now, cap, rate)
-    let allowed = 0
-    if (tokens + 1e-9 >= cost) {
-      tokens = tokens - cost
-      allowed = 1
-    }
+    let allowed: number
+    [tokens, allowed] = spend(tokens, at, now, cap, rate, cost)
     this.set(key, num(tokens) + '|' + num(now) + '|w', ttl)
     return [allowed, tokens, now, seeded]
   }
@@ -247,12 +249,8 @@ export class MemoryRedis {
       this.set(key, num(tokens) + '|' + num(now) + '|t', ttl)
       return [-2, fenceMs, now]
     }
-    tokens = refill(tokens, at, now, cap, rate)
-    let allowed = 0
-    if (tokens + 1e-9 >= cost) {
-      tokens = tokens - cost
-      allowed = 1
-    }
+    let allowed: number
+    [tokens, allowed] = spend(tokens, at, now, cap, rate, cost)
     this.set(key, num(tokens) + '|' + num(now) + '|r', ttl)
     return [allowed, tokens, now]
   }
