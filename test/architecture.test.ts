@@ -74,3 +74,10 @@ t.test('the limiter depends on the store ports, never on an adapter', async (t) 
   const wrong = files(join(src, 'limiter')).flatMap((file) => imports(file).filter((s) => s.includes('/stores/')).map((s) => `${relative(src, file)} imports ${s}`))
   t.same(wrong, [])
 })
+
+t.test('the whole single-bucket flow stays readable in limiter.ts (under 150 lines)', async (t) => {
+  // Issue 11: a reader finds the steps in order in one short file; wiring lives in assemble.ts,
+  // each step in steps/. A file that grows past this is asking for a new step module.
+  const lines = readFileSync(join(src, 'limiter', 'limiter.ts'), 'utf8').split('\n').length
+  t.ok(lines <= 150, `src/limiter/limiter.ts has ${lines} lines`)
+})
