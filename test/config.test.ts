@@ -18,7 +18,7 @@ t.test('defaults match the original', async (t) => {
   t.equal(c.control.port, 9090)
   t.equal(c.control.host, '127.0.0.1', 'control port is local-only by default')
   t.equal(c.identity.header, 'x-user-id')
-  t.same(c.limits, { capacity: 10, refillPerSecond: 1, cost: 1, consistency: 'strict', syncIntervalMs: 100 })
+  t.same(c.limits, { capacity: 10, refillPerSecond: 1, cost: 1, consistency: 'strict', syncIntervalMs: 100, writeBehindKeyTtlSeconds: 3600 })
   t.equal(c.postgres.url, 'postgres://postgres@127.0.0.1:5432/postgres')
   t.equal(c.redis.url, 'redis://127.0.0.1:6379')
   t.equal(c.proxy.upstreamUrl, undefined)
@@ -52,9 +52,11 @@ t.test('environment overrides the file; CONFIG_FILE overrides the defaults', asy
 
 t.test('consistency: strict by default, write-behind from CONSISTENCY, a policy may set its own', async (t) => {
   const file = tempFile('cons.yaml', 'policies:\n  daily: { capacity: 1000, refillPerSecond: 0.01, consistency: strict }\n  burst: { capacity: 5 }\n')
-  const c = loadConfig({ env: { CONFIG_FILE: file, CONSISTENCY: 'write-behind', SYNC_INTERVAL_MS: '250' } })
+  const c = loadConfig({ env: { CONFIG_FILE: file, CONSISTENCY: 'write-behind', SYNC_INTERVAL_MS: '250', WRITE_BEHIND_KEY_TTL_SECONDS: '900' } })
   t.equal(c.limits.consistency, 'write-behind')
   t.equal(c.limits.syncIntervalMs, 250)
+  t.equal(c.limits.writeBehindKeyTtlSeconds, 900)
+  t.equal(loadConfig({ env: {} }).limits.writeBehindKeyTtlSeconds, 3600, 'an hour by default')
   t.equal(c.policies.daily!.consistency, 'strict', 'the policy\'s own')
   t.equal(c.policies.burst!.consistency, undefined, 'unset: limits.consistency applies (policy-set.ts)')
 })
@@ -78,6 +80,7 @@ t.test('bad configuration names the field', async (t) => {
     ['invalid YAML', { CONFIG_FILE: tempFile('bad.yaml', 'limits: [\n') }, /not valid YAML/],
     ['bad consistency', { CONSISTENCY: 'eventual' }, /limits\.consistency: .*(from CONSISTENCY)/],
     ['zero sync interval', { SYNC_INTERVAL_MS: '0' }, /limits\.syncIntervalMs/],
+    ['zero write-behind key TTL', { WRITE_BEHIND_KEY_TTL_SECONDS: '0' }, /limits\.writeBehindKeyTtlSeconds/],
     ['fractional sync interval', { SYNC_INTERVAL_MS: '2.5' }, /SYNC_INTERVAL_MS/],
     ['bad policy consistency', { CONFIG_FILE: tempFile('pc.yaml', 'policies:\n  burst: { consistency: lazy }\n') }, /policies\.burst\.consistency/],
     ['several policies, one write-behind', {

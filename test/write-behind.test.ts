@@ -103,6 +103,29 @@ t.test('write-behind: Redis decides every request, PostgreSQL is written behind'
   })
 })
 
+t.test('write-behind keys outlive a full refill (limits.writeBehindKeyTtlSeconds): a caller back later skips PostgreSQL', async (t) => {
+  // capacity 2 at 10/s: full again in 0.2 s, so a key living only until full would be gone
+  // long before the next request of a caller who comes back every few seconds.
+  const gw = await startTestGateway(t, { config: { limits: { consistency: 'write-behind', capacity: 2, refillPerSecond: 10, writeBehindKeyTtlSeconds: 120 } } })
+  const { redis } = stores(t, gw)
+  t.equal((await send(gw.proxyUrl + '/x', { user: 'back' })).headers.get('x-data-source'), 'new-user')
+  const key = `${gw.redisPrefix}wb{default@2/10:back}`
+  const ttl = await redis.ttl(key)
+  t.ok(ttl > 100 && ttl <= 120, `the key lives the configured 120 s, not the 1 s of a full refill (TTL ${ttl})`)
+  await redis.expire(key, 5) // as if the caller's last request were long ago: the key is still there
+  const back = await send(gw.proxyUrl + '/x', { user: 'back' })
+  t.equal(back.headers.get('x-data-source'), 'redis', 'Redis decides the returning caller alone')
+  t.ok(await redis.ttl(key) > 100, 'and the key\'s life starts again')
+})
+
+t.test('write-behind keys live at least until full, whatever the setting', async (t) => {
+  const gw = await startTestGateway(t, { config: { limits: { consistency: 'write-behind', capacity: 100, refillPerSecond: 0.01, writeBehindKeyTtlSeconds: 60 } } })
+  const { redis } = stores(t, gw)
+  await send(gw.proxyUrl + '/x', { user: 'slow' })
+  const ttl = await redis.ttl(`${gw.redisPrefix}wb{default@100/0.01:slow}`)
+  t.ok(ttl > 9000, `a bucket full again only in 10,000 s keeps its key that long (TTL ${ttl})`)
+})
+
 t.test('a policy sets its own consistency: a strict daily quota beside a write-behind burst', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gw-wb-'))
   const configFile = join(dir, 'policies.yaml')

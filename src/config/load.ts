@@ -38,6 +38,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['RATE_LIMIT_COST', 'limits.cost', 'number'],
   ['CONSISTENCY', 'limits.consistency', 'string'],
   ['SYNC_INTERVAL_MS', 'limits.syncIntervalMs', 'int'],
+  ['WRITE_BEHIND_KEY_TTL_SECONDS', 'limits.writeBehindKeyTtlSeconds', 'int'],
   ['LOCAL_DENY_CACHE', 'localDenyCache.enabled', 'boolean'],
   ['LOCAL_DENY_CACHE_SIZE', 'localDenyCache.maxEntries', 'int'],
   ['DATABASE_URL', 'postgres.url', 'string'],

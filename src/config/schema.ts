@@ -98,7 +98,13 @@ const limits = z.strictObject({
    */
   consistency: z.enum(['strict', 'write-behind']).default('strict'),
   /** Write-behind: how often each gateway writes the buckets it decided to PostgreSQL (one statement per flush). */
-  syncIntervalMs: z.number().int().min(1).max(60_000).default(100)
+  syncIntervalMs: z.number().int().min(1).max(60_000).default(100),
+  /**
+   * Write-behind: how long Redis keeps a bucket after its last request (at least until it is
+   * full again). A caller back within it is decided by Redis alone; after it, its first request
+   * loads PostgreSQL's row. Longer costs Redis memory (about 100 bytes a bucket) for fewer loads.
+   */
+  writeBehindKeyTtlSeconds: z.number().int().min(1).max(30 * 86_400).default(3600)
 }).refine((l) => l.cost <= l.capacity, { message: 'cost must not exceed capacity (such a request could never pass)', path: ['cost'] })
 
 const postgres = z.strictObject({

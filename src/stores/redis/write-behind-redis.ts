@@ -26,11 +26,14 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #prefix: string
   readonly #metrics: Metrics
   readonly #health: StoreHealth
+  readonly #keyTtlSeconds: () => number
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
 
   /** `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log. */
-  constructor (client: () => ScriptedRedis | null, prefix: string, health: StoreHealth, metrics: Metrics) {
+  /** `keyTtlSeconds`: the live limits.writeBehindKeyTtlSeconds (a bucket is kept at least until full). */
+  constructor (client: () => ScriptedRedis | null, prefix: string, health: StoreHealth, metrics: Metrics, keyTtlSeconds: () => number) {
     this.#client = client
+    this.#keyTtlSeconds = keyTtlSeconds
     this.#prefix = prefix
     this.#health = health
     this.#metrics = metrics
@@ -58,7 +61,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     let reply: [number, string, string, number]
     try {
       reply = await client.rlWbDecide(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, fullRefillSeconds(policy), seed)
+        policy.refillPerSecond, this.#ttl(policy), seed)
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
@@ -80,7 +83,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
       await Promise.all(requests.map(async ({ policy, userId }, i) => {
         const t = tokens[i]
         if (t === null || t === undefined) return
-        await client.rlWbLower(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), t, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
+        await client.rlWbLower(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), t, policy.capacity, policy.refillPerSecond, this.#ttl(policy))
       }))
     } catch (err) {
       this.#breaker.failure(Date.now())
@@ -89,5 +92,9 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     }
     // Redis answered: decisions may go to it again.
     this.#breaker.success()
+  }
+
+  #ttl (policy: BucketRequest['policy']): number {
+    return Math.max(fullRefillSeconds(policy), this.#keyTtlSeconds())
   }
 }
