@@ -118,6 +118,12 @@ export async function saturate (url: string, w: Workload, connections: number, s
   return loadGenerator === 'autocannon' ? await runAutocannon(url, w, connections, seconds) : await runWrk(url, w, connections, seconds)
 }
 
+/** Each caller of a proxy workload once, in order (autocannon's `amount`): its buckets exist before a steady-state run. */
+export async function visitEach (url: string, w: Extract<Workload, { kind: 'proxy' }>, connections: number): Promise<LoadResult> {
+  const r = await autocannon({ url, connections, amount: w.callers, requests: [autocannonRequest(w)] })
+  return { requests: r.requests.total, rps: r.requests.total / r.duration, p50Ms: r.latency.p50, p99Ms: r.latency.p99, non2xx: r.non2xx, errors: r.errors + r.timeouts }
+}
+
 /** Fixed-rate run (autocannon), for latency at a given load rather than at saturation. */
 export async function paced (url: string, w: Workload, connections: number, seconds: number, rate: number): Promise<LoadResult> {
   return await runAutocannon(url, w, connections, seconds, rate)

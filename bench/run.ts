@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import postgres from 'postgres'
 import { sequentialLatency, type LatencyResult } from './latency.ts'
-import { loadGenerator, paced, saturate, type LoadResult, type Workload } from './load.ts'
+import { loadGenerator, paced, saturate, visitEach, type LoadResult, type Workload } from './load.ts'
 import { cpuSeconds, machineSeconds, rssBytes, startChild, type Child } from './procs.ts'
 import { summarise } from './profile.ts'
 
@@ -190,9 +190,9 @@ function cpuOf (child: Child, usesPostgres = true): CpuGroups {
   return { server: child.proc.pid!, upstream: upstreamPid, database: usesPostgres ? run : null }
 }
 
-async function measure (id: string, label: string, url: string, workload: Workload, opts: { controlUrl?: string, perRequest?: number, notes?: string[], ratios?: boolean, cpu?: CpuGroups } = {}): Promise<Row> {
+async function measure (id: string, label: string, url: string, workload: Workload, opts: { controlUrl?: string, perRequest?: number, notes?: string[], ratios?: boolean, cpu?: CpuGroups, warmup?: Workload } = {}): Promise<Row> {
   log(`case ${id}: ${label} ...`)
-  if (WARMUP > 0) await saturate(url, workload, CONNECTIONS, WARMUP)
+  if (WARMUP > 0) await saturate(url, opts.warmup ?? workload, CONNECTIONS, WARMUP)
   const before = opts.controlUrl === undefined ? null : await decisionCounts(opts.controlUrl)
   const cpuBefore = opts.cpu === undefined ? null : await cpuSnapshot(opts.cpu.server, opts.cpu.database, benchSql)
   const result = await saturate(url, workload, CONNECTIONS, SECONDS)
@@ -428,7 +428,11 @@ async function main (): Promise<void> {
       await measure('6b', `control /v1/check, ${BATCH} keys per request`, gw.controlUrl, { kind: 'check-batch', prefix: 'k', callers: CALLERS, batch: BATCH }, { controlUrl: gw.controlUrl, perRequest: BATCH, ratios: false, cpu: cpuOf(gw.child) })
     }
     if (wants('N')) await measure('N', 'gateway, allow-listed caller (no bucket)', gw.url, { kind: 'proxy', prefix: 'allowed', callers: 1 }, { controlUrl: gw.controlUrl, cpu: cpuOf(gw.child) })
-    if (wants('U')) await measureLatency('U3', 'gateway, strict (PostgreSQL decides)', gw.url, 'c', CALLERS)
+    if (wants('U')) {
+      // The gateway's own share of the latency (no bucket), apart from the limiter's.
+      await measureLatency('UN', 'gateway, allow-listed caller (no bucket)', gw.url, 'allowed', 1)
+      await measureLatency('U3', 'gateway, strict (PostgreSQL decides)', gw.url, 'c', CALLERS)
+    }
     facts.push(`gateway RSS after cases 3, 4 and 6: ${(await memoryOf(gw)).text}`)
     await stop(gw.child)
     if (wants('2') && Number.isFinite(saturation3)) {
@@ -456,12 +460,25 @@ async function main (): Promise<void> {
       // Cases 3, 4 and 5 with CONSISTENCY=write-behind: Redis decides, PostgreSQL is written behind.
       const wb = await startGatewayProc('gateway-wb', upstreamUrl, { CONSISTENCY: 'write-behind' })
       await seedBuckets(sql, 'w', 10)
+      await seedBuckets(sql, 'wc', 10)
+      await seedBuckets(sql, 'wcw', 10)
+      await seedBuckets(sql, 'wu', 10)
       await warmProcess('gateway-wb', wb.url, { kind: 'proxy', prefix: 'w', callers: CALLERS })
+      // Steady state, as case 3's buckets exist in PostgreSQL: every caller's bucket in Redis.
+      log(`write-behind: every one of the ${CALLERS} callers once, so Redis holds their buckets ...`)
+      await visitEach(wb.url, { kind: 'proxy', prefix: 'w', callers: CALLERS }, CONNECTIONS)
       if (wants('W')) {
-        await measure('3W', `case 3 in write-behind mode, ${CALLERS} callers`, wb.url, { kind: 'proxy', prefix: 'w', callers: CALLERS }, { controlUrl: wb.controlUrl, cpu: cpuOf(wb.child) })
+        // First sight of each caller: Redis misses, PostgreSQL's row is loaded and seeded (then
+        // kept limits.writeBehindKeyTtlSeconds). A run of autocannon covers fewer requests than
+        // callers, so every request here is a caller's first.
+        await measure('3Wc', `case 3 in write-behind mode, ${CALLERS} callers, each seen for the first time`, wb.url, { kind: 'proxy', prefix: 'wc', callers: CALLERS }, { controlUrl: wb.controlUrl, cpu: cpuOf(wb.child), warmup: { kind: 'proxy', prefix: 'wcw', callers: CALLERS } })
+        await measure('3W', `case 3 in write-behind mode, ${CALLERS} callers, buckets in Redis`, wb.url, { kind: 'proxy', prefix: 'w', callers: CALLERS }, { controlUrl: wb.controlUrl, cpu: cpuOf(wb.child) })
         await measure('4W', 'case 4 in write-behind mode (one caller flooding)', wb.url, { kind: 'proxy', prefix: 'flood-w', callers: 1 }, { controlUrl: wb.controlUrl, cpu: cpuOf(wb.child) })
       }
-      if (wants('U')) await measureLatency('U3W', 'gateway, write-behind (Redis decides)', wb.url, 'w', CALLERS)
+      if (wants('U')) {
+        await measureLatency('U3W', 'gateway, write-behind (Redis decides)', wb.url, 'w', CALLERS)
+        await measureLatency('U3Wc', 'write-behind, each caller\'s first request', wb.url, 'wu', CALLERS)
+      }
       await stop(wb.child)
       if (wants('W')) {
         const wb5 = await startGatewayProc('gateway-wb-5', upstreamUrl, { ...settings, CONSISTENCY: 'write-behind' })
