@@ -38,6 +38,9 @@ interface LeaseCommands {
   rlLeaseRenew: (key: string, leaseMs: number, leaseId: string) => Promise<number>
 }
 
+/** Tries per lease per renewal round (each bounded by the client's command timeout). */
+const RENEW_ATTEMPTS = 3
+
 export function leaseKey (prefix: string, policy: string, userId: string): string {
   return `${prefix}cc{${policy}:${userId}}`
 }
@@ -83,7 +86,20 @@ export class RedisLeases implements LeaseStore {
   async renew (leases: ReadonlyArray<{ readonly policy: string, readonly userId: string, readonly leaseId: string }>, leaseMs: number): Promise<void> {
     const c = this.#ready()
     if (c === null) return
-    await Promise.all(leases.map(async (l) => await c.rlLeaseRenew(leaseKey(this.#prefix, l.policy, l.userId), leaseMs, l.leaseId).catch(() => 0)))
+    await Promise.all(leases.map(async (l) => {
+      const key = leaseKey(this.#prefix, l.policy, l.userId)
+      // On the request path's client (its short timeout): a renewal that timed out in a busy
+      // moment is tried again at once, not a third of a lease later, so a live lease does not
+      // lapse because two renewals in a row met a slow turn.
+      for (let attempt = 0; attempt < RENEW_ATTEMPTS; attempt++) {
+        try {
+          await c.rlLeaseRenew(key, leaseMs, l.leaseId)
+          return
+        } catch {
+          this.#metrics.storeErrors.inc({ store: 'redis', operation: 'lease' })
+        }
+      }
+    }))
   }
 
   async release (policy: string, userId: string, leaseId: string): Promise<void> {
