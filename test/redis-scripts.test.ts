@@ -121,4 +121,17 @@ t.test('Lua scripts', async (t) => {
     t.equal(await redis.get(key('b')), '3|9000', 'and changes nothing')
     t.same(await redis.rlHandBack(key('b'), 10, 0.001, 60), [0, ''], 'a snapshot is not Redis-owned: nothing to hand back')
   })
+
+  await t.test('write-behind refund: gives the cost back, never above capacity; a missing bucket stays missing', async (t) => {
+    const wb = `${prefix}wb{default:r}`
+    await redis.set(wb, `4|${Date.now()}|w`)
+    const [ok, tokens] = await redis.rlWbRefund(wb, 3, 10, 0.001, 60)
+    t.equal(ok, 1)
+    t.ok(Math.abs(Number(tokens) - 7) < 0.01, `4 + 3 (${tokens})`)
+    t.match(await redis.get(wb), /\|w$/, 'still a write-behind value')
+    t.ok(await redis.ttl(wb) > 50, 'with its TTL')
+    t.ok(Math.abs(Number((await redis.rlWbRefund(wb, 8, 10, 0.001, 60))[1]) - 10) < 1e-9, 'capped at capacity')
+    t.same(await redis.rlWbRefund(`${prefix}wb{default:gone}`, 1, 10, 0.001, 60), [0, '', ''], 'missing: nothing given back')
+    t.equal(await redis.exists(`${prefix}wb{default:gone}`), 0, 'and nothing created')
+  })
 })

@@ -126,6 +126,52 @@ t.test('write-behind keys live at least until full, whatever the setting', async
   t.ok(ttl > 9000, `a bucket full again only in 10,000 s keeps its key that long (TTL ${ttl})`)
 })
 
+t.test('one request charges a write-behind burst and a strict daily quota, all or nothing', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-wb-mixed-'))
+  const configFile = join(dir, 'policies.yaml')
+  // Slow refills: timing cannot add a token. /a runs out of burst first, /b out of daily first;
+  // /status refunds its write-behind bucket when the upstream answers 5xx.
+  writeFileSync(configFile, 'policies:\n' +
+    '  burstA: { capacity: 2, refillPerSecond: 0.001, consistency: write-behind }\n  dailyA: { capacity: 5, refillPerSecond: 0.001 }\n' +
+    '  burstB: { capacity: 5, refillPerSecond: 0.001, consistency: write-behind }\n  dailyB: { capacity: 2, refillPerSecond: 0.001 }\n' +
+    '  burstR: { capacity: 3, refillPerSecond: 0.001, consistency: write-behind, refund: [5xx] }\n  dailyR: { capacity: 100, refillPerSecond: 0.001 }\n' +
+    'routes:\n  - { path: /a, policy: [burstA, dailyA] }\n  - { path: /b, policy: [burstB, dailyB] }\n  - { path: /status, policy: [burstR, dailyR] }\n')
+  const gw = await startTestGateway(t, { configFile, config: { limits: { syncIntervalMs: 20 } } })
+  const { redis, sql } = stores(t, gw)
+  const wbTokens = async (policy: string, user: string): Promise<number> => Number((await redis.get(`${gw.redisPrefix}wb{${policy}:${user}}`))?.split('|')[0])
+
+  await t.test('the burst refuses: the daily quota in PostgreSQL is not charged', async (t) => {
+    const statuses = []
+    for (let i = 0; i < 4; i++) statuses.push((await send(gw.proxyUrl + '/a', { user: 'mx' })).status)
+    t.same(statuses, [201, 201, 429, 429], 'two allowed: the burst\'s capacity')
+    const daily = await row(sql, 'dailyA', 'mx')
+    t.ok(daily !== undefined && Math.abs(daily.tokens - 3) < 0.01, `dailyA charged only for the two allowed requests (${daily?.tokens} of 5 left)`)
+    t.ok(await wbTokens('burstA@2/0.001', 'mx') < 0.01, 'burstA spent in Redis')
+  })
+
+  await t.test('the daily quota refuses: the burst charged in Redis is given back', async (t) => {
+    const replies = []
+    for (let i = 0; i < 4; i++) replies.push(await send(gw.proxyUrl + '/b', { user: 'mx' }))
+    t.same(replies.map((r) => r.status), [201, 201, 429, 429], 'two allowed: the daily quota\'s capacity')
+    const burst = await wbTokens('burstB@5/0.001', 'mx')
+    t.ok(Math.abs(burst - 3) < 0.01, `burstB holds 5 - 2 = 3: the refused requests' charges were given back (${burst})`)
+    t.equal(await counter(gw, 'gateway_refunds_total', { policy: 'burstB', reason: 'group-refused', result: 'refunded' }), 2, 'counted as refunds')
+    // A flush never raises a row: a charge written before its refund stays in PostgreSQL's copy,
+    // which is then lower than Redis's (errs towards fewer tokens if Redis loses the bucket).
+    const written = await waitFor(async () => await row(sql, 'burstB', 'mx') ?? null, { what: 'burstB written behind' }) as { tokens: number }
+    t.ok(written.tokens > 1.99 && written.tokens < burst + 0.01, `written behind between 2 and Redis's 3, never above it (${written.tokens})`)
+    const refused = replies[2]!.headers.get('ratelimit-policy') ?? ''
+    t.match(refused, /burstB/, 'both policies are reported')
+  })
+
+  await t.test('a write-behind bucket gets its cost back when the upstream fails and the policy refunds 5xx', async (t) => {
+    t.equal((await send(gw.proxyUrl + '/status/503', { user: 'mx' })).status, 503)
+    await waitFor(async () => (await counter(gw, 'gateway_refunds_total', { policy: 'burstR', reason: '5xx', result: 'refunded' })) === 1, { what: 'the refund counted' })
+    t.ok(Math.abs(await wbTokens('burstR@3/0.001', 'mx') - 3) < 0.01, 'burstR full again in Redis')
+    t.equal(await counter(gw, 'gateway_refunds_total', { policy: 'burstR', result: 'failed' }), 0, 'no failed refund')
+  })
+})
+
 t.test('a policy sets its own consistency: a strict daily quota beside a write-behind burst', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gw-wb-'))
   const configFile = join(dir, 'policies.yaml')

@@ -236,6 +236,11 @@ export interface WriteBehindRedis {
    * (a miss loads PostgreSQL's state anyway). Rejects when Redis fails.
    */
   lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void>
+  /**
+   * Gives a charged bucket its cost back, never above capacity: its new state, or null when
+   * Redis no longer holds the bucket (nothing is given back) or cannot be reached.
+   */
+  refund (request: BucketRequest): Promise<{ readonly tokens: number, readonly atMs: number } | null>
 }
 
 /** One bucket's latest write-behind state, to be written to PostgreSQL. */

@@ -3,7 +3,8 @@
  * only orders them. Every part sees the live fallback settings through `fallback()`.
  */
 import type { Config } from '../config/schema.ts'
-import type { SnapshotCache } from '../core/ports.ts'
+import type { Decision } from '../core/domain.ts'
+import type { BucketRequest, SnapshotCache } from '../core/ports.ts'
 import { DbClock } from './db-clock.ts'
 import { GroupFlow } from './group.ts'
 import { DecidingMode } from './mode.ts'
@@ -33,7 +34,8 @@ export interface LimiterParts {
   readonly failMode: FailMode
   readonly group: GroupFlow
   readonly refunds: Refunds
-  readonly writeBehind: WriteBehindStep | null
+  /** A write-behind bucket's decision (null: no write-behind policy can be decided here). */
+  readonly decideWriteBehind: ((request: BucketRequest, key: string) => Promise<Decision>) | null
   readonly writeBehindSync: WriteBehindSync | undefined
 }
 
@@ -50,8 +52,19 @@ export function assemble (ports: LimiterPorts, options: LimiterOptions, fallback
   const redisDecides = new RedisDecides(ports.redis, clock, metrics)
   const failMode = new FailMode(options.fallback, mode, metrics, options.now)
   const withoutPostgres = new WithoutPostgres({ cache, postgres, redisDecides, failMode, outage, mode, fallback })
-  const refunds = new Refunds({ cache, postgres, redisDecides, failMode, metrics, log })
   const wb = ports.writeBehind
+  const writeBehind = wb === undefined
+    ? null
+    : new WriteBehindStep({ ...wb, outage, log, retryMs: () => fallback().probeIntervalMs, ...(options.now === undefined ? {} : { now: options.now }) })
+  // Redis decides; where it cannot, PostgreSQL strictly (its state reaches Redis before Redis decides again).
+  const decideWriteBehind = writeBehind === null
+    ? null
+    : async (request: BucketRequest, key: string): Promise<Decision> => {
+      const decided = await writeBehind.decide(request) ?? await withoutPostgres.strictly(request, key)
+      if (decided.decidedBy === 'postgres') writeBehind.decidedWithoutRedis(request)
+      return decided
+    }
+  const refunds = new Refunds({ cache, postgres, redisDecides, failMode, writeBehind, metrics, log })
   return {
     cache,
     clock,
@@ -64,13 +77,11 @@ export function assemble (ports: LimiterPorts, options: LimiterOptions, fallback
     failMode,
     refunds,
     group: new GroupFlow({
-      cache, clock, outage, overLimit, postgres, metrics,
+      cache, clock, outage, overLimit, postgres, metrics, decideWriteBehind,
       withoutPostgres: async (request, key) => await withoutPostgres.decide(request, key),
       giveBack: async (request, charged) => await refunds.giveBack(request, charged)
     }),
-    writeBehind: wb === undefined
-      ? null
-      : new WriteBehindStep({ ...wb, outage, log, retryMs: () => fallback().probeIntervalMs, ...(options.now === undefined ? {} : { now: options.now }) }),
+    decideWriteBehind,
     writeBehindSync: wb?.sync
   }
 }

@@ -25,6 +25,8 @@ export interface GroupSteps {
   readonly withoutPostgres: (request: BucketRequest, key: string) => Promise<Decision>
   /** Gives a charged bucket's tokens back to the store that charged it. */
   readonly giveBack: (request: BucketRequest, charged: Decision) => Promise<boolean>
+  /** One write-behind bucket's decision (the limiter's); null: every bucket is decided strictly. */
+  readonly decideWriteBehind: ((request: BucketRequest, key: string) => Promise<Decision>) | null
 }
 
 export class GroupFlow {
@@ -35,6 +37,7 @@ export class GroupFlow {
   }
 
   async decide (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
+    if (this.#d.decideWriteBehind !== null && requests.some(isWriteBehind)) return await this.#mixed(requests, keys, this.#d.decideWriteBehind)
     // 1. Over-limit cache: one remembered refusal refuses the request.
     if (this.#d.overLimit !== null) {
       const now = this.#d.clock.nowMs()
@@ -90,6 +93,41 @@ export class GroupFlow {
   }
 
   /**
+   * Write-behind buckets beside strict ones (a per-second burst in Redis, a daily quota in
+   * PostgreSQL): no bucket is decided by both stores. The write-behind buckets go first, one by
+   * one (a Redis round trip each, cheaper than PostgreSQL's transaction, and the burst is the one
+   * that usually refuses); then the strict ones, all or nothing among themselves (steps 1-5
+   * above). The first refusal refuses the request, and every write-behind bucket already charged
+   * for it is given back (refund.ts), so the request charges all of its buckets or none.
+   */
+  async #mixed (requests: readonly BucketRequest[], keys: readonly string[], decideWriteBehind: (request: BucketRequest, key: string) => Promise<Decision>): Promise<Decision[]> {
+    const out: Array<Decision | null> = requests.map(() => null)
+    const charged: Decision[] = []
+    const refuse = async (): Promise<Decision[]> => {
+      await Promise.all(charged.map(async (c) => {
+        const i = out.indexOf(c)
+        const done = await this.#d.giveBack(requests[i]!, c)
+        this.#d.metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
+      }))
+      return await this.#refusedEarly(requests, keys, out, null, charged)
+    }
+    for (let i = 0; i < requests.length; i++) {
+      if (!isWriteBehind(requests[i]!)) continue
+      const d = await decideWriteBehind(requests[i]!, keys[i]!)
+      out[i] = d
+      if (!d.allowed) return await refuse()
+      charged.push(d)
+    }
+    const strict = requests.flatMap((r, i) => isWriteBehind(r) ? [] : [i])
+    if (strict.length > 0) {
+      const decided = await this.decide(strict.map((i) => requests[i]!), strict.map((i) => keys[i]!))
+      decided.forEach((d, j) => { out[strict[j]!] = d })
+      if (decided.some((d) => !d.allowed)) return await refuse()
+    }
+    return out as Decision[]
+  }
+
+  /**
    * A request refused before (or without) charging every bucket: the refusing buckets say so;
    * the others are reported as they stand (their cached snapshot, else full), uncharged.
    * `given`: decisions that were charged and have just been given back.
@@ -110,4 +148,8 @@ export class GroupFlow {
       return makeDecision(r.policy, r.cost, true, tokens, read.kind === 'snapshot' ? 'redis' : 'postgres', read.kind === 'snapshot' ? 'redis' : 'postgres')
     })
   }
+}
+
+function isWriteBehind (request: BucketRequest): boolean {
+  return request.policy.consistency === 'write-behind'
 }

@@ -74,12 +74,7 @@ export class Limiter {
 
   async #decide (request: BucketRequest, key: string): Promise<Decision> {
     const p = this.#p
-    if (request.policy.consistency === 'write-behind' && p.writeBehind !== null) {
-      // Redis decides; where it cannot, PostgreSQL strictly (its state reaches Redis before Redis decides again).
-      const decided = await p.writeBehind.decide(request) ?? await p.withoutPostgres.strictly(request, key)
-      if (decided.decidedBy === 'postgres') p.writeBehind.decidedWithoutRedis(request)
-      return decided
-    }
+    if (request.policy.consistency === 'write-behind' && p.decideWriteBehind !== null) return await p.decideWriteBehind(request, key)
     if (p.outage.down) return await p.withoutPostgres.decide(request, key)
     // Steps 2 and 3 at once for a bucket recently seen with plenty of tokens (read-alongside.ts).
     const early = p.alongside?.start(request, key, p.clock.nowMs()) ?? null

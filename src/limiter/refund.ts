@@ -10,12 +10,15 @@ import type { Metrics } from '../observability/metrics.ts'
 import type { AskPostgres } from './steps/deciding-store.ts'
 import type { FailMode } from './steps/fail-mode.ts'
 import type { RedisDecides } from './steps/redis-decides.ts'
+import type { WriteBehindStep } from './steps/redis-write-behind.ts'
 
 export interface RefundSteps {
   readonly cache: SnapshotCache
   readonly postgres: AskPostgres
   readonly redisDecides: RedisDecides
   readonly failMode: FailMode
+  /** Write-behind buckets are given back in their own keys (null: no write-behind policy can be decided). */
+  readonly writeBehind: WriteBehindStep | null
   readonly metrics: Metrics
   readonly log: Logger
 }
@@ -55,7 +58,11 @@ export class Refunds {
   /** Gives a charged bucket's tokens back to the store that charged it (never above capacity). */
   async giveBack (request: BucketRequest, charged: Decision): Promise<boolean> {
     switch (charged.decidedBy) {
-      case 'redis': return await this.#d.redisDecides.refund(request)
+      case 'redis':
+        // Redis decided a write-behind bucket in its own key; else it owned the bucket (the fallback).
+        return charged.source !== 'redis-fallback' && request.policy.consistency === 'write-behind' && this.#d.writeBehind !== null
+          ? await this.#d.writeBehind.refund(request)
+          : await this.#d.redisDecides.refund(request)
       case 'gateway': return charged.source === 'local-fallback' && this.#d.failMode.refund(request)
       case 'postgres':
         try {

@@ -42,7 +42,7 @@ export const CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped', 'redis-owned', 
 export const STORE_OPERATIONS: ReadonlyArray<readonly [Store, string]> = [
   ['postgres', 'decide'], ['postgres', 'peek'], ['postgres', 'reset'], ['postgres', 'ping'],
   ['redis', 'get'], ['redis', 'set'], ['redis', 'del'], ['redis', 'ping'], ['redis', 'decide'],
-  ['redis', 'wb-decide'], ['redis', 'wb-lower'], ['postgres', 'wb-load'], ['postgres', 'wb-sync']
+  ['redis', 'wb-decide'], ['redis', 'wb-lower'], ['redis', 'wb-refund'], ['postgres', 'wb-load'], ['postgres', 'wb-sync']
 ]
 export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 export const UPSTREAM_ERROR_KINDS = ['unreachable', 'timeout', 'interrupted'] as const

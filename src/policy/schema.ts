@@ -145,7 +145,6 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
   const costOf = (name: string): number => config.policies[name]?.cost ?? config.limits.cost
 
   const isConcurrency = (name: string): boolean => config.policies[name]?.concurrency !== undefined
-  const consistencyOf = (name: string): string => config.policies[name]?.consistency ?? config.limits.consistency ?? 'strict'
   for (const [name, p] of Object.entries(config.policies)) {
     if (p.concurrency !== undefined) {
       if (p.consistency !== undefined) issues.push({ path: ['policies', name, 'consistency'], message: 'a concurrency policy has no token bucket to write behind' })
@@ -178,12 +177,6 @@ export function checkPolicyConfig (config: PolicyConfig): Issue[] {
       const rates = targets.filter((n) => !isConcurrency(n))
       if (new Set(rates.map(shadowOf)).size > 1) {
         issues.push({ path: [...at, 'policy'], message: `mixes shadow and enforced policies (${targets.join(', ')}); a request is either enforced or shadowed` })
-        return
-      }
-      // Several buckets all or nothing is PostgreSQL's group decision; Redis does not decide
-      // groups in write-behind mode (yet), and one bucket must not be decided by both.
-      if (rates.length > 1 && rates.some((n) => consistencyOf(n) === 'write-behind')) {
-        issues.push({ path: [...at, 'policy'], message: `charges several policies (${rates.join(', ')}) and one of them is write-behind; a request of several policies needs them all strict` })
         return
       }
       for (const target of rates) {

@@ -89,6 +89,17 @@ export class WriteBehindStep {
     return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, source, 'redis')
   }
 
+  /**
+   * Gives a bucket Redis charged its cost back (refund.ts), never above capacity; the new state
+   * is written behind like any other. False when Redis no longer holds it (nothing given back).
+   */
+  async refund (request: BucketRequest): Promise<boolean> {
+    const back = await this.#d.redis.refund(request)
+    if (back === null) return false
+    this.#d.sync.record(request.policy, request.userId, back.tokens, back.atMs)
+    return true
+  }
+
   /** PostgreSQL decided this bucket because Redis could not: Redis must learn it before deciding it again. */
   decidedWithoutRedis (request: BucketRequest): void {
     if (this.#away) {

@@ -151,6 +151,17 @@ export class MemoryRedis {
     return 1
   }
 
+  /** WB_REFUND of scripts.ts: [1, tokens, atMs], or [0, 0, 0] when the bucket is missing. */
+  wbRefundScript (key: string, amount: number, cap: number, rate: number, ttl: number): [number, number, number] {
+    const current = parseValue(this.get(key))
+    if (current === null) return [0, 0, 0]
+    let now = this.#now()
+    if (now < current.at) now = current.at
+    const tokens = Math.min(cap, refill(current.tokens, current.at, now, cap, rate) + amount)
+    this.set(key, num(tokens) + '|' + num(now) + '|w', ttl)
+    return [1, tokens, now]
+  }
+
   /** The Redis clock (TIME). */
   nowMs (): number { return this.#now() }
 
@@ -456,5 +467,13 @@ export class MemoryWriteBehindRedis implements WriteBehindRedis {
       if (t === null || t === undefined) return
       r.wbLowerScript(r.wbKey(policy.cacheName ?? policy.name, userId), t, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
     })
+  }
+
+  async refund (request: BucketRequest): Promise<{ readonly tokens: number, readonly atMs: number } | null> {
+    const r = this.#redis
+    if (!this.available) return null
+    const { policy, userId, cost } = request
+    const [ok, tokens, atMs] = r.wbRefundScript(r.wbKey(policy.cacheName ?? policy.name, userId), cost, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
+    return ok === 1 ? { tokens, atMs } : null
   }
 }

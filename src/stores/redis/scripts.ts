@@ -235,6 +235,24 @@ redis.call('SET', KEYS[1], num(theirs) .. '|' .. num(now) .. '|w', 'EX', ARGV[4]
 return 1
 `
 
+/**
+ * Write-behind mode: gives a charged bucket its cost back (an upstream failure the policy
+ * refunds, or a request of several buckets another bucket refused), never above capacity. A
+ * missing bucket stays missing: its charge may already be in PostgreSQL, which a miss loads,
+ * so nothing is given back (the caller keeps fewer tokens, never more).
+ * KEYS[1] bucket. ARGV: amount, capacity, rate, ttl. Returns {1, tokens, atMs} or {0, '', ''}.
+ */
+const WB_REFUND = HELPERS + `
+local tokens, at = parse(redis.call('GET', KEYS[1]))
+if tokens == nil then return {0, '', ''} end
+local cap = tonumber(ARGV[2])
+local now = now_ms()
+if now < at then now = at end
+tokens = math.min(cap, refill(tokens, at, now, cap, tonumber(ARGV[3])) + tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|w', 'EX', ARGV[4])
+return {1, num(tokens), num(now)}
+`
+
 type Reply<T> = Promise<T>
 
 /** The client with the scripts defined (EVALSHA, falling back to EVAL after a restart). */
@@ -249,6 +267,7 @@ export interface ScriptedRedis extends Redis {
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
   rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<[number, string, string, number]>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
+  rlWbRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string, string]>
 }
 
 export function defineScripts (client: Redis): ScriptedRedis {
@@ -260,6 +279,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
   client.defineCommand('rlWbDecide', { numberOfKeys: 1, lua: WB_DECIDE })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
+  client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })
   return client as ScriptedRedis
 }
 

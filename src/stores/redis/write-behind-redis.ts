@@ -94,6 +94,21 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     this.#breaker.success()
   }
 
+  async refund (request: BucketRequest): Promise<{ readonly tokens: number, readonly atMs: number } | null> {
+    const client = this.#client()
+    if (client === null || client.status !== 'ready') return null
+    const { policy, userId, cost } = request
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-refund' })
+    try {
+      const [ok, tokens, atMs] = await client.rlWbRefund(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, this.#ttl(policy))
+      return ok === 1 ? { tokens: Number(tokens), atMs: Number(atMs) } : null
+    } catch {
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-refund' })
+      return null
+    }
+  }
+
   #ttl (policy: BucketRequest['policy']): number {
     return Math.max(fullRefillSeconds(policy), this.#keyTtlSeconds())
   }
