@@ -191,6 +191,8 @@ t.test('a policy sets its own consistency: a strict daily quota beside a write-b
   t.equal(await row(sql, 'burst', 'mixed'), undefined, 'burst: not written yet (the sync interval is a minute)')
   t.equal(await counter(gw, 'gateway_decisions_total', { policy: 'daily', decided_by: 'postgres' }), 3)
   t.equal(await counter(gw, 'gateway_decisions_total', { policy: 'burst', decided_by: 'redis' }), 3)
+  const described = JSON.parse((await send(gw.controlUrl + '/v1/policies', { headers: { authorization: 'Bearer write-behind-admin-token' } })).body) as { policies: Array<{ name: string, consistency?: string }> }
+  t.same(Object.fromEntries(described.policies.map((p) => [p.name, p.consistency])), { default: 'strict', burst: 'write-behind', daily: 'strict' }, 'GET /v1/policies says who decides each policy')
   // An admin reset forgets the Redis state and the pending one too: the caller starts full.
   for (let i = 0; i < 5; i++) await send(gw.proxyUrl + '/burst', { user: 'reset-me' })
   t.equal((await send(gw.proxyUrl + '/burst', { user: 'reset-me' })).status, 429, 'spent')

@@ -144,6 +144,7 @@ export function registerAdmin (app: FastifyInstance, deps: ControlDeps): void {
                   refill_per_second: { type: 'number' },
                   cost: { type: 'number' },
                   shadow: { type: 'boolean' },
+                  consistency: { type: 'string', enum: ['strict', 'write-behind'], description: 'Who decides the bucket: PostgreSQL (strict) or Redis, written behind. Absent for a concurrency policy.' },
                   max_route_cost: { type: 'number', description: 'Largest cost any route charges; an override capacity may not be lower.' }
                 }
               }

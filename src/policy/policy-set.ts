@@ -246,7 +246,7 @@ export class PolicySet {
         cost: p.cost,
         shadow: p.shadow,
         refund: refundsOf(p),
-        ...(p.concurrency === undefined ? {} : { concurrency: p.concurrency }),
+        ...(p.concurrency === undefined ? { consistency: p.consistency ?? 'strict' } : { concurrency: p.concurrency }),
         max_route_cost: this.maxCost.get(p.name) ?? p.cost
       })),
       default_policy: this.#default.policies.map((p) => p.name),
