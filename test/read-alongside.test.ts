@@ -1,5 +1,5 @@
 // The Redis read alongside the PostgreSQL decision (src/limiter/steps/read-alongside.ts): for a
-// bucket this process recently saw with plenty of tokens both start at once, and the result,
+// bucket this process has not recently seen low both start at once, and the result,
 // X-Data-Source and decided_by included, is what the steps one after the other give; a bucket
 // seen low is read first, so a snapshot refusal still spares PostgreSQL. In-memory stores.
 import t from 'tap'
@@ -7,7 +7,7 @@ import type { Config } from '../src/config/schema.ts'
 import type { Decision, Policy } from '../src/core/domain.ts'
 import type { CacheRead, SnapshotCache } from '../src/core/ports.ts'
 import { Limiter } from '../src/limiter/limiter.ts'
-import { RecentlyPlenty } from '../src/limiter/steps/recently-plenty.ts'
+import { RecentlyLow } from '../src/limiter/steps/recently-low.ts'
 import { createLogger } from '../src/observability/log.ts'
 import { Metrics } from '../src/observability/metrics.ts'
 import { MemoryPostgres, MemoryRedis } from '../src/stores/memory/index.ts'
@@ -53,11 +53,11 @@ async function settle (): Promise<void> {
   for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve))
 }
 
-t.test('a bucket seen with plenty of tokens: decision and read start together, same result and source', async (t) => {
+t.test('a bucket not seen low: decision and read start together, same result and source', async (t) => {
   const { limiter, events } = rig(t)
   const first = await limiter.check(policy, 'alice', 1)
-  t.equal(summary(first), 'allowed new-user/postgres 9.000', 'a new caller: read first, then PostgreSQL creates the row')
-  t.same(events, ['read', 'read done', 'decide'], 'sequential: nothing was known of the bucket')
+  t.equal(summary(first), 'allowed new-user/postgres 9.000', 'a new caller: PostgreSQL creates the row')
+  t.same(events, ['decide', 'read', 'read done'], 'overlapped from the first request: a bucket never seen is not low')
   await settle() // the snapshot write lands in Redis
   events.length = 0
   const second = await limiter.check(policy, 'alice', 1)
@@ -129,17 +129,22 @@ t.test('the read finds the bucket Redis-owned: the early answer is not used, Red
   t.equal(summary(d), 'allowed redis-fallback/redis 1.000', 'decided by Redis from its own state')
 })
 
-t.test('RecentlyPlenty: remembers buckets well above their cost for a while, in bounded memory', async (t) => {
-  const plenty = new RecentlyPlenty(0, 4)
+t.test('RecentlyLow: remembers buckets seen low for a while, in bounded memory', async (t) => {
+  const low = new RecentlyLow(0, 4)
   const req = { policy, userId: 'u', cost: 1 }
-  plenty.seen('a', req, 9, 0)
-  plenty.seen('b', req, 4, 0)
-  t.ok(plenty.plenty('a', 5_000), 'nine of ten left: plenty')
-  t.notOk(plenty.plenty('b', 0), 'four of ten: below half, read first')
-  t.notOk(plenty.plenty('a', 10_001), 'forgotten after 10 s')
-  plenty.seen('a', req, 1, 6_000)
-  t.notOk(plenty.plenty('a', 6_000), 'seen low since: read first')
-  for (let i = 0; i < 20; i++) plenty.seen(`k${i}`, req, 10, 0)
-  t.ok(plenty.size <= 8, `at most two generations of 4 keys (${plenty.size})`)
-  t.ok(plenty.plenty('k19', 0), 'the newest are kept')
+  low.seen('a', req, 9, 0)
+  low.seen('b', req, 4, 0)
+  t.notOk(low.low('a', 5_000), 'nine of ten left: not low')
+  t.notOk(low.low('never', 0), 'a bucket never seen: not low (overlapped)')
+  t.ok(low.low('b', 5_000), 'four of ten: below half, read first')
+  t.notOk(low.low('b', 10_001), 'forgotten after 10 s')
+  low.seen('a', req, 1, 6_000)
+  t.ok(low.low('a', 6_000), 'seen low since: read first')
+  low.seen('a', req, 10, 7_000)
+  t.notOk(low.low('a', 7_000), 'full again: overlapped')
+  low.markLow('c', 0)
+  t.ok(low.low('c', 0), 'marked (a snapshot refusal, a Redis-owned read)')
+  for (let i = 0; i < 20; i++) low.markLow(`k${i}`, 0)
+  t.ok(low.size <= 8, `at most two generations of 4 keys (${low.size})`)
+  t.ok(low.low('k19', 0), 'the newest are kept')
 })

@@ -15,7 +15,7 @@ import { AskPostgres } from './steps/deciding-store.ts'
 import { FailMode } from './steps/fail-mode.ts'
 import { OverLimitCache } from './steps/over-limit.ts'
 import { ReadAlongside } from './steps/read-alongside.ts'
-import { RecentlyPlenty } from './steps/recently-plenty.ts'
+import { RecentlyLow } from './steps/recently-low.ts'
 import { RedisDecides } from './steps/redis-decides.ts'
 import { WriteBehindStep } from './steps/redis-write-behind.ts'
 import { DENY_MARGIN_MS } from './steps/snapshot-deny.ts'
@@ -47,8 +47,8 @@ export function assemble (ports: LimiterPorts, options: LimiterOptions, fallback
   const outage = new Outage({ store: ports.store, redis: ports.redis, mode, fallback, metrics, log })
   const local = options.localDenyCache
   const overLimit = local?.enabled === true ? new OverLimitCache(local.maxEntries, DENY_MARGIN_MS) : null
-  const plenty = options.readAlongside === false ? null : new RecentlyPlenty(clock.nowMs())
-  const postgres = new AskPostgres(ports.store, cache, clock, overLimit, plenty)
+  const low = options.readAlongside === false ? null : new RecentlyLow(clock.nowMs())
+  const postgres = new AskPostgres(ports.store, cache, clock, overLimit, low)
   const redisDecides = new RedisDecides(ports.redis, clock, metrics)
   const failMode = new FailMode(options.fallback, mode, metrics, options.now)
   const withoutPostgres = new WithoutPostgres({ cache, postgres, redisDecides, failMode, outage, mode, fallback })
@@ -72,7 +72,7 @@ export function assemble (ports: LimiterPorts, options: LimiterOptions, fallback
     outage,
     overLimit,
     postgres,
-    alongside: plenty === null ? null : new ReadAlongside(postgres, plenty),
+    alongside: low === null ? null : new ReadAlongside(postgres, low),
     withoutPostgres,
     failMode,
     refunds,

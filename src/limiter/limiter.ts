@@ -76,22 +76,21 @@ export class Limiter {
     const p = this.#p
     if (request.policy.consistency === 'write-behind' && p.decideWriteBehind !== null) return await p.decideWriteBehind(request, key)
     if (p.outage.down) return await p.withoutPostgres.decide(request, key)
-    // Steps 2 and 3 at once for a bucket recently seen with plenty of tokens (read-alongside.ts).
+    // Steps 2 and 3 at once unless the bucket was recently seen low (read-alongside.ts).
     const early = p.alongside?.start(request, key, p.clock.nowMs()) ?? null
     const read = await p.cache.read(key)
     const owned = read === REDIS_OWNED || read === HANDING_BACK
-    if (early !== null) {
-      if (!owned) {
-        try {
-          return await p.alongside!.finish(early, request, key, read, p.clock.nowMs())
-        } catch (err) {
-          p.outage.failed(err)
-          return await p.withoutPostgres.decide(request, key)
-        }
+    if (early !== null && !owned) {
+      try {
+        return await p.alongside!.finish(early, request, key, read, p.clock.nowMs())
+      } catch (err) {
+        p.outage.failed(err)
+        return await p.withoutPostgres.decide(request, key)
       }
-      p.alongside!.discard(key)
     }
     const refused = snapshotDeny(read, request, p.clock.nowMs())
+    // Refused by its snapshot, or owned by Redis: read this bucket first for a while.
+    if (refused !== null || owned) p.alongside?.readFirst(key, p.clock.nowMs())
     if (refused !== null) {
       if (read.kind === 'snapshot') p.overLimit?.remember(key, read, request, p.clock.nowMs())
       return refused

@@ -29,7 +29,7 @@ export interface LimiterOptions {
    */
   readonly now?: () => number
   /**
-   * Read Redis alongside PostgreSQL's decision for buckets recently seen with plenty of tokens
+   * Read Redis alongside PostgreSQL's decision for buckets not recently seen low
    * (steps/read-alongside.ts). Default true; false runs the steps one after the other (tests
    * compare the two).
    */

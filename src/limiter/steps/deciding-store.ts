@@ -8,21 +8,21 @@ import type { BucketRequest, CacheRead, DecidingStore, SnapshotCache, StoreDecis
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import type { DbClock } from '../db-clock.ts'
 import type { OverLimitCache } from './over-limit.ts'
-import type { RecentlyPlenty } from './recently-plenty.ts'
+import type { RecentlyLow } from './recently-low.ts'
 
 export class AskPostgres {
   readonly #store: DecidingStore
   readonly #cache: SnapshotCache
   readonly #clock: DbClock
   readonly #overLimit: OverLimitCache | null
-  readonly #plenty: RecentlyPlenty | null
+  readonly #low: RecentlyLow | null
 
-  constructor (store: DecidingStore, cache: SnapshotCache, clock: DbClock, overLimit: OverLimitCache | null, plenty: RecentlyPlenty | null = null) {
+  constructor (store: DecidingStore, cache: SnapshotCache, clock: DbClock, overLimit: OverLimitCache | null, low: RecentlyLow | null = null) {
     this.#store = store
     this.#cache = cache
     this.#clock = clock
     this.#overLimit = overLimit
-    this.#plenty = plenty
+    this.#low = low
   }
 
   /** `read`: what the cache held (a snapshot sets `X-Data-Source: redis`). Rejects when PostgreSQL fails. */
@@ -42,7 +42,7 @@ export class AskPostgres {
     this.#cache.write(key, snapshot, fullRefillSeconds(request.policy), result.allowed ? request.cost : 0)
     const nowMs = this.#clock.nowMs()
     this.#overLimit?.remember(key, snapshot, request, nowMs)
-    this.#plenty?.seen(key, request, snapshot.tokens, nowMs)
+    this.#low?.seen(key, request, snapshot.tokens, nowMs)
     const source: DecisionSource = read.kind === 'snapshot' ? 'redis' : result.created ? 'new-user' : 'postgres'
     return makeDecision(request.policy, request.cost, result.allowed, snapshot.tokens, source, 'postgres')
   }

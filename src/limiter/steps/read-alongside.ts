@@ -1,12 +1,12 @@
 /**
- * Steps 2 and 3 side by side, for a bucket this process has just seen PostgreSQL leave with
- * plenty of tokens: the Redis read would almost surely not refuse, so waiting for it before
+ * Steps 2 and 3 side by side, for every bucket this process has not recently seen low
+ * (recently-low.ts): the Redis read would almost surely not refuse, so waiting for it before
  * asking PostgreSQL only adds its round trip to the request's latency. Both are asked at once;
  * PostgreSQL's answer is the one that counts (it is always right), the read still sets
  * `X-Data-Source` (a snapshot: `redis`) exactly as when the steps run one after the other, and
  * a snapshot that proves a refusal still gives the same refusal (`redis`, decided by Redis)
- * when PostgreSQL refused too. A bucket seen low is not remembered, so its next request reads
- * first and a snapshot refusal spares PostgreSQL, as before.
+ * when PostgreSQL refused too. A bucket seen low is read first for a while, so a caller at its
+ * limit is refused from the snapshot and spares PostgreSQL, as before.
  *
  * A read that finds the bucket Redis-owned or being handed back (another gateway lost
  * PostgreSQL meanwhile) discards PostgreSQL's early answer and the limiter goes on as usual; an
@@ -17,30 +17,33 @@
 import type { Decision } from '../../core/domain.ts'
 import type { BucketRequest, CacheRead, StoreDecision } from '../../core/ports.ts'
 import type { AskPostgres } from './deciding-store.ts'
-import type { RecentlyPlenty } from './recently-plenty.ts'
+import type { RecentlyLow } from './recently-low.ts'
 import { snapshotDeny } from './snapshot-deny.ts'
 
 export class ReadAlongside {
   readonly #postgres: AskPostgres
-  readonly #plenty: RecentlyPlenty
+  readonly #low: RecentlyLow
 
-  constructor (postgres: AskPostgres, plenty: RecentlyPlenty) {
+  constructor (postgres: AskPostgres, low: RecentlyLow) {
     this.#postgres = postgres
-    this.#plenty = plenty
+    this.#low = low
   }
 
-  /** PostgreSQL's decision, started now, for a bucket recently seen with plenty; else null (read first). */
+  /** PostgreSQL's decision, started now, unless the bucket was recently seen low (then null: read first). */
   start (request: BucketRequest, key: string, dbNowMs: number): Promise<StoreDecision> | null {
-    if (!this.#plenty.plenty(key, dbNowMs)) return null
+    if (this.#low.low(key, dbNowMs)) return null
     const early = this.#postgres.start(request)
     // Handled here too: a read that finds the bucket Redis-owned never awaits it.
     early.catch(noop)
     return early
   }
 
-  /** The read was Redis-owned or handing-back: the early answer is not used (see above). */
-  discard (key: string): void {
-    this.#plenty.forget(key)
+  /**
+   * A snapshot refused the bucket, or the read found it Redis-owned or being handed back (an
+   * early answer is then not used: see above): read it first for a while.
+   */
+  readFirst (key: string, dbNowMs: number): void {
+    this.#low.markLow(key, dbNowMs)
   }
 
   /**
