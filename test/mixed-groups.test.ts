@@ -1,0 +1,118 @@
+// A request charging a write-behind burst and a strict daily quota together (group.ts, #mixed),
+// on the in-memory twins with a controlled clock: fast-check interleaves concurrent requests,
+// clock advances, flushes and 5xx refunds (the burst refunds them), and after every step each
+// bucket must hold exactly what a reference bucket holds when it replays only the allowed
+// requests' charges and the refunds: all or nothing (a refused request leaves no charge in
+// either store), no refund beyond capacity, and never an allowance the bucket could not pay.
+import fc from 'fast-check'
+import t from 'tap'
+import type { Config } from '../src/config/schema.ts'
+import type { Policy } from '../src/core/domain.ts'
+import { tokensAt } from '../src/core/token-bucket.ts'
+import { Limiter } from '../src/limiter/limiter.ts'
+import { WriteBehindSync } from '../src/limiter/write-behind.ts'
+import { createLogger } from '../src/observability/log.ts'
+import { Metrics } from '../src/observability/metrics.ts'
+import { MemoryPostgres, MemoryRedis, parseValue } from '../src/stores/memory/index.ts'
+
+const burst: Policy = { name: 'burst', capacity: 3, refillPerSecond: 1, cacheName: 'burst@3/1', consistency: 'write-behind', refund5xx: true }
+const daily: Policy = { name: 'daily', capacity: 5, refillPerSecond: 0.2, cacheName: 'daily@5/0.2', consistency: 'strict' }
+const CALLERS = ['a', 'b'] as const
+const TOLERANCE = 1e-6
+const log = createLogger('silent')
+const fallback: Config['fallback'] = {
+  redisDecides: true, redisTimeoutMs: 500, mode: 'closed', localReplicas: 1, localMaxKeys: 1000, probeIntervalMs: 10, closedRetryAfterSeconds: 1
+}
+
+/** A token bucket replayed from events: a charge must be payable (else the gateway over-admitted). */
+class Reference {
+  tokens: number
+  at = 0
+  constructor (readonly policy: Policy) { this.tokens = policy.capacity }
+  #refill (now: number): void {
+    this.tokens = Math.min(this.policy.capacity, this.tokens + ((now - this.at) * this.policy.refillPerSecond) / 1000)
+    this.at = now
+  }
+
+  charge (now: number, cost: number): void {
+    this.#refill(now)
+    if (this.tokens < cost - TOLERANCE) throw new Error(`${this.policy.name}: allowed ${cost} with ${this.tokens} tokens`)
+    this.tokens -= cost
+  }
+
+  refund (now: number, cost: number): void {
+    this.#refill(now)
+    this.tokens = Math.min(this.policy.capacity, this.tokens + cost)
+  }
+
+  now (now: number): number {
+    this.#refill(now)
+    return this.tokens
+  }
+}
+
+t.test('property: a write-behind and a strict bucket on one request are charged all or nothing, exactly', async (t) => {
+  let runs = 0
+  let refusedByBurst = 0
+  let refusedByDaily = 0
+  let refunds = 0
+  const op = fc.oneof(
+    fc.record({ kind: fc.constant('requests' as const), caller: fc.constantFrom(...CALLERS), n: fc.integer({ min: 1, max: 4 }) }),
+    fc.record({ kind: fc.constant('advance' as const), ms: fc.integer({ min: 1, max: 4000 }) }),
+    fc.record({ kind: fc.constant('5xx' as const), caller: fc.constantFrom(...CALLERS) }),
+    fc.record({ kind: fc.constant('flush' as const) }))
+  await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 3, maxLength: 30 }), async (ops) => {
+    runs++
+    const clock = { now: 1_000_000 }
+    const pg = new MemoryPostgres({ now: () => clock.now })
+    const redis = new MemoryRedis({ now: () => clock.now })
+    const metrics = new Metrics()
+    const sync = new WriteBehindSync({ ledger: pg.ledger, intervalMs: () => 100, metrics, log, now: () => clock.now })
+    const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider, writeBehind: { redis: redis.writeBehind, ledger: pg.ledger, sync } },
+      { fallback, metrics, log, now: () => clock.now })
+    const refs = new Map(CALLERS.map((c) => [c, { burst: new Reference(burst), daily: new Reference(daily) }]))
+    const lastAllowed = new Map<string, Awaited<ReturnType<Limiter['checkAll']>>>()
+    try {
+      for (const o of ops) {
+        if (o.kind === 'advance') {
+          clock.now += o.ms
+        } else if (o.kind === 'flush') {
+          await sync.flush()
+        } else if (o.kind === '5xx') {
+          const verdict = lastAllowed.get(o.caller)
+          if (verdict === undefined) continue
+          lastAllowed.delete(o.caller)
+          await limiter.refund(verdict, '5xx')
+          refs.get(o.caller)!.burst.refund(clock.now, 1)
+          refunds++
+        } else {
+          const verdicts = await Promise.all(Array.from({ length: o.n }, async () =>
+            await limiter.checkAll([{ policy: burst, userId: o.caller, cost: 1 }, { policy: daily, userId: o.caller, cost: 1 }], o.caller)))
+          for (const v of verdicts) {
+            if (v.allowed) {
+              refs.get(o.caller)!.burst.charge(clock.now, 1)
+              refs.get(o.caller)!.daily.charge(clock.now, 1)
+              lastAllowed.set(o.caller, v)
+            } else if (v.violated.some((d) => d.policy.name === 'burst')) refusedByBurst++
+            else refusedByDaily++
+          }
+        }
+        for (const caller of CALLERS) {
+          const ref = refs.get(caller)!
+          const value = parseValue(redis.get(redis.wbKey(burst.cacheName!, caller)))
+          const inRedis = value === null ? burst.capacity : tokensAt({ tokens: value.tokens, atMs: value.at }, burst, clock.now)
+          const want = ref.burst.now(clock.now)
+          if (Math.abs(inRedis - want) > TOLERANCE) throw new Error(`${caller}: burst holds ${inRedis} in Redis, the allowed requests and refunds leave ${want}`)
+          const row = pg.row('daily', caller)
+          const inPostgres = row === undefined ? daily.capacity : tokensAt(row, daily, clock.now)
+          const wantDaily = ref.daily.now(clock.now)
+          if (Math.abs(inPostgres - wantDaily) > TOLERANCE) throw new Error(`${caller}: daily holds ${inPostgres} in PostgreSQL, the allowed requests leave ${wantDaily}`)
+        }
+      }
+    } finally {
+      await limiter.close()
+    }
+  }), { numRuns: Number(process.env.MODEL_RUNS ?? 200) })
+  t.ok(refusedByBurst > 0 && refusedByDaily > 0, `both buckets refused requests (burst ${refusedByBurst}, daily ${refusedByDaily}) over ${runs} runs`)
+  t.ok(refunds > 0, `and 5xx refunds were given (${refunds})`)
+})
