@@ -91,6 +91,17 @@ t.test('the same decisions, sources and tokens as the sequential steps, over a s
   t.equal(overlapped[1], 0, 'the other never overlapped')
 })
 
+t.test('every batch slot in flight: read first (the decision would wait for a slot anyway, and the next batch grows)', async (t) => {
+  const { limiter, pg, events } = rig(t)
+  pg.busy = true
+  await limiter.check(policy, 'erin', 1)
+  t.same(events, ['read', 'read done', 'decide'], 'sequential while PostgreSQL is saturated')
+  pg.busy = false
+  events.length = 0
+  await limiter.check(policy, 'erin', 1)
+  t.same(events, ['decide', 'read', 'read done'], 'overlapped again once a slot is free')
+})
+
 t.test('a bucket seen low is read first: the snapshot refuses and PostgreSQL is not asked', async (t) => {
   const { limiter, pg, events } = rig(t)
   t.equal((await limiter.check(policy, 'carol', 9)).tokens, 1, 'one token left: not plenty')

@@ -48,6 +48,11 @@ export interface DecidingStore {
   /** Decides atomically (concurrent calls share one round trip: group commit). */
   decide (request: BucketRequest): Promise<StoreDecision>
   /**
+   * Every batch slot is in flight: a decision asked now waits for one (so reading Redis first
+   * costs it no latency, and lets the next batch grow).
+   */
+  readonly busy: boolean
+  /**
    * Decides one request's buckets together, all or nothing, in the same transaction as the rest
    * of its batch: allowed only if each can pay, and then each is charged; otherwise none is.
    */

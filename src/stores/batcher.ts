@@ -43,6 +43,9 @@ export class Batcher<I, O> {
 
   get pending (): number { return this.#queue.length }
 
+  /** Every slot is in flight: an item submitted now waits for one. */
+  get saturated (): boolean { return this.#inFlight >= this.#options.maxInFlight }
+
   #schedule (): void {
     if (this.#scheduled) return
     this.#scheduled = true

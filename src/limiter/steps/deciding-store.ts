@@ -30,6 +30,9 @@ export class AskPostgres {
     return this.settle(request, key, read, await this.#store.decide(request))
   }
 
+  /** Every batch slot is in flight (a decision asked now would wait for one). */
+  get busy (): boolean { return this.#store.busy }
+
   /** The store's decision alone, before the cache is read (read-alongside.ts); `settle` completes it. */
   start (request: BucketRequest): Promise<StoreDecision> {
     return this.#store.decide(request)

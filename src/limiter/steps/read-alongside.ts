@@ -29,9 +29,14 @@ export class ReadAlongside {
     this.#low = low
   }
 
-  /** PostgreSQL's decision, started now, unless the bucket was recently seen low (then null: read first). */
+  /**
+   * PostgreSQL's decision, started now; null (read first) for a bucket recently seen low, or
+   * while every batch slot is in flight: the decision would wait for a slot anyway, so the read
+   * costs no latency, and decisions that queue meanwhile make the next batch larger (under
+   * saturation, fewer round trips per request: what the sequential steps gave).
+   */
   start (request: BucketRequest, key: string, dbNowMs: number): Promise<StoreDecision> | null {
-    if (this.#low.low(key, dbNowMs)) return null
+    if (this.#postgres.busy || this.#low.low(key, dbNowMs)) return null
     const early = this.#postgres.start(request)
     // Handled here too: a read that finds the bucket Redis-owned never awaits it.
     early.catch(noop)

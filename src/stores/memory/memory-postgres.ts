@@ -41,6 +41,8 @@ export class MemoryPostgres implements DecidingStore {
 
   /** The outage switch: while true every method rejects with StoreFailure. */
   down = false
+  /** Every batch slot in flight (tests set it: read-alongside then reads first). */
+  busy = false
   decideCalls = 0
   peekCalls = 0
   resetCalls = 0

@@ -144,6 +144,8 @@ export class PostgresStore implements DecidingStore {
     return (await this.#batcher.submit([request]))[0]!
   }
 
+  get busy (): boolean { return this.#batcher.saturated }
+
   decideGroup (requests: readonly BucketRequest[]): Promise<StoreDecision[]> {
     return this.#batcher.submit(requests)
   }
