@@ -6,23 +6,16 @@
 // either store), no refund beyond capacity, and never an allowance the bucket could not pay.
 import fc from 'fast-check'
 import t from 'tap'
-import type { Config } from '../src/config/schema.ts'
 import type { Policy } from '../src/core/domain.ts'
 import { tokensAt } from '../src/core/token-bucket.ts'
-import { Limiter } from '../src/limiter/limiter.ts'
-import { WriteBehindSync } from '../src/limiter/write-behind.ts'
-import { createLogger } from '../src/observability/log.ts'
-import { Metrics } from '../src/observability/metrics.ts'
-import { MemoryPostgres, MemoryRedis, parseValue } from '../src/stores/memory/index.ts'
+import type { Limiter } from '../src/limiter/limiter.ts'
+import { parseValue } from '../src/stores/memory/index.ts'
+import { writeBehindTwins } from './helpers/twins.ts'
 
 const burst: Policy = { name: 'burst', capacity: 3, refillPerSecond: 1, cacheName: 'burst@3/1', consistency: 'write-behind', refund5xx: true }
 const daily: Policy = { name: 'daily', capacity: 5, refillPerSecond: 0.2, cacheName: 'daily@5/0.2', consistency: 'strict' }
 const CALLERS = ['a', 'b'] as const
 const TOLERANCE = 1e-6
-const log = createLogger('silent')
-const fallback: Config['fallback'] = {
-  redisDecides: true, redisTimeoutMs: 500, mode: 'closed', localReplicas: 1, localMaxKeys: 1000, probeIntervalMs: 10, closedRetryAfterSeconds: 1
-}
 
 /** A token bucket replayed from events: a charge must be payable (else the gateway over-admitted). */
 class Reference {
@@ -63,13 +56,7 @@ t.test('property: a write-behind and a strict bucket on one request are charged 
     fc.record({ kind: fc.constant('flush' as const) }))
   await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 3, maxLength: 30 }), async (ops) => {
     runs++
-    const clock = { now: 1_000_000 }
-    const pg = new MemoryPostgres({ now: () => clock.now })
-    const redis = new MemoryRedis({ now: () => clock.now })
-    const metrics = new Metrics()
-    const sync = new WriteBehindSync({ ledger: pg.ledger, intervalMs: () => 100, metrics, log, now: () => clock.now })
-    const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider, writeBehind: { redis: redis.writeBehind, ledger: pg.ledger, sync } },
-      { fallback, metrics, log, now: () => clock.now })
+    const { clock, pg, redis, sync, limiter } = writeBehindTwins()
     const refs = new Map(CALLERS.map((c) => [c, { burst: new Reference(burst), daily: new Reference(daily) }]))
     const lastAllowed = new Map<string, Awaited<ReturnType<Limiter['checkAll']>>>()
     try {

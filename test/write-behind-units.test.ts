@@ -2,16 +2,15 @@
 // with a controlled clock, and the decision flow through a Limiter on the in-memory twins
 // (src/stores/memory). The real stores are in test/write-behind.test.ts.
 import t from 'tap'
-import type { Config } from '../src/config/schema.ts'
 import type { Policy } from '../src/core/domain.ts'
 import type { BucketLedger, SyncEntry } from '../src/core/ports.ts'
 import { tokensAt } from '../src/core/token-bucket.ts'
 import { mergeLower } from '../src/core/write-behind-merge.ts'
-import { Limiter } from '../src/limiter/limiter.ts'
 import { PendingSyncs, WriteBehindSync } from '../src/limiter/write-behind.ts'
 import { createLogger } from '../src/observability/log.ts'
 import { Metrics } from '../src/observability/metrics.ts'
-import { MemoryPostgres, MemoryRedis, parseValue } from '../src/stores/memory/index.ts'
+import { parseValue } from '../src/stores/memory/index.ts'
+import { writeBehindTwins } from './helpers/twins.ts'
 
 const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1, cacheName: 'default@10/1', consistency: 'write-behind' }
 const log = createLogger('silent')
@@ -99,20 +98,7 @@ t.test('WriteBehindSync: one statement per flush; failures keep the entries and 
   t.equal(calls.length, 3, 'close flushes once')
 })
 
-const fallback: Config['fallback'] = {
-  redisDecides: true, redisTimeoutMs: 500, mode: 'closed', localReplicas: 1, localMaxKeys: 1000, probeIntervalMs: 10, closedRetryAfterSeconds: 1
-}
-
-function system (): { clock: { now: number }, pg: MemoryPostgres, redis: MemoryRedis, sync: WriteBehindSync, limiter: Limiter } {
-  const clock = { now: 1_000_000 }
-  const pg = new MemoryPostgres({ now: () => clock.now })
-  const redis = new MemoryRedis({ now: () => clock.now })
-  const metrics = new Metrics()
-  const sync = new WriteBehindSync({ ledger: pg.ledger, intervalMs: () => 100, metrics, log, now: () => clock.now })
-  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider, writeBehind: { redis: redis.writeBehind, ledger: pg.ledger, sync } },
-    { fallback, metrics, log, now: () => clock.now })
-  return { clock, pg, redis, sync, limiter }
-}
+const system = writeBehindTwins
 
 t.test('the flow on the twins: new-user, redis, one Redis call per request; a miss loads the truth; seeded only if absent', async (t) => {
   const { pg, redis, sync, limiter } = system()
