@@ -29,8 +29,10 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #keyTtlSeconds: () => number
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
 
-  /** `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log. */
-  /** `keyTtlSeconds`: the live limits.writeBehindKeyTtlSeconds (a bucket is kept at least until full). */
+  /**
+   * `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log.
+   * `keyTtlSeconds`: the live limits.writeBehindKeyTtlSeconds (a bucket is kept at least until full).
+   */
   constructor (client: () => ScriptedRedis | null, prefix: string, health: StoreHealth, metrics: Metrics, keyTtlSeconds: () => number) {
     this.#client = client
     this.#keyTtlSeconds = keyTtlSeconds
