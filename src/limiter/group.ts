@@ -80,14 +80,7 @@ export class GroupFlow {
     for (let i = 0; i < requests.length; i++) {
       const d = await this.#d.withoutPostgres(requests[i]!, keys[i]!)
       out[i] = d
-      if (!d.allowed) {
-        const charged = out.slice(0, i) as Decision[]
-        await Promise.all(charged.map(async (c, j) => {
-          const done = await this.#d.giveBack(requests[j]!, c)
-          this.#d.metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
-        }))
-        return await this.#refusedEarly(requests, keys, out, null, charged)
-      }
+      if (!d.allowed) return await this.#refuseCharged(requests, keys, out, out.slice(0, i) as Decision[])
     }
     return out as Decision[]
   }
@@ -103,14 +96,7 @@ export class GroupFlow {
   async #mixed (requests: readonly BucketRequest[], keys: readonly string[], decideWriteBehind: (request: BucketRequest, key: string) => Promise<Decision>): Promise<Decision[]> {
     const out: Array<Decision | null> = requests.map(() => null)
     const charged: Decision[] = []
-    const refuse = async (): Promise<Decision[]> => {
-      await Promise.all(charged.map(async (c) => {
-        const i = out.indexOf(c)
-        const done = await this.#d.giveBack(requests[i]!, c)
-        this.#d.metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
-      }))
-      return await this.#refusedEarly(requests, keys, out, null, charged)
-    }
+    const refuse = async (): Promise<Decision[]> => await this.#refuseCharged(requests, keys, out, charged)
     for (let i = 0; i < requests.length; i++) {
       if (!isWriteBehind(requests[i]!)) continue
       const d = await decideWriteBehind(requests[i]!, keys[i]!)
@@ -125,6 +111,18 @@ export class GroupFlow {
       if (decided.some((d) => !d.allowed)) return await refuse()
     }
     return out as Decision[]
+  }
+
+  /**
+   * A request refused after some of its buckets were charged (`charged`, decisions in `out`):
+   * each is given back by the store that charged it and counted, then the request is reported.
+   */
+  async #refuseCharged (requests: readonly BucketRequest[], keys: readonly string[], out: ReadonlyArray<Decision | null>, charged: readonly Decision[]): Promise<Decision[]> {
+    await Promise.all(charged.map(async (c) => {
+      const done = await this.#d.giveBack(requests[out.indexOf(c)]!, c)
+      this.#d.metrics.refunds.inc({ policy: c.policy.name, reason: 'group-refused', result: done ? 'refunded' : 'failed' })
+    }))
+    return await this.#refusedEarly(requests, keys, out, null, charged)
   }
 
   /**
