@@ -6,6 +6,8 @@
 import httpProxy, { type FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import { readFileSync } from 'node:fs'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import type { IncomingMessage } from 'node:http'
+import { Agent } from 'undici'
 import type { Config } from '../config/schema.ts'
 import type { Verdict } from '../core/domain.ts'
 import type { Logger } from '../observability/log.ts'
@@ -16,9 +18,9 @@ import { admit } from '../admission/admit.ts'
 import { dropHopByHop, LIMIT_HEADERS, NOT_FORWARDED, PartitionKeys, rateLimitHeaders, windowSeconds, writeRateLimitHeaders } from './headers.ts'
 import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
-import { handshakeHeaders, onlyWebSocketUpgrades } from './websocket.ts'
+import { handshakeHeaders, onlyWebSocketUpgrades, WEBSOCKET_UPGRADE } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
-import { UpstreamDispatcher } from './upstream-dispatcher.ts'
+import { forwarder, isForwardable, type UpstreamHeaders } from './forward.ts'
 import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable, type Problem } from '../core/problems.ts'
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
@@ -69,13 +71,15 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const { config, limiter, metrics } = deps
   const app = Fastify({
     loggerInstance: deps.log.child({ listener: 'proxy' }) as FastifyBaseLogger,
-    logController: new ProxyLogController(metrics, { disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
+    logController: new LogController({ disableRequestLogging: !deps.log.isLevelEnabled('debug'), requestIdLogLabel: 'request_id' }),
     // requestIdFor reads x-request-id itself, keeping only well-formed ids.
     requestIdHeader: false,
     genReqId: requestIdFor,
     // A request that reached us is served even while closing (graceful shutdown).
     return503OnClosing: false,
     clientErrorHandler: clientErrorHandler(metrics, config.proxy.maxHeaderBytes),
+    // WebSocket upgrades take @fastify/http-proxy's route; everything else takes the forwarder's.
+    ...(config.proxy.websocket ? { routerOptions: { constraints: { upgrade: WEBSOCKET_UPGRADE } } } : {}),
     ...serverOptions(config.proxy)
   }) as unknown as FastifyInstance
   // Every method Node parses goes upstream (WebDAV and extension methods included).
@@ -221,100 +225,87 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
 
   const tlsVerify = config.proxy.upstreamTlsVerify
   const forwardedHeaders = config.proxy.forwardedHeaders
-  // Our own pool, so that a client that disconnects aborts its upstream request too.
-  const upstream = new UpstreamDispatcher({
+  const upstream = new Agent({
     connections: config.proxy.upstreamConnections,
     pipelining: 1,
     keepAliveTimeout: 60_000,
-    // reply-from's default disables certificate checks; a gateway must verify them.
     connect: { rejectUnauthorized: tlsVerify }
   })
   app.addHook('onClose', async () => { await upstream.close() })
-  const proxyOptions: FastifyHttpProxyOptions = {
-    // The upstream is chosen per request (path prefix, hot-reloadable): see getUpstream.
-    upstream: '',
-    httpMethods: [...PROXIED_METHODS],
-    // reply-from logs two info lines per request on its own; per-request logs are debug-only.
-    disableRequestLogging: !deps.log.isLevelEnabled('debug'),
-    undici: upstream as object,
-    replyOptions: {
-      timeout: config.proxy.upstreamTimeoutMs,
-      getUpstream: (request) => (request as FastifyRequest).upstreamOrigin,
-      // reply-from retries GETs answered 503 up to 10 times: a gateway must not multiply
-      // load on a struggling upstream, so nothing is retried.
-      retryDelay: () => null,
-      // Both edit in place objects made for this request (reply-from copies the request's
-      // headers; the response's are undici's own): no copies, and `delete` only when needed,
-      // as it slows every later use of the object.
-      rewriteRequestHeaders: (request, headers) => {
-        headers[REQUEST_ID_HEADER] = request.id
-        for (const name of NOT_FORWARDED) if (headers[name] !== undefined) delete headers[name]
-        if (forwardedHeaders) addForwardedHeadersFor(headers, request, deps.runtime.current.trustedProxies)
-        upstream.forwarding(request.raw.socket)
-        return headers
-      },
-      rewriteHeaders: (headers, request) => {
-        if (request === undefined) return headers
-        const seconds = Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9
-        metrics.bound.upstreamDuration.observe(seconds)
-        request.upstreamMs = seconds * 1000
-        dropHopByHop(headers)
-        for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
-        if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
-        if (request.decision !== null) writeRateLimitHeaders(headers, request.decision, pk)
-        return headers
-      },
-      onError: (reply, { error }: { error: Error & { statusCode?: number, code?: string } }) => {
-        if (reply.request.raw.socket.destroyed) {
-          // The client left (and the upstream request was aborted with it): nobody to answer.
-          reply.log.debug({ err: error }, 'client disconnected; upstream request aborted')
-          return
-        }
-        const timeout = error.statusCode === 504 || /TIMEOUT/.test(String(error.code))
-        reply.request.upstreamFailed = true
-        metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
-        // One line with the cause (reply-from wraps it in a 500 FastifyError; the client gets 502/504).
-        const cause = (error.cause ?? error) as Error & { code?: string }
-        reply.log.warn({ upstream: reply.request.upstreamOrigin, cause: cause.message, code: cause.code, status: timeout ? 504 : 502 }, timeout ? 'upstream timed out' : 'upstream unreachable')
-        if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
-        send(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
-      }
+  const forward = forwarder({
+    dispatcher: upstream,
+    timeoutMs: config.proxy.upstreamTimeoutMs,
+    requestHeaders: (request, headers) => {
+      headers[REQUEST_ID_HEADER] = request.id
+      for (const name of NOT_FORWARDED) if (headers[name] !== undefined) headers[name] = undefined
+      if (forwardedHeaders) addForwardedHeadersFor(headers, request, deps.runtime.current.trustedProxies)
+    },
+    responseHeaders: (headers, request) => {
+      const seconds = Number(process.hrtime.bigint() - request.upstreamStartedAt) / 1e9
+      metrics.bound.upstreamDuration.observe(seconds)
+      request.upstreamMs = seconds * 1000
+      dropHopByHop(headers)
+      for (const name of LIMIT_HEADERS) if (headers[name] !== undefined) delete headers[name]
+      if (request.shadow !== null) headers['x-ratelimit-shadow'] = request.shadow
+      if (request.decision !== null) writeRateLimitHeaders(headers as Record<string, unknown>, request.decision, pk)
+    },
+    failed: (reply, error) => {
+      const code = String(error.code)
+      const timeout = /TIMEOUT/.test(code)
+      reply.request.upstreamFailed = true
+      metrics.bound.upstreamErrors[timeout ? 'timeout' : 'unreachable'].inc()
+      const cause = (error.cause ?? error) as Error & { code?: string }
+      reply.log.warn({ upstream: reply.request.upstreamOrigin, cause: cause.message, code: cause.code ?? error.code, status: timeout ? 504 : 502 }, timeout ? 'upstream timed out' : 'upstream unreachable')
+      if (reply.request.shadow !== null) reply.header('x-ratelimit-shadow', reply.request.shadow)
+      send(reply, timeout ? problem('UPSTREAM_TIMEOUT', config.proxy.upstreamTimeoutMs) : problem('UPSTREAM_UNREACHABLE'), reply.request.decision)
+    },
+    // A body that fails after its head was sent (the upstream reset it, or paused longer than
+    // the upstream timeout): the client's connection is aborted, and an operator must see why.
+    interrupted: (reply, error) => {
+      metrics.bound.upstreamErrors.interrupted.inc()
+      reply.log.warn({ err: error }, 'upstream response interrupted after its head was sent; client connection aborted')
     }
+  })
+  // Bodies stream through unread: the forwarder hands the request stream to undici.
+  const unread = (_request: FastifyRequest, payload: IncomingMessage, done: (err: null, body?: unknown) => void): void => { done(null, payload) }
+  app.addContentTypeParser('application/json', unread)
+  app.addContentTypeParser('text/plain', unread)
+  app.addContentTypeParser('*', unread)
+  const hosts = new Map<string, string>()
+  const hostOf = (origin: string): string => {
+    let host = hosts.get(origin)
+    if (host === undefined) { host = new URL(origin).host; hosts.set(origin, host) }
+    return host
   }
+  const handler = (request: FastifyRequest, reply: FastifyReply): FastifyReply | undefined => {
+    const path = request.raw.url!
+    if (!isForwardable(path)) {
+      send(reply, clientProblem(400, 'The request target is not a path the gateway forwards (a dot-dot segment, or not a path).'), request.decision)
+      return reply
+    }
+    const origin = request.upstreamOrigin
+    forward(request, reply, { origin, host: hostOf(origin), path })
+    return undefined
+  }
+  for (const url of ['/', '/*']) app.route({ method: [...PROXIED_METHODS], url, handler })
+
   if (config.proxy.websocket) {
     const handshake = { forwardedHeaders, trustedProxies: () => deps.runtime.current.trustedProxies }
-    Object.assign(proxyOptions, {
+    const wsOptions: FastifyHttpProxyOptions = {
+      upstream: '',
+      httpMethods: ['GET'],
+      // The root's pass-through parsers already apply (an upgrade has no body anyway).
+      proxyPayloads: false,
+      constraints: { upgrade: 'websocket' },
       websocket: true,
+      disableRequestLogging: !deps.log.isLevelEnabled('debug'),
+      replyOptions: { getUpstream: (request) => (request as FastifyRequest).upstreamOrigin },
       wsClientOptions: { rewriteRequestHeaders: (_defaults: unknown, request: FastifyRequest) => handshakeHeaders(request, handshake) }
-    })
+    } as FastifyHttpProxyOptions
+    await app.register(httpProxy, wsOptions)
   }
-  await app.register(httpProxy, proxyOptions)
   if (config.proxy.websocket) onlyWebSocketUpgrades(app.server)
   return app
-}
-
-/**
- * Per-request lines stay off at the default level, but a proxied body that fails after its head
- * was sent (the upstream reset it, or paused longer than the upstream timeout) is an upstream
- * fault an operator must see: Fastify would drop it with the request lines. A client that
- * leaves mid-body is its own business (debug).
- */
-class ProxyLogController extends LogController {
-  readonly #metrics: Metrics
-
-  constructor (metrics: Metrics, options: ConstructorParameters<typeof LogController>[0]) {
-    super(options)
-    this.#metrics = metrics
-  }
-
-  override streamError (error: Error & { code?: string }, request: FastifyRequest, reply: FastifyReply): void {
-    if (error.code === 'ERR_STREAM_PREMATURE_CLOSE' || request.raw.socket.destroyed) {
-      reply.log.debug({ err: error }, 'client left mid-response')
-      return
-    }
-    this.#metrics.bound.upstreamErrors.interrupted.inc()
-    reply.log.warn({ err: error }, 'upstream response interrupted after its head was sent; client connection aborted')
-  }
 }
 
 /** Picks the upstream by path prefix and rewrites the target for it. */

@@ -6,7 +6,7 @@
  * default forwards only cookies), less the hop-by-hop and handshake headers the WebSocket
  * client sets itself, plus the request id and X-Forwarded-*, as for a proxied request.
  */
-import type { FastifyRequest } from 'fastify'
+import type { FastifyRequest, FastifyServerOptions } from 'fastify'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { NOT_FORWARDED } from './headers.ts'
 import { REQUEST_ID_HEADER } from '../observability/request-id.ts'
@@ -15,6 +15,9 @@ import { ServerResponse, type IncomingMessage, type Server as HttpServer } from 
 import type { Server as HttpsServer } from 'node:https'
 import type { Duplex } from 'node:stream'
 import { PROBLEM_TYPE, problem } from '../core/problems.ts'
+
+type ConstraintStrategy = NonNullable<NonNullable<FastifyServerOptions['routerOptions']>['constraints']>[string]
+type RouteStore = Parameters<ReturnType<ConstraintStrategy['storage']>['set']>[1]
 
 const NOT_IN_HANDSHAKE = new Set<string>([
   'host', 'connection', 'transfer-encoding', 'content-length',
@@ -70,3 +73,22 @@ export function onlyWebSocketUpgrades (server: HttpServer | HttpsServer): void {
 }
 
 type UpgradeListener = (req: IncomingMessage, socket: Duplex, head: Buffer) => void
+
+/**
+ * The router constraint that sends WebSocket upgrades (and only those) to @fastify/http-proxy's
+ * route, while every other request takes the gateway's own forwarder on the same paths. Node
+ * marks an upgrade request `upgrade`; `onlyWebSocketUpgrades` has already served the others as
+ * plain requests.
+ */
+export const WEBSOCKET_UPGRADE: ConstraintStrategy = {
+  name: 'upgrade',
+  storage () {
+    const handlers = new Map<string, RouteStore>()
+    return { get: (value: string) => handlers.get(value) ?? null, set: (value: string, store: RouteStore) => { handlers.set(value, store) } }
+  },
+  deriveConstraint: (req: IncomingMessage): string => (req as IncomingMessage & { upgrade?: boolean }).upgrade === true && /^websocket$/i.test(req.headers.upgrade ?? '') ? 'websocket' : undefined as unknown as string,
+  mustMatchWhenDerived: false,
+  validate (value: unknown): void {
+    if (value !== 'websocket') throw new Error('the upgrade constraint takes only "websocket"')
+  }
+}
