@@ -20,7 +20,7 @@ import { REQUEST_ID_HEADER, requestIdFor } from '../observability/request-id.ts'
 import { addForwardedHeadersFor } from './forwarded.ts'
 import { handshakeHeaders, onlyWebSocketUpgrades, WEBSOCKET_UPGRADE } from './websocket.ts'
 import { clientErrorHandler } from './client-error.ts'
-import { forwarder, isForwardable, type UpstreamHeaders } from './forward.ts'
+import { forwarder, isForwardable } from './forward.ts'
 import { clientProblem, PROBLEM_TYPE, problem, storesUnavailable, type Problem } from '../core/problems.ts'
 import type { Holder } from '../policy/holder.ts'
 import type { OverrideTable } from '../policy/overrides.ts'
@@ -235,9 +235,10 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const forward = forwarder({
     dispatcher: upstream,
     timeoutMs: config.proxy.upstreamTimeoutMs,
+    // The client's own request id, if any, was read by requestIdFor: ours replaces it.
+    dropped: [...NOT_FORWARDED, REQUEST_ID_HEADER],
     requestHeaders: (request, headers) => {
       headers[REQUEST_ID_HEADER] = request.id
-      for (const name of NOT_FORWARDED) if (headers[name] !== undefined) headers[name] = undefined
       if (forwardedHeaders) addForwardedHeadersFor(headers, request, deps.runtime.current.trustedProxies)
     },
     responseHeaders: (headers, request) => {

