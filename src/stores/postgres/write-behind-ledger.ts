@@ -22,11 +22,16 @@ const FLOAT8 = 701
 /**
  * The flush. Each state is stamped `clock_timestamp() - age`: the gateway measured the age
  * from the reply's arrival, later than Redis's decision, so the stamp is never earlier than
- * the truth and the merge's refill never gives a bucket tokens it did not earn. A row another
+ * the truth and the merge's refill never gives a bucket tokens it did not earn.
+ *
+ * Rows are found (and locked, in key order) by one primary-key probe per key, a LATERAL
+ * subquery: given a plain join of a flush's hundreds of keys, the planner hashed the whole
+ * table instead, so each flush cost grew with the number of callers PostgreSQL holds (600
+ * keys against 50,000 rows: 26 ms, 15 of them the sequential scan; 8 ms this way). A row another
  * transaction inserts concurrently (the ON CONFLICT branch, rare) keeps the lower raw count at
  * the later time, which is lower still than the refilled comparison: never raised.
  */
-function syncStatement (sql: Sql, e: readonly SyncEntry[]): PendingQuery<Row[]> {
+export function syncStatement (sql: Sql, e: readonly SyncEntry[]): PendingQuery<Row[]> {
   return sql`
 WITH s AS MATERIALIZED (
   SELECT x.p, x.u, least(x.cap, x.t) AS t, clock_timestamp() - x.a * interval '1 millisecond' AS at, x.cap, x.rate
@@ -34,8 +39,8 @@ WITH s AS MATERIALIZED (
     ${sql.array(e.map((x) => x.tokens), FLOAT8)}::float8[], ${sql.array(e.map((x) => Math.max(0, x.ageMs)), FLOAT8)}::float8[],
     ${sql.array(e.map((x) => x.policy.capacity), FLOAT8)}::float8[], ${sql.array(e.map((x) => x.policy.refillPerSecond), FLOAT8)}::float8[]) AS x(p, u, t, a, cap, rate)
 ), locked AS MATERIALIZED (
-  SELECT r.policy, r.user_id FROM rate_limits r JOIN s ON r.policy = s.p AND r.user_id = s.u
-  ORDER BY r.policy, r.user_id FOR UPDATE OF r
+  SELECT l.policy, l.user_id FROM (SELECT s.p, s.u FROM s ORDER BY s.p, s.u) AS o
+  CROSS JOIN LATERAL (SELECT r.policy, r.user_id FROM rate_limits r WHERE r.policy = o.p AND r.user_id = o.u FOR UPDATE) AS l
 ), upd AS (
   UPDATE rate_limits r SET
     tokens = least(
@@ -55,7 +60,8 @@ ON CONFLICT (policy, user_id) DO UPDATE SET
   last_refill_time = greatest(r.last_refill_time, excluded.last_refill_time)`
 }
 
-function loadStatement (sql: Sql, q: readonly BucketRequest[]): PendingQuery<Array<{ o_idx: number, o_tokens: number | null }>> {
+/** The rows of the missed buckets; `LIMIT 1` keeps the planner from flattening the probe into a join (see the flush). */
+export function loadStatement (sql: Sql, q: readonly BucketRequest[]): PendingQuery<Array<{ o_idx: number, o_tokens: number | null }>> {
   return sql`
 SELECT x.n::int AS o_idx,
   -- least() skips NULLs: a missing row must stay NULL (a new caller), not read as full.
@@ -63,7 +69,7 @@ SELECT x.n::int AS o_idx,
     ELSE least(x.cap, r.tokens + greatest(0, extract(epoch FROM (clock_timestamp() - r.last_refill_time))) * x.rate) END AS o_tokens
 FROM unnest(${sql.array(q.map((r) => r.policy.name), TEXT)}::text[], ${sql.array(q.map((r) => r.userId), TEXT)}::text[],
   ${sql.array(q.map((r) => r.policy.capacity), FLOAT8)}::float8[], ${sql.array(q.map((r) => r.policy.refillPerSecond), FLOAT8)}::float8[]) WITH ORDINALITY AS x(p, u, cap, rate, n)
-LEFT JOIN rate_limits r ON r.policy = x.p AND r.user_id = x.u`
+LEFT JOIN LATERAL (SELECT r.tokens, r.last_refill_time FROM rate_limits r WHERE r.policy = x.p AND r.user_id = x.u LIMIT 1) AS r ON true`
 }
 
 export class PostgresLedger implements BucketLedger {
