@@ -120,7 +120,7 @@ t.test('shadow mode forwards even when the store cannot decide', async (t) => {
     config: { policies: { default: { shadow: true } }, postgres: { statementTimeoutMs: 500 }, redis: { enabled: false }, fallback: { mode: 'closed' } }
   })
   t.equal((await send(gw.proxyUrl + '/x', { user: 'hal' })).status, 201)
-  await gw.postgres.sql.end() // the store goes away for this gateway only
+  await gw.postgres.close() // the store goes away for this gateway only (every connection it has)
   const res = await send(gw.proxyUrl + '/x', { user: 'hal' })
   t.equal(res.status, 201)
   t.equal(res.headers.get('x-ratelimit-shadow'), 'unavailable')

@@ -68,7 +68,9 @@ export class PostgresStore implements DecidingStore {
     this.#statementTimeoutMs = config.statementTimeoutMs
     this.#startTimeoutMs = config.startTimeoutMs
     this.#sockets = new PoolSockets()
-    const slots = Math.min(config.poolSize, config.batchMaxInFlight)
+    // With one connection in all (the embedded PGlite takes no more) the decisions share it.
+    const own = config.poolSize > 1
+    const slots = own ? Math.min(config.poolSize - 1, config.batchMaxInFlight) : 1
     const options = {
       connect_timeout: config.connectTimeoutSeconds,
       idle_timeout: 60,
@@ -86,12 +88,12 @@ export class PostgresStore implements DecidingStore {
         ...(config.synchronousCommit ? {} : { synchronous_commit: 'off' })
       }
     }
-    // poolSize in all: the decisions' connections, and the rest for everything else (at least one).
-    this.sql = postgres(config.url, { ...options, max: Math.max(1, config.poolSize - slots) })
+    // poolSize in all: the decisions' connections, and the rest for everything else.
+    this.sql = postgres(config.url, { ...options, max: config.poolSize - (own ? slots : 0) })
     // Each a pool of one on the pool's own parsed options (as postgres.js makes its LISTEN
     // connection): they share its fetched array types, which a connection that first opened
     // after an outage would otherwise lack (an int[] parameter sent as int).
-    this.#deciders = Array.from({ length: slots }, () => postgres({ ...this.sql.options, max: 1 } as unknown as Options<Record<string, never>>))
+    this.#deciders = own ? Array.from({ length: slots }, () => postgres({ ...this.sql.options, max: 1 } as unknown as Options<Record<string, never>>)) : [this.sql]
     this.#idle = [...this.#deciders].reverse()
     this.#batcher = new Batcher((items) => this.#decideBatch(items), {
       maxSize: config.batchMaxSize,
@@ -291,6 +293,6 @@ export class PostgresStore implements DecidingStore {
   }
 
   async close (): Promise<void> {
-    await Promise.all([this.sql, ...this.#deciders].map(async (sql) => { await sql.end({ timeout: 5 }) }))
+    await Promise.all([...new Set([this.sql, ...this.#deciders])].map(async (sql) => { await sql.end({ timeout: 5 }) }))
   }
 }
