@@ -1,11 +1,12 @@
 // Group commit changes no outcome: the core exactness checks with batching forced by a long
 // window (20 ms), so concurrent decisions, several for one key among them, share a round trip.
 import { Redis } from 'ioredis'
+import postgres from 'postgres'
 import t from 'tap'
 import { SCENARIOS } from '../scripts/scenarios-lib.ts'
 import { defineScripts } from '../src/stores/redis/scripts.ts'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
-import { burst, waitFor } from './helpers/http.ts'
+import { burst, send, waitFor } from './helpers/http.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
 const forced = { postgres: { batchWindowMs: 20 } }
@@ -129,4 +130,17 @@ t.test('WRITE_MANY applies, key by key and in order, exactly what WRITE applies 
   // Two write-backs for one key in one call: the later wins, as if sent one after the other.
   t.equal(await redis.rlWriteMany(2, many(0), many(0), '3|4000', 30, 1, '2|4001', 30, 1), 2)
   t.equal(await redis.get(many(0)), '2|4001')
+})
+
+t.test('decisions one after another stay on one PostgreSQL connection; a burst spreads over the batch slots', async (t) => {
+  const gw = await startTestGateway(t)
+  const sql = postgres(gw.databaseUrl, { max: 1, onnotice: () => {} })
+  t.teardown(async () => { await sql.end() })
+  // The backends whose last statement was a decision (pg_stat_activity keeps each one's last).
+  const deciding = async (): Promise<number> => (await sql`SELECT count(*)::int AS n FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE '%rate_limit_decide%'`)[0]!.n
+  for (let i = 0; i < 20; i++) t.equal((await send(gw.proxyUrl + '/x', { user: `one-by-one-${i}` })).status, 201)
+  t.equal(await deciding(), 1, 'twenty sequential decisions, one connection (not the pool in turn)')
+  await Promise.all(Array.from({ length: 4 }, async (_, round) => await burst(gw.proxyUrl + '/x', `burst-${round}`, 40)))
+  t.ok(await deciding() > 1, 'concurrent batches take the other slots')
 })
