@@ -16,14 +16,6 @@ export function createLogger (level: string, destination?: pino.DestinationStrea
     // processes (proxy.workers > 1) share one stdout, so theirs say which worker wrote them.
     base: base ?? undefined,
     // Paths, not a serializer: pino compiles them once, so lines without them cost nothing.
-    redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-    hooks: {
-      // @fastify/reply-from logs every failed upstream request itself ("response errored", with
-      // a stack); the proxy's onError logs it once with its cause (src/proxy/app.ts).
-      logMethod (args, method) {
-        if (args[1] === 'response errored' && typeof args[0] === 'object') return
-        method.apply(this, args)
-      }
-    }
+    redact: { paths: REDACTED_PATHS, censor: '[redacted]' }
   }, destination)
 }

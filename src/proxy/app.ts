@@ -110,7 +110,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   const preflights = new PreflightLimiter(config.proxy.preflightLimit)
   const ALLOW = PROXIED_METHODS.filter((m) => m !== 'TRACE').join(', ')
   app.addHook('onRequest', async (request, reply) => {
-    // Echoed so a caller can quote it; upstream gets it too (rewriteRequestHeaders).
+    // Echoed so a caller can quote it; upstream gets it too (the forwarder's requestHeaders).
     reply.header(REQUEST_ID_HEADER, request.id)
     if (access !== null) {
       request.accessPath = pathOf(request.url)

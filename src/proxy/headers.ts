@@ -13,7 +13,7 @@ export const LIMIT_HEADERS = ['x-data-source', 'ratelimit-policy', 'ratelimit', 
  * not the request: never forwarded. undici refuses several of them outright (`Keep-Alive`,
  * `Upgrade`, `Expect`), which turned an HTTP/1.0 client's `Keep-Alive` or curl's
  * `Expect: 100-continue` on a large upload into a 502. (Node answers the `100 Continue` itself;
- * reply-from already drops `Connection`, the headers it names, and `Transfer-Encoding`.)
+ * the forwarder drops `Connection`, the headers it names, and `Transfer-Encoding` itself.)
  */
 export const HOP_BY_HOP = ['keep-alive', 'upgrade', 'expect', 'proxy-connection', 'proxy-authorization', 'te', 'trailer'] as const
 
