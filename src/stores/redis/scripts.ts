@@ -31,6 +31,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 local function num(x) return string.format('%.17g', x) end
+-- Writes a bucket's value and returns its two numbers as formatted for it, for the reply:
+-- string.format is a fair share of a script's cost, so each number is formatted once.
+local function store(key, tokens, now, kind, ttl)
+  local t, n = num(tokens), num(now)
+  redis.call('SET', key, t .. '|' .. n .. '|' .. kind, 'EX', ttl)
+  return t, n
+end
 local function parse(v)
   if not v then return nil end
   local a, b, kind = string.match(v, '^([^|]*)|([^|]*)|?(.*)$')
@@ -133,13 +140,13 @@ end
 if now < at then now = at end
 if take_over and fence > 0 then
   tokens = refill(tokens, at, now, cap, rate)
-  redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|t', 'EX', ARGV[4])
-  return {-2, num(fence), num(now)}
+  local _, n = store(KEYS[1], tokens, now, 't', ARGV[4])
+  return {-2, num(fence), n}
 end
 local allowed
 tokens, allowed = spend(tokens, at, now, cap, rate, cost)
-redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
-return {allowed, num(tokens), num(now)}
+local t, n = store(KEYS[1], tokens, now, 'r', ARGV[4])
+return {allowed, t, n}
 `
 
 /**
@@ -156,8 +163,7 @@ local cap = tonumber(ARGV[2])
 local now = now_ms()
 if now < at then now = at end
 tokens = math.min(cap, refill(tokens, at, now, cap, tonumber(ARGV[3])) + tonumber(ARGV[1]))
-redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|r', 'EX', ARGV[4])
-return {1, num(tokens)}
+return {1, (store(KEYS[1], tokens, now, 'r', ARGV[4]))}
 `
 
 /**
@@ -173,8 +179,7 @@ if kind ~= 'r' and kind ~= 'm' then return {0, ''} end
 local now = now_ms()
 if now < at then now = at end
 tokens = refill(tokens, at, now, tonumber(ARGV[1]), tonumber(ARGV[2]))
-redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|m', 'EX', ARGV[3])
-return {1, num(tokens)}
+return {1, (store(KEYS[1], tokens, now, 'm', ARGV[3]))}
 `
 
 /**
@@ -211,9 +216,7 @@ end
 if now < at then now = at end
 local allowed
 tokens, allowed = spend(tokens, at, now, cap, rate, cost)
--- Formatted once for the value and the reply: string.format is a fair share of the script's cost.
-local t, n = num(tokens), num(now)
-redis.call('SET', KEYS[1], t .. '|' .. n .. '|w', 'EX', ARGV[4])
+local t, n = store(KEYS[1], tokens, now, 'w', ARGV[4])
 return {allowed, t, n, seeded}
 `
 
@@ -233,7 +236,7 @@ if now < at then now = at end
 tokens = refill(tokens, at, now, cap, tonumber(ARGV[3]))
 local theirs = tonumber(ARGV[1])
 if theirs >= tokens then return 0 end
-redis.call('SET', KEYS[1], num(theirs) .. '|' .. num(now) .. '|w', 'EX', ARGV[4])
+store(KEYS[1], theirs, now, 'w', ARGV[4])
 return 1
 `
 
@@ -251,8 +254,8 @@ local cap = tonumber(ARGV[2])
 local now = now_ms()
 if now < at then now = at end
 tokens = math.min(cap, refill(tokens, at, now, cap, tonumber(ARGV[3])) + tonumber(ARGV[1]))
-redis.call('SET', KEYS[1], num(tokens) .. '|' .. num(now) .. '|w', 'EX', ARGV[4])
-return {1, num(tokens), num(now)}
+local t, n = store(KEYS[1], tokens, now, 'w', ARGV[4])
+return {1, t, n}
 `
 
 type Reply<T> = Promise<T>
