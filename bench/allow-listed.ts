@@ -17,7 +17,8 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { saturate } from './load.ts'
-import { cpuSeconds, startChild, type Child } from './procs.ts'
+import { startChild, type Child } from './procs.ts'
+import { median, takeTurns } from './turns.ts'
 import { summarise } from './profile.ts'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -64,18 +65,12 @@ async function main (): Promise<void> {
     }
     const workload = { kind: 'proxy', prefix: 'allowed', callers: 1 } as const
     for (const s of servers) await saturate(s.url, workload, connections, 4) // compile the hot paths
-    const us: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.name, []]))
-    const rps: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.name, []]))
-    for (let r = 0; r < rounds; r++) {
-      for (const s of r % 2 === 0 ? servers : [...servers].reverse()) {
-        const before = cpuSeconds(s.child.proc.pid!)
-        const result = await saturate(s.url, workload, connections, seconds)
-        if (result.non2xx > 0 || result.errors > 0) throw new Error(`${s.name}: ${result.non2xx} non-2xx, ${result.errors} errors`)
-        us[s.name]!.push((cpuSeconds(s.child.proc.pid!) - before) * 1e6 / result.requests)
-        rps[s.name]!.push(result.rps)
-      }
+    const turns = await takeTurns(servers.map((s) => ({ id: s.name, pid: s.child.proc.pid!, url: s.url, workload })), rounds, seconds, connections)
+    for (const round of turns) {
+      for (const [id, { result }] of round) if (result.non2xx > 0 || result.errors > 0) throw new Error(`${id}: ${result.non2xx} non-2xx, ${result.errors} errors`)
     }
-    const median = (v: number[]): number => { const s = [...v].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]! }
+    const us = Object.fromEntries(servers.map((s) => [s.name, turns.map((round) => round.get(s.name)!.cpuUs)]))
+    const rps = Object.fromEntries(servers.map((s) => [s.name, turns.map((round) => round.get(s.name)!.result.rps)]))
     console.log(`allow-listed caller, ${connections} connections, ${rounds} x ${seconds} s per server, turns alternating; server CPU µs per request`)
     for (const s of servers) {
       console.log(`${s.name.padEnd(8)} µs/req median ${median(us[s.name]!).toFixed(1)} (${us[s.name]!.map((x) => x.toFixed(1)).join(' ')}); req/s ${rps[s.name]!.map((x) => x.toFixed(0)).join(' ')}`)

@@ -15,6 +15,7 @@ import postgres from 'postgres'
 import { randomBytes } from 'node:crypto'
 import { migrate } from '../src/stores/postgres/migrate.ts'
 import { cpuSeconds } from './procs.ts'
+import { median } from './turns.ts'
 
 const ADMIN = process.env.BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const sizes = (process.env.DECIDE_BATCH ?? '64,256').split(',').map(Number)
@@ -80,7 +81,6 @@ async function main (): Promise<void> {
       for (let r = 0; r < rounds; r++) {
         for (const fn of r % 2 === 0 ? FNS : [...FNS].reverse()) samples[fn]!.push(await run(fn, size, perSample))
       }
-      const median = (v: number[]): number => { const s = [...v].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]! }
       const line = (fn: string): string => { const v = samples[fn]!; return `median ${median(v).toFixed(1)} (min ${Math.min(...v).toFixed(1)}, max ${Math.max(...v).toFixed(1)}; ${v.map((x) => x.toFixed(1)).join(' ')})` }
       const saved = samples[FNS[0]]!.map((a, i) => 1 - samples[FNS[1]]![i]! / a)
       console.log(`batch ${size}: loop (006) ${line(FNS[0])}`)

@@ -29,6 +29,7 @@ import { sequentialLatency, type LatencyResult } from './latency.ts'
 import { loadGenerator, paced, saturate, visitEach, type LoadResult, type Workload } from './load.ts'
 import { cpuSeconds, machineSeconds, rssBytes, startChild, type Child } from './procs.ts'
 import { summarise } from './profile.ts'
+import { median, takeTurns, type Turn } from './turns.ts'
 
 const env = process.env
 const CONNECTIONS = Number(env.BENCH_CONNECTIONS ?? 64)
@@ -384,11 +385,13 @@ const memory = new Map<string, number>()
 /** The ratios measured with the servers taking turns (T), their medians by name. */
 let turnRatios: Map<string, number> | null = null
 
-const TURN_RATIOS: ReadonlyArray<readonly [string, (rps: Map<string, number>, cpu: Map<string, number>) => number]> = [
-  ['strict case 3 / case 2', (rps) => rps.get('3')! / rps.get('2')!],
-  ['write-behind case 3 / peer', (rps) => rps.get('3W')! / rps.get('7a')!],
-  ['write-behind gateway CPU per request / peer\'s', (_rps, cpu) => cpu.get('3W')! / cpu.get('7a')!],
-  ['allow-listed gateway CPU per request / bare proxy\'s', (_rps, cpu) => cpu.get('N')! / cpu.get('2')!]
+const rpsOf = (round: Map<string, Turn>, id: string): number => round.get(id)!.result.rps
+const usOf = (round: Map<string, Turn>, id: string): number => round.get(id)!.cpuUs
+const TURN_RATIOS: ReadonlyArray<readonly [string, (round: Map<string, Turn>) => number]> = [
+  ['strict case 3 / case 2', (r) => rpsOf(r, '3') / rpsOf(r, '2')],
+  ['write-behind case 3 / peer', (r) => rpsOf(r, '3W') / rpsOf(r, '7a')],
+  ['write-behind gateway CPU per request / peer\'s', (r) => usOf(r, '3W') / usOf(r, '7a')],
+  ['allow-listed gateway CPU per request / bare proxy\'s', (r) => usOf(r, 'N') / usOf(r, '2')]
 ]
 
 /**
@@ -397,7 +400,7 @@ const TURN_RATIOS: ReadonlyArray<readonly [string, (rps: Map<string, number>, cp
  * run side by side and take turns (the order reversed every round), and each ratio is taken
  * within a round: its median over the rounds is the figure the targets use.
  */
-async function takeTurns (upstreamUrl: string, sql: postgres.Sql, configFile: string): Promise<Map<string, number>> {
+async function measureTurns (upstreamUrl: string, sql: postgres.Sql, configFile: string): Promise<Map<string, number>> {
   log(`turns: the floor, the strict gateway (and its allow-listed caller), the write-behind gateway and the peer, ${TURNS} rounds of ${TURN_SECONDS} s ...`)
   const floor = await startServer('floor-t', 'none', upstreamUrl)
   const strict = await startGatewayProc('gateway-t', upstreamUrl, { CONFIG_FILE: configFile })
@@ -407,37 +410,24 @@ async function takeTurns (upstreamUrl: string, sql: postgres.Sql, configFile: st
   await seedBuckets(sql, 'tw', 10)
   const load = (prefix: string): Extract<Workload, { kind: 'proxy' }> => ({ kind: 'proxy', prefix, callers: CALLERS })
   const servers = [
-    { id: '2', child: floor.child, url: floor.url, w: load('tf') },
-    { id: '3', child: strict.child, url: strict.url, w: load('tc') },
-    { id: 'N', child: strict.child, url: strict.url, w: { kind: 'proxy', prefix: 'allowed', callers: 1 } as Workload },
-    { id: '3W', child: wb.child, url: wb.url, w: load('tw') },
-    { id: '7a', child: peer.child, url: peer.url, w: load('tp') }
+    { id: '2', pid: floor.child.proc.pid!, url: floor.url, workload: load('tf') },
+    { id: '3', pid: strict.child.proc.pid!, url: strict.url, workload: load('tc') },
+    { id: 'N', pid: strict.child.proc.pid!, url: strict.url, workload: { kind: 'proxy', prefix: 'allowed', callers: 1 } as Workload },
+    { id: '3W', pid: wb.child.proc.pid!, url: wb.url, workload: load('tw') },
+    { id: '7a', pid: peer.child.proc.pid!, url: peer.url, workload: load('tp') }
   ]
   await visitEach(wb.url, load('tw'), CONNECTIONS)
-  for (const s of servers) if (PROCESS_WARMUP > 0) await saturate(s.url, s.w, CONNECTIONS, PROCESS_WARMUP)
-  const values: number[][] = TURN_RATIOS.map(() => [])
-  const rounds: string[] = []
-  for (let r = 0; r < TURNS; r++) {
-    const rps = new Map<string, number>()
-    const cpu = new Map<string, number>()
-    for (const s of r % 2 === 0 ? servers : [...servers].reverse()) {
-      const before = cpuSeconds(s.child.proc.pid!)
-      const result = await saturate(s.url, s.w, CONNECTIONS, TURN_SECONDS)
-      rps.set(s.id, result.rps)
-      cpu.set(s.id, ((cpuSeconds(s.child.proc.pid!) - before) * 1e6) / result.requests)
-    }
-    rounds.push(`  round ${r + 1}: ` + servers.map((s) => `${s.id} ${fmt(rps.get(s.id)!)} req/s ${fmt(cpu.get(s.id)!)} µs`).join(', '))
-    TURN_RATIOS.forEach(([, f], i) => values[i]!.push(f(rps, cpu)))
-  }
+  for (const s of servers) if (PROCESS_WARMUP > 0) await saturate(s.url, s.workload, CONNECTIONS, PROCESS_WARMUP)
+  const turns = await takeTurns(servers, TURNS, TURN_SECONDS, CONNECTIONS)
   for (const c of [floor.child, strict.child, wb.child, peer.child]) await stop(c)
+  turnLines.push(`\nThe issue-12 ratios with the servers taking turns (${TURNS} rounds of ${TURN_SECONDS} s, ${CONNECTIONS} connections; server CPU µs per request):`)
+  turns.forEach((round, r) => turnLines.push(`  round ${r + 1}: ` + servers.map((s) => `${s.id} ${fmt(rpsOf(round, s.id))} req/s ${fmt(usOf(round, s.id))} µs`).join(', ')))
   const medians = new Map<string, number>()
-  turnLines.push(`\nThe issue-12 ratios with the servers taking turns (${TURNS} rounds of ${TURN_SECONDS} s, ${CONNECTIONS} connections; server CPU µs per request):`, ...rounds)
-  TURN_RATIOS.forEach(([name], i) => {
-    const sorted = [...values[i]!].sort((a, b) => a - b)
-    const median = sorted[Math.floor(sorted.length / 2)]!
-    medians.set(name, median)
-    turnLines.push(`  ${name}: ${values[i]!.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median, 2)}x`)
-  })
+  for (const [name, ratio] of TURN_RATIOS) {
+    const values = turns.map(ratio)
+    medians.set(name, median(values))
+    turnLines.push(`  ${name}: ${values.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(values), 2)}x`)
+  }
   return medians
 }
 
@@ -588,7 +578,7 @@ async function main (): Promise<void> {
       await stop(peerPg.child)
     }
 
-    if (wants('T') && TURNS > 0) turnRatios = await takeTurns(upstreamUrl, sql, configFile)
+    if (wants('T') && TURNS > 0) turnRatios = await measureTurns(upstreamUrl, sql, configFile)
 
     let profileSummary: ReturnType<typeof summarise> | null = null
     if (PROFILE) {

@@ -1,0 +1,39 @@
+/**
+ * Servers measured taking turns: each round runs every server once under the same load, the
+ * order reversed every other round, so a machine whose speed drifts loads them alike and a
+ * ratio taken within a round compares the servers, not the moments (bench/run.ts row T,
+ * bench/allow-listed.ts).
+ */
+import { saturate, type LoadResult, type Workload } from './load.ts'
+import { cpuSeconds } from './procs.ts'
+
+export interface TurnServer {
+  readonly id: string
+  /** The process whose CPU is charged to the server. */
+  readonly pid: number
+  readonly url: string
+  readonly workload: Workload
+}
+
+/** One server's turn: the load's result and the server's CPU µs per request. */
+export interface Turn { readonly result: LoadResult, readonly cpuUs: number }
+
+/** `rounds` rounds of `seconds` per server; each round is a map from server id to its turn. */
+export async function takeTurns (servers: readonly TurnServer[], rounds: number, seconds: number, connections: number): Promise<Array<Map<string, Turn>>> {
+  const out: Array<Map<string, Turn>> = []
+  for (let r = 0; r < rounds; r++) {
+    const round = new Map<string, Turn>()
+    for (const s of r % 2 === 0 ? servers : [...servers].reverse()) {
+      const before = cpuSeconds(s.pid)
+      const result = await saturate(s.url, s.workload, connections, seconds)
+      round.set(s.id, { result, cpuUs: ((cpuSeconds(s.pid) - before) * 1e6) / result.requests })
+    }
+    out.push(round)
+  }
+  return out
+}
+
+export function median (values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
