@@ -203,20 +203,32 @@ return 1
  * database's now: used only if the bucket is still missing, since another gateway may have
  * seeded and spent from it meanwhile).
  * Returns {1 allowed | 0 denied | -2 miss, tokens, atMs, 1 seeded by this call | 0}.
+ * This is the only script on write-behind's request path, so it spells out HELPERS' now_ms,
+ * parse, spend and store instead of including them: Redis runs a script's whole body on every
+ * call, and making those six closures and calling four of them was 1.2-1.7 µs of its 10 µs
+ * (redis-benchmark, INFO commandstats: 8.6-9.4 against 9.8-10.7 µs per call). Same arithmetic.
  */
-const WB_DECIDE = HELPERS + `
+const WB_DECIDE = `
 local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_ms()
-local tokens, at = parse(redis.call('GET', KEYS[1]))
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local tokens, at
+local v = redis.call('GET', KEYS[1])
+if v then
+  local a, b = string.match(v, '^([^|]*)|([^|]*)')
+  tokens, at = tonumber(a), tonumber(b)
+end
 local seeded = 0
-if tokens == nil then
+if tokens == nil or at == nil then
   if ARGV[5] == '' then return {-2, '', '', 0} end
   tokens, at, seeded = math.min(cap, tonumber(ARGV[5])), now, 1
 end
 if now < at then now = at end
-local allowed
-tokens, allowed = spend(tokens, at, now, cap, rate, cost)
-local t, n = store(KEYS[1], tokens, now, 'w', ARGV[4])
+if now > at then tokens = math.min(cap, tokens + (now - at) * rate / 1000) else tokens = math.min(tokens, cap) end
+local allowed = 0
+if tokens + 1e-9 >= cost then tokens, allowed = tokens - cost, 1 end
+local t, n = string.format('%.17g', tokens), string.format('%.17g', now)
+redis.call('SET', KEYS[1], t .. '|' .. n .. '|w', 'EX', ARGV[4])
 return {allowed, t, n, seeded}
 `
 
