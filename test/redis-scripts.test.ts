@@ -134,4 +134,39 @@ t.test('Lua scripts', async (t) => {
     t.same(await redis.rlWbRefund(`${prefix}wb{default:gone}`, 1, 10, 0.001, 60), [0, '', ''], 'missing: nothing given back')
     t.equal(await redis.exists(`${prefix}wb{default:gone}`), 0, 'and nothing created')
   })
+  await t.test('write-behind decide: the token bucket on the Redis clock (refill, capacity, EPSILON, cost), a miss, a seed used once', async (t) => {
+    const wb = (name: string) => `${prefix}wb{default:${name}}`
+    t.same(await redis.rlWbDecide(wb('miss'), 1, 10, 1, 60, ''), [-2, '', '', 0], 'no state, no seed: a miss')
+    t.equal(await redis.exists(wb('miss')), 0, 'and nothing created')
+
+    const [seededOk, seededLeft, seededAt, seeded] = await redis.rlWbDecide(wb('s'), 1, 10, 1, 60, 25)
+    t.same([seededOk, seeded], [1, 1], 'seeded by this call, then charged')
+    t.equal(Number(seededLeft), 9, 'the seed is capped at capacity before the charge')
+    const [, , again, seededAgain] = await redis.rlWbDecide(wb('s'), 1, 10, 1, 60, 10)
+    t.equal(seededAgain, 0, 'a state exists: the second seed is not used')
+    t.ok(Number(again) >= Number(seededAt), 'the stamp never goes backwards')
+    t.match(await redis.get(wb('s')), /^[^|]+\|[^|]+\|w$/, 'a write-behind value')
+    t.ok(await redis.ttl(wb('s')) > 50, 'with its TTL')
+
+    // A state 2 s in the past at 1 token per second: 3.25 + 2 refilled, fractions carried.
+    await redis.set(wb('r'), `3.25|${Date.now() - 2000}|w`)
+    const [ok, left] = await redis.rlWbDecide(wb('r'), 1, 10, 1, 60, '')
+    t.equal(ok, 1)
+    t.ok(Number(left) >= 4.25 - 0.01 && Number(left) < 4.25 + 0.2, `3.25 + 2 - 1 (${left})`)
+    await redis.set(wb('cap'), `9|${Date.now() - 60_000}|w`)
+    t.ok(Math.abs(Number((await redis.rlWbDecide(wb('cap'), 2, 10, 1, 60, ''))[1]) - 8) < 1e-9, 'refill stops at capacity')
+
+    const future = Date.now() + 60_000 // a value stamped ahead of this clock (another Redis's, after a failover)
+    await redis.set(wb('e'), `${1 - 1e-10}|${future}|w`)
+    const [epsOk, epsLeft, epsAt] = await redis.rlWbDecide(wb('e'), 1, 10, 0, 60, '')
+    t.equal(epsOk, 1, 'a rounding shortfall within EPSILON passes')
+    t.ok(Number(epsLeft) < 0 && Number(epsLeft) > -1e-9, `and is charged (${epsLeft})`)
+    t.equal(Number(epsAt), future, 'time never runs backwards: decided at the later stamp')
+    const [denied, deniedLeft] = await redis.rlWbDecide(wb('e'), 1, 10, 0, 60, '')
+    t.equal(denied, 0, 'nothing left: refused')
+    t.equal(Number(deniedLeft), Number(epsLeft), 'a refusal charges nothing')
+
+    await redis.set(wb('bad'), 'garbage')
+    t.same((await redis.rlWbDecide(wb('bad'), 1, 10, 1, 60, ''))[0], -2, 'an unreadable value is a miss, not an error')
+  })
 })
