@@ -134,6 +134,7 @@ t.test('Lua scripts', async (t) => {
     t.same(await redis.rlWbRefund(`${prefix}wb{default:gone}`, 1, 10, 0.001, 60), [0, '', ''], 'missing: nothing given back')
     t.equal(await redis.exists(`${prefix}wb{default:gone}`), 0, 'and nothing created')
   })
+
   await t.test('write-behind decide: the token bucket on the Redis clock (refill, capacity, EPSILON, cost), a miss, a seed used once', async (t) => {
     const wb = (name: string) => `${prefix}wb{default:${name}}`
     t.same(await redis.rlWbDecide(wb('miss'), 1, 10, 1, 60, ''), [-2, '', '', 0], 'no state, no seed: a miss')
