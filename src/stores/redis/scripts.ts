@@ -19,9 +19,10 @@
  * gateways: whichever gateway reads the key learns who decides, so no bucket is decided by both
  * stores at once (docs/design.md, "Ownership and the hand-back").
  *
- * The arithmetic is src/core/token-bucket.ts (and migrations/003) in Lua, EPSILON included:
- * keep them in step. Numbers travel as strings ("%.17g", exact round trip) because ioredis 6
- * speaks RESP3 and a Lua number returned to Redis is truncated to an integer.
+ * The arithmetic is src/core/token-bucket.ts (and migrations/003) in Lua, EPSILON included,
+ * twice: in HELPERS and spelled out in WB_DECIDE (see there why): keep all of them in step.
+ * Numbers travel as strings ("%.17g", exact round trip) because ioredis 6 speaks RESP3 and a
+ * Lua number returned to Redis is truncated to an integer.
  */
 import type { Redis } from 'ioredis'
 
