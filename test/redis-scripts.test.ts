@@ -12,6 +12,9 @@ t.test('Lua scripts', async (t) => {
   const key = (name: string) => `${prefix}{default:${name}}`
   const decide = (name: string, cost: number, opts: { cap?: number, rate?: number, dbNow?: number, force?: 0 | 1, fence?: number } = {}) =>
     redis.rlDecide(key(name), cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0, opts.fence ?? 0)
+  // One bucket through the write-behind script (as on a Cluster, where each key goes alone).
+  const wbDecide = async (k: string, cost: number, cap: number, rate: number, ttl: number, seed: number | '') =>
+    await redis.rlWbDecideMany(1, k, cost, cap, rate, ttl, seed)
 
   await t.test('take-over fence: Redis decides a bucket it takes over only after the fence, with what PostgreSQL granted meanwhile', async (t) => {
     await redis.set(key('f'), `5|${Date.now()}`) // a PostgreSQL snapshot: 5 tokens
@@ -137,13 +140,13 @@ t.test('Lua scripts', async (t) => {
 
   await t.test('write-behind decide: the token bucket on the Redis clock (refill, capacity, EPSILON, cost), a miss, a seed used once', async (t) => {
     const wb = (name: string) => `${prefix}wb{default:${name}}`
-    t.same(await redis.rlWbDecide(wb('miss'), 1, 10, 1, 60, ''), [-2, '', '', 0], 'no state, no seed: a miss')
+    t.same(await wbDecide(wb('miss'), 1, 10, 1, 60, ''), [-2, '', '', 0], 'no state, no seed: a miss')
     t.equal(await redis.exists(wb('miss')), 0, 'and nothing created')
 
-    const [seededOk, seededLeft, seededAt, seeded] = await redis.rlWbDecide(wb('s'), 1, 10, 1, 60, 25)
+    const [seededOk, seededLeft, seededAt, seeded] = await wbDecide(wb('s'), 1, 10, 1, 60, 25)
     t.same([seededOk, seeded], [1, 1], 'seeded by this call, then charged')
     t.equal(Number(seededLeft), 9, 'the seed is capped at capacity before the charge')
-    const [, , again, seededAgain] = await redis.rlWbDecide(wb('s'), 1, 10, 1, 60, 10)
+    const [, , again, seededAgain] = await wbDecide(wb('s'), 1, 10, 1, 60, 10)
     t.equal(seededAgain, 0, 'a state exists: the second seed is not used')
     t.ok(Number(again) >= Number(seededAt), 'the stamp never goes backwards')
     t.match(await redis.get(wb('s')), /^[^|]+\|[^|]+\|w$/, 'a write-behind value')
@@ -151,23 +154,56 @@ t.test('Lua scripts', async (t) => {
 
     // A state 2 s in the past at 1 token per second: 3.25 + 2 refilled, fractions carried.
     await redis.set(wb('r'), `3.25|${Date.now() - 2000}|w`)
-    const [ok, left] = await redis.rlWbDecide(wb('r'), 1, 10, 1, 60, '')
+    const [ok, left] = await wbDecide(wb('r'), 1, 10, 1, 60, '')
     t.equal(ok, 1)
     t.ok(Number(left) >= 4.25 - 0.01 && Number(left) < 4.25 + 0.2, `3.25 + 2 - 1 (${left})`)
     await redis.set(wb('cap'), `9|${Date.now() - 60_000}|w`)
-    t.ok(Math.abs(Number((await redis.rlWbDecide(wb('cap'), 2, 10, 1, 60, ''))[1]) - 8) < 1e-9, 'refill stops at capacity')
+    t.ok(Math.abs(Number((await wbDecide(wb('cap'), 2, 10, 1, 60, ''))[1]) - 8) < 1e-9, 'refill stops at capacity')
 
     const future = Date.now() + 60_000 // a value stamped ahead of this clock (another Redis's, after a failover)
     await redis.set(wb('e'), `${1 - 1e-10}|${future}|w`)
-    const [epsOk, epsLeft, epsAt] = await redis.rlWbDecide(wb('e'), 1, 10, 0, 60, '')
+    const [epsOk, epsLeft, epsAt] = await wbDecide(wb('e'), 1, 10, 0, 60, '')
     t.equal(epsOk, 1, 'a rounding shortfall within EPSILON passes')
     t.ok(Number(epsLeft) < 0 && Number(epsLeft) > -1e-9, `and is charged (${epsLeft})`)
     t.equal(Number(epsAt), future, 'time never runs backwards: decided at the later stamp')
-    const [denied, deniedLeft] = await redis.rlWbDecide(wb('e'), 1, 10, 0, 60, '')
+    const [denied, deniedLeft] = await wbDecide(wb('e'), 1, 10, 0, 60, '')
     t.equal(denied, 0, 'nothing left: refused')
     t.equal(Number(deniedLeft), Number(epsLeft), 'a refusal charges nothing')
 
     await redis.set(wb('bad'), 'garbage')
-    t.same((await redis.rlWbDecide(wb('bad'), 1, 10, 1, 60, ''))[0], -2, 'an unreadable value is a miss, not an error')
+    t.same((await wbDecide(wb('bad'), 1, 10, 1, 60, ''))[0], -2, 'an unreadable value is a miss, not an error')
+  })
+
+  await t.test('write-behind decide, several buckets in one call: the same as one call per bucket, in order', async (t) => {
+    const wb = (name: string) => `${prefix}wb{batch:${name}}`
+    const now = Date.now()
+    // The same requests twice: once as one call, once a call each, on twin states.
+    const states: Array<[string, string | null]> = [['a', `2|${now}|w`], ['b', null], ['c', null], ['d', `0.5|${now - 1000}|w`]]
+    const requests: Array<[string, number, number | '']> = [
+      ['a', 1, ''], ['b', 1, ''], ['a', 1, ''], ['c', 2, 7], ['a', 1, ''], ['c', 1, 99], ['d', 1, ''], ['d', 1, '']
+    ]
+    for (const run of ['one', 'each']) {
+      for (const [name, value] of states) {
+        if (value === null) await redis.del(wb(run + name))
+        else await redis.set(wb(run + name), value)
+      }
+    }
+    const keys = requests.map(([name]) => wb('one' + name))
+    const args = requests.flatMap(([, cost, seed]) => [cost, 10, 0.5, 60, seed])
+    const flat = await redis.rlWbDecideMany(requests.length, ...keys, ...args)
+    t.equal(flat.length, 4 * requests.length, 'four replies per key')
+    const batched = requests.map((_, i) => flat.slice(4 * i, 4 * i + 4))
+    const single = []
+    for (const [name, cost, seed] of requests) single.push(await wbDecide(wb('each' + name), cost, 10, 0.5, 60, seed))
+    t.same(batched.map((r) => [r[0], r[3]]), [[1, 0], [-2, 0], [1, 0], [1, 1], [0, 0], [1, 0], [1, 0], [0, 0]],
+      'a: 2 tokens, the third request refused; b: a miss; c: seeded once (7 tokens), the second seed unused; d: 0.5 + 0.5 refilled, then empty')
+    t.same(batched.map((r) => [r[0], r[3]]), single.map((r) => [r[0], r[3]]), 'the same verdicts as one call each')
+    for (let i = 0; i < requests.length; i++) {
+      if (batched[i]![0] === -2) continue
+      // Refill between the two runs' calls (a few ms at 0.5/s) is the only difference allowed.
+      t.ok(Math.abs(Number(batched[i]![1]) - Number(single[i]![1])) < 0.05, `request ${i}: tokens ${batched[i]![1]} and ${single[i]![1]}`)
+    }
+    t.equal(batched[0]![2], batched[2]![2], 'one instant of the Redis clock for the whole call')
+    t.equal(await redis.exists(wb('oneb')), 0, 'a miss creates nothing')
   })
 })

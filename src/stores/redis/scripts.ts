@@ -20,7 +20,7 @@
  * stores at once (docs/design.md, "Ownership and the hand-back").
  *
  * The arithmetic is src/core/token-bucket.ts (and migrations/003) in Lua, EPSILON included,
- * twice: in HELPERS and spelled out in WB_DECIDE (see there why): keep all of them in step.
+ * twice: in HELPERS and spelled out in WB_DECIDE_MANY (see there why): keep all of them in step.
  * Numbers travel as strings ("%.17g", exact round trip) because ioredis 6 speaks RESP3 and a
  * Lua number returned to Redis is truncated to an integer.
  */
@@ -199,38 +199,48 @@ return 1
  * Write-behind mode: Redis decides every request. Its keys are `<prefix>wb{<cacheName>:<caller>}`
  * (the bucket's hash tag: one Cluster slot) and their values `tokens|atMs|w`, on the Redis clock,
  * apart from the snapshot cache's keys, so the two modes never read each other's values.
- * KEYS[1] bucket. ARGV: cost, capacity, rate per second, ttl seconds, seed ('' : a missing
+ * KEYS: the buckets, in the order their requests came (a bucket may appear more than once).
+ * ARGV: five per key: cost, capacity, rate per second, ttl seconds, seed ('' : a missing
  * bucket is a miss; else the tokens to seed it with, PostgreSQL's state refilled to the
  * database's now: used only if the bucket is still missing, since another gateway may have
  * seeded and spent from it meanwhile).
- * Returns {1 allowed | 0 denied | -2 miss, tokens, atMs, 1 seeded by this call | 0}.
+ * Returns four per key: 1 allowed | 0 denied | -2 miss, tokens, atMs, 1 seeded by this call | 0.
+ * The keys are decided one after another at one instant of the Redis clock, exactly as as many
+ * one-key calls would at that instant. On one server a turn of the event loop sends all its
+ * requests' buckets in one call; on a Cluster each key goes alone (one slot per call).
  * This is the only script on write-behind's request path, so it spells out HELPERS' now_ms,
  * parse, spend and store instead of including them: Redis runs a script's whole body on every
  * call, and making those six closures and calling four of them was 1.2-1.7 µs of its 10 µs
  * (redis-benchmark, INFO commandstats: 8.6-9.4 against 9.8-10.7 µs per call). Same arithmetic.
  */
-const WB_DECIDE = `
-local cost, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+const WB_DECIDE_MANY = `
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-local tokens, at
-local v = redis.call('GET', KEYS[1])
-if v then
-  local a, b = string.match(v, '^([^|]*)|([^|]*)')
-  tokens, at = tonumber(a), tonumber(b)
+local clock_now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local out = {}
+for i = 1, #KEYS do
+  local j = 5 * i - 5
+  local cost, cap, rate, seed = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), ARGV[j + 5]
+  local now, tokens, at = clock_now, nil, nil
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local a, b = string.match(v, '^([^|]*)|([^|]*)')
+    tokens, at = tonumber(a), tonumber(b)
+  end
+  local allowed, t, n, seeded = -2, '', '', 0
+  if (tokens == nil or at == nil) and seed ~= '' then
+    tokens, at, seeded = math.min(cap, tonumber(seed)), now, 1
+  end
+  if tokens ~= nil and at ~= nil then
+    if now < at then now = at end
+    if now > at then tokens = math.min(cap, tokens + (now - at) * rate / 1000) else tokens = math.min(tokens, cap) end
+    allowed = 0
+    if tokens + 1e-9 >= cost then tokens, allowed = tokens - cost, 1 end
+    t, n = string.format('%.17g', tokens), string.format('%.17g', now)
+    redis.call('SET', KEYS[i], t .. '|' .. n .. '|w', 'EX', ARGV[j + 4])
+  end
+  out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = allowed, t, n, seeded
 end
-local seeded = 0
-if tokens == nil or at == nil then
-  if ARGV[5] == '' then return {-2, '', '', 0} end
-  tokens, at, seeded = math.min(cap, tonumber(ARGV[5])), now, 1
-end
-if now < at then now = at end
-if now > at then tokens = math.min(cap, tokens + (now - at) * rate / 1000) else tokens = math.min(tokens, cap) end
-local allowed = 0
-if tokens + 1e-9 >= cost then tokens, allowed = tokens - cost, 1 end
-local t, n = string.format('%.17g', tokens), string.format('%.17g', now)
-redis.call('SET', KEYS[1], t .. '|' .. n .. '|w', 'EX', ARGV[4])
-return {allowed, t, n, seeded}
+return out
 `
 
 /**
@@ -283,7 +293,8 @@ export interface ScriptedRedis extends Redis {
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
-  rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<[number, string, string, number]>
+  /** WB_DECIDE_MANY: the key count, the keys, then cost, capacity, rate, ttl and seed per key; four replies per key. */
+  rlWbDecideMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
   rlWbRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string, string]>
 }
@@ -295,7 +306,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
   client.defineCommand('rlRefund', { numberOfKeys: 1, lua: REFUND })
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
-  client.defineCommand('rlWbDecide', { numberOfKeys: 1, lua: WB_DECIDE })
+  client.defineCommand('rlWbDecideMany', { lua: WB_DECIDE_MANY })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })
   return client as ScriptedRedis

@@ -1,6 +1,9 @@
 /**
  * Redis deciding every request of a write-behind policy (the WriteBehindRedis port): one
- * atomic Lua script on the Redis clock (scripts.ts WB_DECIDE), one round trip per request.
+ * atomic Lua script on the Redis clock (scripts.ts WB_DECIDE_MANY). On one server (or
+ * Sentinel's master) the decisions of one turn of the event loop go in one call, one round
+ * trip for all of them: a call per request cost Redis and ioredis more per request than the
+ * decision itself (docs/performance.md). On a Cluster each goes alone, one slot per call.
  * A bucket Redis does not hold is a miss; the limiter loads PostgreSQL's state and seeds it
  * (seeded only if still absent), so a new or evicted bucket starts from the truth, not full.
  *
@@ -12,6 +15,7 @@ import type { BucketRequest, WriteBehindRedis as WriteBehindRedisPort, WriteBehi
 import { WB_MISS, WB_UNAVAILABLE } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import type { Metrics } from '../../observability/metrics.ts'
+import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
 import type { ScriptedRedis } from './scripts.ts'
@@ -21,6 +25,11 @@ export function writeBehindKey (prefix: string, cacheName: string, userId: strin
   return `${prefix}wb{${cacheName}:${userId}}`
 }
 
+/** Most decisions in one call (a turn of the event loop rarely has more). */
+const MAX_KEYS_PER_CALL = 256
+
+interface Decision { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
+
 export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #client: () => ScriptedRedis | null
   readonly #prefix: string
@@ -28,6 +37,8 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #health: StoreHealth
   readonly #keyTtlSeconds: () => number
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
+  /** Coalescing, for a single server; null on a Cluster or without Redis. */
+  readonly #decisions: Batcher<Decision, WriteBehindVerdict> | null
 
   /**
    * `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log.
@@ -39,6 +50,10 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     this.#prefix = prefix
     this.#health = health
     this.#metrics = metrics
+    const c = client()
+    this.#decisions = c === null || (c as { isCluster?: boolean }).isCluster === true
+      ? null
+      : new Batcher((batch) => this.#decideMany(c, batch), { maxSize: MAX_KEYS_PER_CALL, maxInFlight: 4, windowMs: 0 })
   }
 
   /** Connected (the circuit breaker aside: `lower`, the switch back, is its probe). */
@@ -59,21 +74,52 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     const client = this.#client()
     if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return WB_UNAVAILABLE
     const { policy, userId, cost } = request
+    const decision: Decision = {
+      key: writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId),
+      cost,
+      capacity: policy.capacity,
+      rate: policy.refillPerSecond,
+      ttl: this.#ttl(policy),
+      seed
+    }
+    if (this.#decisions !== null) return await this.#decisions.submit(decision)
+    return (await this.#decideMany(client, [decision]))[0]!
+  }
+
+  /** One WB_DECIDE_MANY call. Never rejects: a failed call is every decision's WB_UNAVAILABLE, counted once. */
+  async #decideMany (client: ScriptedRedis, batch: readonly Decision[]): Promise<WriteBehindVerdict[]> {
+    const n = batch.length
+    const args: Array<string | number> = new Array<string | number>(6 * n)
+    for (let i = 0; i < n; i++) {
+      const d = batch[i]!
+      args[i] = d.key
+      const j = n + 5 * i
+      args[j] = d.cost
+      args[j + 1] = d.capacity
+      args[j + 2] = d.rate
+      args[j + 3] = d.ttl
+      args[j + 4] = d.seed
+    }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
-    let reply: [number, string, string, number]
+    let reply: Array<number | string>
     try {
-      reply = await client.rlWbDecide(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, this.#ttl(policy), seed)
+      reply = await client.rlWbDecideMany(n, ...args)
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
       this.#health.failed(err)
-      return WB_UNAVAILABLE
+      return batch.map(() => WB_UNAVAILABLE)
     }
     this.#breaker.success()
     this.#health.succeeded()
-    if (reply[0] === -2) return WB_MISS
-    return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]), atMs: Number(reply[2]), seeded: reply[3] === 1 }
+    const verdicts = new Array<WriteBehindVerdict>(n)
+    for (let i = 0; i < n; i++) {
+      const status = reply[4 * i]
+      verdicts[i] = status === -2
+        ? WB_MISS
+        : { kind: 'decided', allowed: status === 1, tokens: Number(reply[4 * i + 1]), atMs: Number(reply[4 * i + 2]), seeded: reply[4 * i + 3] === 1 }
+    }
+    return verdicts
   }
 
   async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {

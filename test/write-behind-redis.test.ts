@@ -1,0 +1,76 @@
+// The write-behind Redis adapter against the shared Redis (a key prefix of its own): the
+// decisions of one turn of the event loop go to Redis in one script call, and come back to each
+// request in the order they were made, exactly as one call each would have decided them.
+import { randomBytes } from 'node:crypto'
+import { Redis } from 'ioredis'
+import t from 'tap'
+import type { Policy } from '../src/core/domain.ts'
+import { createLogger } from '../src/observability/log.ts'
+import { Metrics } from '../src/observability/metrics.ts'
+import { StoreHealth } from '../src/stores/health.ts'
+import { defineScripts } from '../src/stores/redis/scripts.ts'
+import { RedisWriteBehind, writeBehindKey } from '../src/stores/redis/write-behind-redis.ts'
+import { TEST_REDIS_URL } from './helpers/stores.ts'
+
+const policy: Policy = { name: 'burst', capacity: 5, refillPerSecond: 0.001 }
+
+async function roundTrips (metrics: Metrics, operation: string, kind = 'gateway_store_operations_total'): Promise<number> {
+  const values = (await metrics.registry.getSingleMetric(kind)!.get()).values
+  return values.find((v) => v.labels.store === 'redis' && v.labels.operation === operation)?.value ?? 0
+}
+
+t.test('one turn of the event loop, one script call: each request gets its own verdict, in order', async (t) => {
+  const client = defineScripts(new Redis(TEST_REDIS_URL, { enableAutoPipelining: true }))
+  const prefix = `wbr-${randomBytes(4).toString('hex')}:`
+  t.teardown(async () => {
+    const keys = await client.keys(prefix + '*')
+    if (keys.length > 0) await client.del(...keys)
+    client.disconnect()
+  })
+  await new Promise<void>((resolve) => { client.once('ready', () => { resolve() }) })
+  const metrics = new Metrics()
+  const wb = new RedisWriteBehind(() => client, prefix, new StoreHealth('redis', createLogger('silent'), metrics), metrics, () => 3600)
+
+  await client.set(writeBehindKey(prefix, 'burst', 'alice'), `5|${Date.now()}|w`)
+  const before = await roundTrips(metrics, 'wb-decide')
+  // Eight of alice's (5 tokens), a stranger's (a miss) and a seeded one, all in this turn.
+  const verdicts = await Promise.all([
+    ...Array.from({ length: 8 }, async () => await wb.decide({ policy, userId: 'alice', cost: 1 })),
+    wb.decide({ policy, userId: 'stranger', cost: 1 }),
+    wb.seedAndDecide({ policy, userId: 'bob', cost: 2 }, 3)
+  ])
+  t.equal(await roundTrips(metrics, 'wb-decide') - before, 1, 'ten decisions, one round trip')
+  t.same(verdicts.slice(0, 8).map((v) => v.kind === 'decided' && v.allowed), [true, true, true, true, true, false, false, false],
+    "alice's first five allowed, the rest refused, in the order asked")
+  const tokens = verdicts.slice(0, 8).map((v) => (v.kind === 'decided' ? Math.round(v.tokens * 100) / 100 : NaN))
+  t.same(tokens, [4, 3, 2, 1, 0, 0, 0, 0], 'each sees what the one before it left')
+  t.same(verdicts[8], { kind: 'miss' }, "a bucket Redis does not hold is a miss, not its neighbours' verdict")
+  const bob = verdicts[9]!
+  t.ok(bob.kind === 'decided' && bob.allowed && bob.seeded && Math.abs(bob.tokens - 1) < 0.01, 'the seeded bucket: seeded here, 3 - 2 left')
+
+  // Sequential calls are separate turns: one round trip each.
+  const mid = await roundTrips(metrics, 'wb-decide')
+  for (let i = 0; i < 3; i++) await wb.decide({ policy, userId: 'carol', cost: 1 })
+  t.equal(await roundTrips(metrics, 'wb-decide') - mid, 3, 'a request alone is not held back for company')
+})
+
+t.test('a failed call: every decision in it is unavailable (PostgreSQL decides them), the failure counted once', async (t) => {
+  const client = defineScripts(new Redis(TEST_REDIS_URL, { enableAutoPipelining: true }))
+  const prefix = `wbr-${randomBytes(4).toString('hex')}:`
+  t.teardown(async () => {
+    const keys = await client.keys(prefix + '*')
+    if (keys.length > 0) await client.del(...keys)
+    client.disconnect()
+  })
+  await new Promise<void>((resolve) => { client.once('ready', () => { resolve() }) })
+  const metrics = new Metrics()
+  const wb = new RedisWriteBehind(() => client, prefix, new StoreHealth('redis', createLogger('silent'), metrics), metrics, () => 3600)
+  // A key of another type makes the script fail (WRONGTYPE), as a Redis error would.
+  await client.hset(writeBehindKey(prefix, 'burst', 'odd'), 'x', '1')
+  const verdicts = await Promise.all([
+    wb.decide({ policy, userId: 'odd', cost: 1 }),
+    wb.decide({ policy, userId: 'dave', cost: 1 })
+  ])
+  t.same(verdicts, [{ kind: 'unavailable' }, { kind: 'unavailable' }], 'both unavailable: neither is guessed')
+  t.equal(await roundTrips(metrics, 'wb-decide', 'gateway_store_errors_total'), 1, 'one failed round trip, one error')
+})
