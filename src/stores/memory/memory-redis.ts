@@ -116,7 +116,7 @@ export class MemoryRedis {
     return `${this.keyPrefix}wb{${cacheName}:${userId}}`
   }
 
-  /** WB_DECIDE of scripts.ts: [1 allowed | 0 denied | -2 miss, tokens, atMs, seeded]. */
+  /** One key of WB_DECIDE_MANY (scripts.ts): [1 allowed | 0 denied | -2 miss, tokens, atMs, seeded]. */
   wbDecideScript (key: string, cost: number, cap: number, rate: number, ttl: number, seed: number | null): [number, number, number, 0 | 1] {
     let now = this.#now()
     const current = parseValue(this.get(key))
