@@ -1,16 +1,15 @@
 // The write-behind Redis adapter against the shared Redis (a key prefix of its own): the
 // decisions of one turn of the event loop go to Redis in one script call, and come back to each
 // request in the order they were made, exactly as one call each would have decided them.
-import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import type { Policy } from '../src/core/domain.ts'
 import { createLogger } from '../src/observability/log.ts'
 import { Metrics } from '../src/observability/metrics.ts'
 import { StoreHealth } from '../src/stores/health.ts'
-import { defineScripts } from '../src/stores/redis/scripts.ts'
+import { defineScripts, type ScriptedRedis } from '../src/stores/redis/scripts.ts'
 import { RedisWriteBehind, writeBehindKey } from '../src/stores/redis/write-behind-redis.ts'
-import { TEST_REDIS_URL } from './helpers/stores.ts'
+import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
 const policy: Policy = { name: 'burst', capacity: 5, refillPerSecond: 0.001 }
 
@@ -19,17 +18,19 @@ async function roundTrips (metrics: Metrics, operation: string, kind = 'gateway_
   return values.find((v) => v.labels.store === 'redis' && v.labels.operation === operation)?.value ?? 0
 }
 
-t.test('one turn of the event loop, one script call: each request gets its own verdict, in order', async (t) => {
+/** The adapter on a client of its own (auto-pipelined, as the decider's), under a key prefix of its own. */
+async function adapter (t: { teardown: (fn: () => unknown) => void }): Promise<{ client: ScriptedRedis, prefix: string, metrics: Metrics, wb: RedisWriteBehind }> {
   const client = defineScripts(new Redis(TEST_REDIS_URL, { enableAutoPipelining: true }))
-  const prefix = `wbr-${randomBytes(4).toString('hex')}:`
-  t.teardown(async () => {
-    const keys = await client.keys(prefix + '*')
-    if (keys.length > 0) await client.del(...keys)
-    client.disconnect()
-  })
+  const prefix = createRedisPrefix(t)
+  t.teardown(() => { client.disconnect() })
   await new Promise<void>((resolve) => { client.once('ready', () => { resolve() }) })
   const metrics = new Metrics()
   const wb = new RedisWriteBehind(() => client, prefix, new StoreHealth('redis', createLogger('silent'), metrics), metrics, () => 3600)
+  return { client, prefix, metrics, wb }
+}
+
+t.test('one turn of the event loop, one script call: each request gets its own verdict, in order', async (t) => {
+  const { client, prefix, metrics, wb } = await adapter(t)
 
   await client.set(writeBehindKey(prefix, 'burst', 'alice'), `5|${Date.now()}|w`)
   const before = await roundTrips(metrics, 'wb-decide')
@@ -55,16 +56,7 @@ t.test('one turn of the event loop, one script call: each request gets its own v
 })
 
 t.test('a failed call: every decision in it is unavailable (PostgreSQL decides them), the failure counted once', async (t) => {
-  const client = defineScripts(new Redis(TEST_REDIS_URL, { enableAutoPipelining: true }))
-  const prefix = `wbr-${randomBytes(4).toString('hex')}:`
-  t.teardown(async () => {
-    const keys = await client.keys(prefix + '*')
-    if (keys.length > 0) await client.del(...keys)
-    client.disconnect()
-  })
-  await new Promise<void>((resolve) => { client.once('ready', () => { resolve() }) })
-  const metrics = new Metrics()
-  const wb = new RedisWriteBehind(() => client, prefix, new StoreHealth('redis', createLogger('silent'), metrics), metrics, () => 3600)
+  const { client, prefix, metrics, wb } = await adapter(t)
   // A key of another type makes the script fail (WRONGTYPE), as a Redis error would.
   await client.hset(writeBehindKey(prefix, 'burst', 'odd'), 'x', '1')
   const verdicts = await Promise.all([
