@@ -205,9 +205,12 @@ return 1
  * database's now: used only if the bucket is still missing, since another gateway may have
  * seeded and spent from it meanwhile).
  * Returns four per key: 1 allowed | 0 denied | -2 miss, tokens, atMs, 1 seeded by this call | 0.
- * The keys are decided one after another at one instant of the Redis clock, exactly as as many
+ * The keys are decided one after another at one instant of the Redis clock, exactly as that many
  * one-key calls would at that instant. On one server a turn of the event loop sends all its
- * requests' buckets in one call; on a Cluster each key goes alone (one slot per call).
+ * requests' buckets in one call; on a Cluster each key goes alone (one slot per call). A call
+ * that fails part way (a key of another type) keeps the charges made before the failure (Redis
+ * does not undo a script's writes): its requests are decided elsewhere, so a caller can only lose
+ * tokens by it, never gain them.
  * This is the only script on write-behind's request path, so it spells out HELPERS' now_ms,
  * parse, spend and store instead of including them: Redis runs a script's whole body on every
  * call, and making those six closures and calling four of them was 1.2-1.7 µs of its 10 µs
