@@ -14,7 +14,7 @@ t.test('Lua scripts', async (t) => {
     redis.rlDecide(key(name), cost, opts.cap ?? 10, opts.rate ?? 0.001, 60, opts.dbNow ?? Date.now(), opts.force ?? 0, opts.fence ?? 0)
   // One bucket through the write-behind script (as on a Cluster, where each key goes alone).
   const wbDecide = async (k: string, cost: number, cap: number, rate: number, ttl: number, seed: number | '') =>
-    await redis.rlWbDecideMany(1, k, cost, cap, rate, ttl, seed)
+    await redis.rlWbDecide(k, cost, cap, rate, ttl, seed)
 
   await t.test('take-over fence: Redis decides a bucket it takes over only after the fence, with what PostgreSQL granted meanwhile', async (t) => {
     await redis.set(key('f'), `5|${Date.now()}`) // a PostgreSQL snapshot: 5 tokens

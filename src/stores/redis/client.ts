@@ -20,6 +20,11 @@ export type RedisClientOptions = RedisOptions
  */
 export type RedisClient = Redis
 
+/** A Redis Cluster client: its buckets' keys live in different slots, so no command may span them. */
+export function isCluster (client: Redis): boolean {
+  return (client as { isCluster?: boolean }).isCluster === true
+}
+
 export function createRedisClient (url: string, options: RedisClientOptions): RedisClient {
   const target = parseRedisUrl(url)
   switch (target.mode) {

@@ -23,7 +23,7 @@ import type { Metrics } from '../../observability/metrics.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
-import { createRedisClient } from './client.ts'
+import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, type ScriptedRedis } from './scripts.ts'
 import { bucketKey, encode } from './snapshot-cache.ts'
 import { decodeMember, encodeMember, memberOf, type OwnedMember } from '../owned-member.ts'
@@ -90,9 +90,9 @@ export class RedisDecider implements RedisDeciderPort {
 
   /** A reload changed fallback.redisTimeoutMs: later commands wait this long. */
   setTimeout (timeoutMs: number): void {
-    const client = this.#client as (ScriptedRedis & { isCluster?: boolean, nodes?: () => Array<{ options: { commandTimeout?: number } }>, options: { redisOptions?: { commandTimeout?: number } } }) | null
+    const client = this.#client as (ScriptedRedis & { nodes?: () => Array<{ options: { commandTimeout?: number } }>, options: { redisOptions?: { commandTimeout?: number } } }) | null
     if (client === null) return
-    if (client.isCluster === true) {
+    if (isCluster(client)) {
       if (client.options.redisOptions !== undefined) client.options.redisOptions.commandTimeout = timeoutMs
       for (const node of client.nodes?.() ?? []) node.options.commandTimeout = timeoutMs
     } else {

@@ -207,7 +207,10 @@ return 1
  * Returns four per key: 1 allowed | 0 denied | -2 miss, tokens, atMs, 1 seeded by this call | 0.
  * The keys are decided one after another at one instant of the Redis clock, exactly as that many
  * one-key calls would at that instant. On one server a turn of the event loop sends all its
- * requests' buckets in one call; on a Cluster each key goes alone (one slot per call). A call
+ * requests' buckets in one call; on a Cluster each key goes alone (one slot per call), as
+ * `rlWbDecide`, the same script with one key named first: ioredis's auto-pipelining on a
+ * Cluster picks a command's node by its first argument, which for `rlWbDecideMany` is the key
+ * count, so one-key calls of it went to the wrong node (test/redis-topologies.test.ts). A call
  * that fails part way (a key of another type) keeps the charges made before the failure (Redis
  * does not undo a script's writes): its requests are decided elsewhere, so a caller can only lose
  * tokens by it, never gain them.
@@ -296,6 +299,8 @@ export interface ScriptedRedis extends Redis {
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
+  /** WB_DECIDE_MANY for one key (its key first: a Cluster routes a command by its first argument). */
+  rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<Array<number | string>>
   /** WB_DECIDE_MANY: the key count, the keys, then cost, capacity, rate, ttl and seed per key; four replies per key. */
   rlWbDecideMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
@@ -309,6 +314,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
   client.defineCommand('rlRefund', { numberOfKeys: 1, lua: REFUND })
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
+  client.defineCommand('rlWbDecide', { numberOfKeys: 1, lua: WB_DECIDE_MANY })
   client.defineCommand('rlWbDecideMany', { lua: WB_DECIDE_MANY })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })

@@ -16,7 +16,7 @@ import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
-import { createRedisClient } from './client.ts'
+import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 
 interface SnapshotWrite { readonly key: string, readonly value: string, readonly ttlSeconds: number, readonly charge: number }
@@ -66,7 +66,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     this.client.on('error', (err) => { if (!this.#closing) this.health.failed(err) })
     this.client.on('ready', () => { this.#breaker.success(); this.health.succeeded() })
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
-    if ((this.client as { isCluster?: boolean }).isCluster !== true) {
+    if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
       this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
     }

@@ -18,6 +18,7 @@ import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
+import { isCluster } from './client.ts'
 import type { ScriptedRedis } from './scripts.ts'
 
 /** The write-behind key of a bucket: the snapshot key's hash tag (one Cluster slot), its own namespace. */
@@ -51,7 +52,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     this.#health = health
     this.#metrics = metrics
     const c = client()
-    this.#decisions = c === null || (c as { isCluster?: boolean }).isCluster === true
+    this.#decisions = c === null || isCluster(c)
       ? null
       : new Batcher((batch) => this.#decideMany(c, batch), { maxSize: MAX_KEYS_PER_CALL, maxInFlight: 4, windowMs: 0 })
   }
@@ -89,21 +90,27 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   /** One WB_DECIDE_MANY call. Never rejects: a failed call is every decision's WB_UNAVAILABLE, counted once. */
   async #decideMany (client: ScriptedRedis, batch: readonly Decision[]): Promise<WriteBehindVerdict[]> {
     const n = batch.length
-    const args: Array<string | number> = new Array<string | number>(6 * n)
-    for (let i = 0; i < n; i++) {
-      const d = batch[i]!
-      args[i] = d.key
-      const j = n + 5 * i
-      args[j] = d.cost
-      args[j + 1] = d.capacity
-      args[j + 2] = d.rate
-      args[j + 3] = d.ttl
-      args[j + 4] = d.seed
-    }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
     let reply: Array<number | string>
     try {
-      reply = await client.rlWbDecideMany(n, ...args)
+      if (n === 1) {
+        // The one-key form names its key first: auto-pipelining on a Cluster routes by the first argument.
+        const d = batch[0]!
+        reply = await client.rlWbDecide(d.key, d.cost, d.capacity, d.rate, d.ttl, d.seed)
+      } else {
+        const args: Array<string | number> = new Array<string | number>(6 * n)
+        for (let i = 0; i < n; i++) {
+          const d = batch[i]!
+          args[i] = d.key
+          const j = n + 5 * i
+          args[j] = d.cost
+          args[j + 1] = d.capacity
+          args[j + 2] = d.rate
+          args[j + 3] = d.ttl
+          args[j + 4] = d.seed
+        }
+        reply = await client.rlWbDecideMany(n, ...args)
+      }
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
