@@ -299,7 +299,7 @@ export interface ScriptedRedis extends Redis {
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
-  /** WB_DECIDE_MANY for one key (its key first: a Cluster routes a command by its first argument). */
+  /** WB_DECIDE_MANY for one key, named first: ioredis's auto-pipelining picks a Cluster node by a command's first argument. */
   rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<Array<number | string>>
   /** WB_DECIDE_MANY: the key count, the keys, then cost, capacity, rate, ttl and seed per key; four replies per key. */
   rlWbDecideMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
