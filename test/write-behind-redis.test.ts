@@ -9,13 +9,13 @@ import { Metrics } from '../src/observability/metrics.ts'
 import { StoreHealth } from '../src/stores/health.ts'
 import { defineScripts, type ScriptedRedis } from '../src/stores/redis/scripts.ts'
 import { RedisWriteBehind, writeBehindKey } from '../src/stores/redis/write-behind-redis.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
 const policy: Policy = { name: 'burst', capacity: 5, refillPerSecond: 0.001 }
 
 async function roundTrips (metrics: Metrics, operation: string, kind = 'gateway_store_operations_total'): Promise<number> {
-  const values = (await metrics.registry.getSingleMetric(kind)!.get()).values
-  return values.find((v) => v.labels.store === 'redis' && v.labels.operation === operation)?.value ?? 0
+  return await metricSum(metrics, kind, { store: 'redis', operation })
 }
 
 /** The adapter on a client of its own (auto-pipelined, as the decider's), under a key prefix of its own. */

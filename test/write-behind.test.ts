@@ -11,13 +11,11 @@ import postgres from 'postgres'
 import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { TEST_REDIS_URL } from './helpers/stores.ts'
 
 async function counter (gw: TestGateway, name: string, labels: Record<string, string>): Promise<number> {
-  const metric = gw.metrics.registry.getSingleMetric(name)
-  if (metric === undefined) throw new Error(`no metric ${name}`)
-  const { values } = await metric.get()
-  return values.filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want)).reduce((sum, v) => sum + v.value, 0)
+  return await metricSum(gw.metrics, name, labels)
 }
 
 function stores (t: { teardown: (fn: () => unknown) => void }, gw: TestGateway): { redis: Redis, sql: postgres.Sql } {
