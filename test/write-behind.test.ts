@@ -106,7 +106,7 @@ t.test('write-behind: Redis decides every request, PostgreSQL is written behind'
     // would never let them be.
     let last = before
     try {
-      last = await waitFor(async () => { last = await counts(); return last.okStatements - before.okStatements === last.okFlushes - before.okFlushes ? last : null }, { what: 'one statement per flush' })
+      await waitFor(async () => { last = await counts(); return last.okStatements - before.okStatements === last.okFlushes - before.okFlushes }, { what: 'one statement per flush' })
     } catch (err) {
       throw new Error(`${(err as Error).message}: before ${JSON.stringify(before)}, last ${JSON.stringify(last)}`)
     }
