@@ -2,7 +2,8 @@
 // it replaces (006, rate_limit_decide_groups), on a real PostgreSQL: the same batches, mixing
 // distinct, repeated and new keys and groups of several buckets, give the same results; and
 // concurrent batches from two pools on overlapping keys (one pool also on the old function, as
-// during a rolling upgrade) never over-admit and never deadlock.
+// during a rolling upgrade) never over-admit and never deadlock. The one-bucket function (008,
+// rate_limit_decide_one) against 006 for batches of one, the same way.
 import t from 'tap'
 import postgres from 'postgres'
 import { migrate } from '../src/stores/postgres/migrate.ts'
@@ -10,7 +11,7 @@ import { createTestDatabase } from './helpers/stores.ts'
 
 interface Row { o_idx: number, o_allowed: boolean, o_can_pay: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
 interface Item { group: number, policy: string, user: string, cost: number, capacity: number, rate: number }
-type Fn = 'rate_limit_decide_batch' | 'rate_limit_decide_groups'
+type Fn = 'rate_limit_decide_batch' | 'rate_limit_decide_groups' | 'rate_limit_decide_one'
 
 async function database (t: { teardown: (fn: () => unknown) => void }): Promise<postgres.Sql> {
   const sql = postgres(await createTestDatabase(t, 'gwbatch'), { max: 6, onnotice: () => {} })
@@ -20,9 +21,20 @@ async function database (t: { teardown: (fn: () => unknown) => void }): Promise<
 }
 
 async function decide (sql: postgres.Sql, fn: Fn, items: readonly Item[]): Promise<Row[]> {
+  if (fn === 'rate_limit_decide_one') return await decideOne(sql, items)
   const rows = await sql.unsafe<Row[]>(`SELECT * FROM ${fn}($1::int[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])`,
     [items.map((i) => i.group), items.map((i) => i.policy), items.map((i) => i.user), items.map((i) => i.cost), items.map((i) => i.capacity), items.map((i) => i.rate)] as never)
   return rows.slice().sort((a, b) => a.o_idx - b.o_idx)
+}
+
+/** Each item alone, in order, as PostgresStore sends a batch of one bucket (o_can_pay is o_allowed). */
+async function decideOne (sql: postgres.Sql, items: readonly Item[]): Promise<Row[]> {
+  const rows: Row[] = []
+  for (const [n, i] of items.entries()) {
+    const [r] = await sql<Array<Omit<Row, 'o_idx' | 'o_can_pay'>>>`SELECT * FROM rate_limit_decide_one(${i.policy}::text, ${i.user}::text, ${i.cost}::float8, ${i.capacity}::float8, ${i.rate}::float8)`
+    rows.push({ ...r!, o_idx: n + 1, o_can_pay: r!.o_allowed })
+  }
+  return rows
 }
 
 /** A small deterministic PRNG (mulberry32), so a failure can be replayed from its seed. */
@@ -171,4 +183,94 @@ t.test('concurrent batches from two pools on overlapping keys: never over-admitt
   t.ok([...allowed.values()].filter((n) => n === capacity).length > 30, 'demand exceeded capacity on most keys, which then were full-spent exactly')
   const rows = await pools[0]!<Array<{ user_id: string, tokens: number }>>`SELECT user_id, tokens FROM rate_limits WHERE policy = 'c'`
   t.ok(rows.every((r) => Math.abs(r.tokens - (capacity - allowed.get(r.user_id)!)) < 1e-9), 'each row holds capacity minus what was allowed')
+})
+
+t.test('one bucket: rate_limit_decide_one gives what 006 gives for a batch of one', async (t) => {
+  const [loop, one] = await Promise.all([database(t), database(t)])
+  const rand = prng(20261203)
+  let created = 0
+  let refused = 0
+  for (let round = 0; round < 40; round++) {
+    // One bucket per batch: existing callers of both policies (repeats across batches), new ones, refusals.
+    const items = batch(rand, round).map((i) => ({ ...i, group: 1 }))
+    const a: Row[] = []
+    for (const item of items) a.push(...(await decide(loop, 'rate_limit_decide_groups', [item])))
+    const b = await decide(one, 'rate_limit_decide_one', items)
+    for (let i = 0; i < items.length; i++) {
+      const x = a[i]!
+      const y = b[i]!
+      const same = x.o_allowed === y.o_allowed && x.o_can_pay === y.o_can_pay && x.o_created === y.o_created &&
+        (items[i]!.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
+      if (!same) {
+        t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): 006 ${JSON.stringify(x)}, 008 ${JSON.stringify(y)}`)
+        return
+      }
+      if (y.o_created) created++
+      if (!y.o_allowed) refused++
+    }
+  }
+  const rows = async (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> =>
+    await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
+  const [ra, rb] = await Promise.all([rows(loop), rows(one)])
+  t.same(rb.map((r) => [r.policy, r.user_id]), ra.map((r) => [r.policy, r.user_id]), 'the same rows exist')
+  t.ok(rb.every((r, i) => Math.abs(r.tokens - ra[i]!.tokens) < 0.01), 'with the same balances')
+  t.ok(created > 50 && refused > 50, `the decisions covered the cases: ${created} keys created, ${refused} refused`)
+})
+
+t.test('one bucket: refilled on the database clock, a timestamp ahead kept, a refusal writes nothing', async (t) => {
+  const sql = await database(t)
+  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES
+    ('p', 'past', 0.5, clock_timestamp() - interval '2.25 seconds'),
+    ('p', 'future', 1, clock_timestamp() + interval '1 hour'),
+    ('p', 'empty', 0.25, clock_timestamp() - interval '1 minute')`
+  const before = Date.now()
+  const [past, future, empty, fresh] = await decide(sql, 'rate_limit_decide_one', [
+    { group: 1, policy: 'p', user: 'past', cost: 1, capacity: 10, rate: 2 },
+    { group: 1, policy: 'p', user: 'future', cost: 1, capacity: 10, rate: 2 },
+    { group: 1, policy: 'p', user: 'empty', cost: 1, capacity: 10, rate: 0 },
+    { group: 1, policy: 'p', user: 'fresh', cost: 3, capacity: 10, rate: 1 }
+  ])
+  t.ok(past!.o_allowed && past!.o_tokens >= 4 && past!.o_tokens < 4.2, `refilled, charged: ${past!.o_tokens}`)
+  t.ok(past!.o_at_ms >= before - 1000 && past!.o_at_ms < Date.now() + 1000, 'stamped now on the database clock')
+  t.ok(future!.o_allowed && future!.o_tokens === 0 && future!.o_at_ms > Date.now() + 3_000_000, 'a timestamp ahead of the clock is kept, not moved back, and adds nothing')
+  t.ok(!empty!.o_allowed && empty!.o_tokens === 0.25, 'refused: it holds less than the cost')
+  t.ok(fresh!.o_created && fresh!.o_allowed && fresh!.o_tokens === 7, 'a new caller starts full and is charged')
+  const [row] = await sql<Array<{ tokens: number, stale: boolean }>>`SELECT tokens, last_refill_time < clock_timestamp() - interval '50 seconds' AS stale FROM rate_limits WHERE user_id = 'empty'`
+  t.ok(row!.tokens === 0.25 && row!.stale, 'the refusal wrote nothing')
+})
+
+t.test('one bucket, concurrently: callers on a handful of keys from two pools, beside 006 batches, never over-admitted', async (t) => {
+  const url = await createTestDatabase(t, 'gwbatch')
+  const pools = [postgres(url, { max: 6, onnotice: () => {} }), postgres(url, { max: 4, onnotice: () => {} })]
+  t.teardown(async () => { await Promise.all(pools.map(async (p) => await p.end())) })
+  await migrate(pools[0]!)
+  const capacity = 30
+  const keys = Array.from({ length: 5 }, (_, i) => `k${i}`)
+  const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
+  const rand = prng(11)
+  const failures: unknown[] = []
+  const count = (items: readonly Item[], rows: readonly Row[]): void => {
+    rows.forEach((r, i) => { if (r.o_allowed) allowed.set(items[i]!.user, allowed.get(items[i]!.user)! + 1) })
+  }
+  const single = async (pool: postgres.Sql): Promise<void> => {
+    for (let n = 0; n < 60; n++) {
+      const item = { group: 1, policy: 'c', user: keys[Math.floor(rand() * keys.length)]!, cost: 1, capacity, rate: 0 }
+      try { count([item], await decide(pool, 'rate_limit_decide_one', [item])) } catch (err) { failures.push(err) }
+    }
+  }
+  const batches = async (pool: postgres.Sql): Promise<void> => {
+    for (let n = 0; n < 15; n++) {
+      const items = keys.map((user, g) => ({ group: g + 1, policy: 'c', user, cost: 1, capacity, rate: 0 }))
+      try { count(items, await decide(pool, 'rate_limit_decide_groups', items)) } catch (err) { failures.push(err) }
+    }
+  }
+  await Promise.all([
+    ...Array.from({ length: 6 }, async () => await single(pools[0]!)),
+    ...Array.from({ length: 2 }, async () => await single(pools[1]!)),
+    batches(pools[1]!), batches(pools[1]!)
+  ])
+  t.same(failures.map((e) => String(e)), [], 'no decision failed (no deadlock)')
+  t.same([...allowed].filter(([, n]) => n !== capacity), [], `every key allowed exactly its capacity of ${capacity} (demand: 630 over 5 keys)`)
+  const rows = await pools[0]!<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'c'`
+  t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
 })

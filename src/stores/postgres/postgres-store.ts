@@ -2,7 +2,8 @@
  * PostgreSQL, the source of truth (the DecidingStore port). Every allowance is decided here,
  * one round trip per batch of concurrent decisions: by rate_limit_decide_batch (migrations/007,
  * set-based) for large batches, by 006's rate_limit_decide_groups (the same results, a loop per
- * key) for small ones; the hand-back merges are rate_limit_lock and rate_limit_merge.
+ * key) for small ones, by 008's rate_limit_decide_one for a batch of one bucket; the hand-back
+ * merges are rate_limit_lock and rate_limit_merge.
  */
 import postgres, { type Options, type Sql } from 'postgres'
 import type { Config } from '../../config/schema.ts'
@@ -170,41 +171,14 @@ export class PostgresStore implements DecidingStore {
   async #decideBatch (groups: Array<readonly BucketRequest[]>): Promise<StoreDecision[][]> {
     let n = 0
     for (const g of groups) n += g.length
-    const groupIds = new Array<number>(n)
-    const policies = new Array<string>(n)
-    const users = new Array<string>(n)
-    const costs = new Array<number>(n)
-    const capacities = new Array<number>(n)
-    const rates = new Array<number>(n)
-    let i = 0
-    for (let g = 0; g < groups.length; g++) {
-      for (const it of groups[g]!) {
-        groupIds[i] = g + 1
-        policies[i] = it.policy.name
-        users[i] = it.userId
-        costs[i] = it.cost
-        capacities[i] = it.policy.capacity
-        rates[i] = it.policy.refillPerSecond
-        i++
-      }
-    }
     this.#metrics.storeOperations.inc({ store: 'postgres', operation: 'decide' })
     this.#metrics.postgresBatchSize.observe(groups.length)
     let rows: DecideRow[]
     // The batcher runs at most one batch per decision connection: one is always idle here.
     const sql = this.#idle.pop()!
     try {
-      const [g, p, u, c, cap, r] = [sql.array(groupIds, INT4), sql.array(policies, TEXT), sql.array(users, TEXT),
-        sql.array(costs, FLOAT8), sql.array(capacities, FLOAT8), sql.array(rates, FLOAT8)]
-      // The same results either way (test/decide-batch.test.ts): the set-based function from
-      // SET_BASED_FROM items, the per-key loop below, where its few cheap statements cost less.
-      const query = n >= SET_BASED_FROM
-        ? sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
-            FROM rate_limit_decide_batch(${g}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
-        : sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
-            FROM rate_limit_decide_groups(${g}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
-      rows = await withDeadline(query.execute(),
-      this.#decisionTimeoutMs, 'postgres', 'decision', () => this.#expired('decide', this.#decisionTimeoutMs))
+      rows = await withDeadline((n === 1 ? this.#oneQuery(sql, groups[0]![0]!) : this.#batchQuery(sql, groups, n)).execute(),
+        this.#decisionTimeoutMs, 'postgres', 'decision', () => this.#expired('decide', this.#decisionTimeoutMs))
     } catch (err) {
       // Last in line: after a deadline its query may still hold the connection.
       this.#idle.unshift(sql)
@@ -226,6 +200,47 @@ export class PostgresStore implements DecidingStore {
       at += size
     }
     return out
+  }
+
+  /**
+   * One bucket (every decision of a gateway that is not busy): migrations/008's scalar function,
+   * the same result as 006's for a batch of one without its arrays (docs/performance.md).
+   */
+  #oneQuery (sql: Sql, it: BucketRequest): postgres.PendingQuery<DecideRow[]> {
+    return sql<DecideRow[]>`SELECT 1 AS o_idx, o_allowed, o_allowed AS o_can_pay, o_tokens, o_at_ms, o_created
+      FROM rate_limit_decide_one(${it.policy.name}::text, ${it.userId}::text, ${it.cost}::float8, ${it.policy.capacity}::float8, ${it.policy.refillPerSecond}::float8)`
+  }
+
+  /**
+   * The set-based function from SET_BASED_FROM items, the per-key loop below it, where its few
+   * cheap statements cost less; the same results either way (test/decide-batch.test.ts).
+   */
+  #batchQuery (sql: Sql, groups: Array<readonly BucketRequest[]>, n: number): postgres.PendingQuery<DecideRow[]> {
+    const groupIds = new Array<number>(n)
+    const policies = new Array<string>(n)
+    const users = new Array<string>(n)
+    const costs = new Array<number>(n)
+    const capacities = new Array<number>(n)
+    const rates = new Array<number>(n)
+    let i = 0
+    for (let g = 0; g < groups.length; g++) {
+      for (const it of groups[g]!) {
+        groupIds[i] = g + 1
+        policies[i] = it.policy.name
+        users[i] = it.userId
+        costs[i] = it.cost
+        capacities[i] = it.policy.capacity
+        rates[i] = it.policy.refillPerSecond
+        i++
+      }
+    }
+    const [gs, p, u, c, cap, r] = [sql.array(groupIds, INT4), sql.array(policies, TEXT), sql.array(users, TEXT),
+      sql.array(costs, FLOAT8), sql.array(capacities, FLOAT8), sql.array(rates, FLOAT8)]
+    return n >= SET_BASED_FROM
+      ? sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
+          FROM rate_limit_decide_batch(${gs}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
+      : sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
+          FROM rate_limit_decide_groups(${gs}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
   }
 
   /** rate_limit_refund (migrations/006): each bucket gets its cost back, never above capacity. */
