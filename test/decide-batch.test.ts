@@ -37,6 +37,11 @@ async function decideOne (sql: postgres.Sql, items: readonly Item[]): Promise<Ro
   return rows
 }
 
+/** Every bucket row, in key order. */
+async function rows (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> {
+  return await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
+}
+
 /** A small deterministic PRNG (mulberry32), so a failure can be replayed from its seed. */
 function prng (seed: number): () => number {
   let a = seed >>> 0
@@ -105,8 +110,6 @@ t.test('the set-based batch gives what the sequential loop gives: distinct, repe
     }
     refusedGroups += new Set(items.filter((_, i) => !b[i]!.o_allowed).map((i) => i.group)).size
   }
-  const rows = async (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> =>
-    await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
   const [ra, rb] = await Promise.all([rows(loop), rows(set)])
   t.same(rb.map((r) => [r.policy, r.user_id]), ra.map((r) => [r.policy, r.user_id]), 'the same rows exist')
   t.ok(rb.every((r, i) => Math.abs(r.tokens - ra[i]!.tokens) < 0.01), 'with the same balances')
@@ -209,8 +212,6 @@ t.test('one bucket: rate_limit_decide_one gives what 006 gives for a batch of on
       if (!y.o_allowed) refused++
     }
   }
-  const rows = async (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> =>
-    await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
   const [ra, rb] = await Promise.all([rows(loop), rows(one)])
   t.same(rb.map((r) => [r.policy, r.user_id]), ra.map((r) => [r.policy, r.user_id]), 'the same rows exist')
   t.ok(rb.every((r, i) => Math.abs(r.tokens - ra[i]!.tokens) < 0.01), 'with the same balances')
