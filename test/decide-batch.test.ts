@@ -37,6 +37,24 @@ async function decideOne (sql: postgres.Sql, items: readonly Item[]): Promise<Ro
   return rows
 }
 
+/** Two pools on one new, migrated database (two gateways, or two versions of one during an upgrade). */
+async function twoPools (t: { teardown: (fn: () => unknown) => void }, maxA: number, maxB: number): Promise<[postgres.Sql, postgres.Sql]> {
+  const url = await createTestDatabase(t, 'gwbatch')
+  const pools: [postgres.Sql, postgres.Sql] = [postgres(url, { max: maxA, onnotice: () => {} }), postgres(url, { max: maxB, onnotice: () => {} })]
+  t.teardown(async () => { await Promise.all(pools.map(async (p) => await p.end())) })
+  await migrate(pools[0])
+  return pools
+}
+
+/**
+ * Two functions' answers for one item agree: a policy that never refills exactly, one that does
+ * within 0.01 of a token (the two databases decide milliseconds apart).
+ */
+function sameDecision (x: Row, y: Row, item: Item): boolean {
+  return x.o_idx === y.o_idx && x.o_allowed === y.o_allowed && x.o_can_pay === y.o_can_pay && x.o_created === y.o_created &&
+    (item.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
+}
+
 /** Every bucket row, in key order. */
 async function rows (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> {
   return await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
@@ -100,9 +118,7 @@ t.test('the set-based batch gives what the sequential loop gives: distinct, repe
     for (let i = 0; i < items.length; i++) {
       const x = a[i]!
       const y = b[i]!
-      const same = x.o_idx === y.o_idx && x.o_allowed === y.o_allowed && x.o_can_pay === y.o_can_pay && x.o_created === y.o_created &&
-        (items[i]!.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
-      if (!same) {
+      if (!sameDecision(x, y, items[i]!)) {
         t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): loop ${JSON.stringify(x)}, set ${JSON.stringify(y)}`)
         return
       }
@@ -143,10 +159,7 @@ t.test('the set-based batch refills on the database clock as 006 does, never mov
 })
 
 t.test('concurrent batches from two pools on overlapping keys: never over-admitted, never a deadlock', async (t) => {
-  const url = await createTestDatabase(t, 'gwbatch')
-  const pools = [postgres(url, { max: 4, onnotice: () => {} }), postgres(url, { max: 4, onnotice: () => {} })]
-  t.teardown(async () => { await Promise.all(pools.map(async (p) => await p.end())) })
-  await migrate(pools[0]!)
+  const pools = await twoPools(t, 4, 4)
   // Deadlocks are detected after deadlock_timeout (1 s by default): any would fail a batch here.
   const capacity = 25
   const keys = Array.from({ length: 40 }, (_, i) => `k${i}`)
@@ -197,14 +210,13 @@ t.test('one bucket: rate_limit_decide_one gives what 006 gives for a batch of on
     // One bucket per batch: existing callers of both policies (repeats across batches), new ones, refusals.
     const items = batch(rand, round).map((i) => ({ ...i, group: 1 }))
     const a: Row[] = []
-    for (const item of items) a.push(...(await decide(loop, 'rate_limit_decide_groups', [item])))
+    // Each a batch of its own (o_idx 1), numbered as the items are.
+    for (const item of items) a.push(...(await decide(loop, 'rate_limit_decide_groups', [item])).map((r) => ({ ...r, o_idx: a.length + 1 })))
     const b = await decide(one, 'rate_limit_decide_one', items)
     for (let i = 0; i < items.length; i++) {
       const x = a[i]!
       const y = b[i]!
-      const same = x.o_allowed === y.o_allowed && x.o_can_pay === y.o_can_pay && x.o_created === y.o_created &&
-        (items[i]!.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
-      if (!same) {
+      if (!sameDecision(x, y, items[i]!)) {
         t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): 006 ${JSON.stringify(x)}, 008 ${JSON.stringify(y)}`)
         return
       }
@@ -241,10 +253,7 @@ t.test('one bucket: refilled on the database clock, a timestamp ahead kept, a re
 })
 
 t.test('one bucket, concurrently: callers on a handful of keys from two pools, beside 006 batches, never over-admitted', async (t) => {
-  const url = await createTestDatabase(t, 'gwbatch')
-  const pools = [postgres(url, { max: 6, onnotice: () => {} }), postgres(url, { max: 4, onnotice: () => {} })]
-  t.teardown(async () => { await Promise.all(pools.map(async (p) => await p.end())) })
-  await migrate(pools[0]!)
+  const pools = await twoPools(t, 6, 4)
   const capacity = 30
   const keys = Array.from({ length: 5 }, (_, i) => `k${i}`)
   const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
