@@ -2,6 +2,7 @@
 // who owns a bucket, and the arithmetic shared with src/bucket/token-bucket.ts.
 import t from 'tap'
 import { Redis } from 'ioredis'
+import { MemoryRedis } from '../src/stores/memory/index.ts'
 import { defineScripts, ownerOf } from '../src/stores/redis/scripts.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
@@ -205,5 +206,51 @@ t.test('Lua scripts', async (t) => {
     }
     t.equal(batched[0]![2], batched[2]![2], 'one instant of the Redis clock for the whole call')
     t.equal(await redis.exists(wb('oneb')), 0, 'a miss creates nothing')
+  })
+
+  await t.test('write-behind decide, one request\'s buckets together: all charged or none, a miss writes nothing; the in-memory twin agrees', async (t) => {
+    const wb = (name: string) => `${prefix}wb{group:${name}}`
+    const twin = new MemoryRedis({ now: () => Date.now() })
+    const now = Date.now()
+    // Rate 0: no refill between the calls, so the two runs must agree exactly.
+    const setAll = async (values: Record<string, string | null>): Promise<void> => {
+      for (const [name, value] of Object.entries(values)) {
+        if (value === null) { await redis.del(wb(name)); twin.del(wb(name)) } else { await redis.set(wb(name), value); twin.set(wb(name), value) }
+      }
+    }
+    const group = async (buckets: Array<[string, number, number | '']>): Promise<Array<number | string>> => {
+      const reply = await redis.rlWbDecideGroup(buckets.length, ...buckets.map(([name]) => wb(name)), ...buckets.flatMap(([, cost, seed]) => [cost, 10, 0, 60, seed]))
+      const mine = twin.wbDecideGroupScript(buckets.map(([name, cost, seed]) => ({ key: wb(name), cost, cap: 10, rate: 0, ttl: 60, seed: seed === '' ? null : seed })))
+      const expected = 'missing' in mine
+        ? [-2, ...mine.missing.map((m) => m ? 1 : 0)]
+        : [mine.charged ? 1 : 0, ...mine.buckets.flatMap(([pay, tokens, , seeded]) => [pay, tokens, 'at', seeded])]
+      t.same(reply.map((x, i) => reply[0] !== -2 && i % 4 === 3 ? 'at' : typeof x === 'string' ? Number(x) : x), expected, 'the twin answers the same')
+      return reply
+    }
+    const tokens = async (name: string): Promise<number> => Number((await redis.get(wb(name)))?.split('|')[0])
+
+    await setAll({ a: `3|${now}|w`, b: `1|${now}|w`, c: null })
+    const charged = await group([['a', 1, ''], ['b', 1, '']])
+    t.same([charged[0], charged[1], charged[5]], [1, 1, 1], 'both can pay: all charged')
+    t.same([await tokens('a'), await tokens('b')], [2, 0])
+    t.equal(charged[3], charged[7], 'one instant of the Redis clock')
+
+    const refused = await group([['a', 1, ''], ['b', 1, '']])
+    t.same([refused[0], refused[1], refused[5]], [0, 1, 0], 'b cannot pay: none charged; a could')
+    t.same([Number(refused[2]), Number(refused[6])], [2, 0], 'each reported as it stands')
+    t.same([await tokens('a'), await tokens('b')], [2, 0], 'a is not charged')
+
+    const before = await redis.get(wb('a'))
+    t.same(await group([['a', 1, ''], ['c', 1, '']]), [-2, 0, 1], 'c is missing without a seed: a miss naming it')
+    t.equal(await redis.get(wb('a')), before, 'nothing written: a untouched')
+    t.equal(await redis.exists(wb('c')), 0, 'and c not created')
+
+    const seeded = await group([['a', 3, ''], ['c', 1, 4]])
+    t.same([seeded[0], seeded[1], seeded[5], seeded[8]], [0, 0, 1, 1], 'a cannot pay 3: refused; c seeded by the call')
+    t.equal(await tokens('c'), 4, 'a refused call keeps the seed, uncharged')
+    t.equal(await tokens('a'), 2, 'and charges nothing')
+    const again = await group([['a', 2, ''], ['c', 1, 99]])
+    t.same([again[0], again[8]], [1, 0], 'charged; the second seed unused')
+    t.same([await tokens('a'), await tokens('c')], [0, 3])
   })
 })

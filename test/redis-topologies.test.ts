@@ -11,6 +11,11 @@ import { burst, send, waitFor } from './helpers/http.ts'
 import { keysPerNode, startRedisCluster, startRedisSentinel } from './helpers/redis-topologies.ts'
 
 const SLOW = { limits: { capacity: 10, refillPerSecond: 0.01 } }
+/** /both charges two write-behind buckets together (a Cluster holds them in different slots). */
+const TWO_BUCKETS = {
+  policies: { wideA: { capacity: 10, refillPerSecond: 0.01, consistency: 'write-behind' }, narrowB: { capacity: 5, refillPerSecond: 0.01, consistency: 'write-behind' } },
+  routes: [{ path: '/both', policy: ['wideA', 'narrowB'] }]
+}
 
 t.test('REDIS_URL forms', async (t) => {
   t.same(parseRedisUrl('redis://127.0.0.1:6379/2'), { mode: 'standalone', url: 'redis://127.0.0.1:6379/2' })
@@ -69,7 +74,7 @@ t.test('Redis Cluster of three local nodes', async (t) => {
 
 t.test('Redis Cluster in write-behind mode: the keys keep their hash tags, 40 concurrent on a fresh key allow exactly 10', async (t) => {
   const cluster = await startRedisCluster(t, 3)
-  const gw = await startTestGateway(t, { redisUrl: cluster.url, redisPrefix: 'rlw:', config: { limits: { ...SLOW.limits, consistency: 'write-behind' } } })
+  const gw = await startTestGateway(t, { redisUrl: cluster.url, redisPrefix: 'rlw:', config: { limits: { ...SLOW.limits, consistency: 'write-behind' }, ...TWO_BUCKETS } })
   // Redis decides once the deciding client has the slot map; until then PostgreSQL decides (strictly).
   await waitFor(async () => (await send(gw.proxyUrl + '/x', { user: 'cluster-warm' })).headers.get('x-data-source') === 'redis',
     { timeoutMs: 20_000, what: 'Redis deciding on the cluster' })
@@ -79,16 +84,21 @@ t.test('Redis Cluster in write-behind mode: the keys keep their hash tags, 40 co
     t.equal(replies.filter((r) => r.status === 201).length, 10, `${users[i]}: exactly 10 allowed`)
     t.ok(replies.every((r) => r.headers.get('x-data-source') !== 'postgres' || r.status === 201), `${users[i]}: the refusals came from Redis (a strict PostgreSQL refusal says postgres)`)
   })
+  // Two buckets per request, in different slots: decided one by one (no single call can hold them).
+  const both = await burst(gw.proxyUrl + '/both', 'cluster-both', 40)
+  t.equal(both.filter((r) => r.status === 201).length, 5, 'a request of two write-behind buckets: exactly the smaller capacity allowed')
   const perNode = await keysPerNode(cluster, 'rlw:wb{*')
-  t.equal(perNode.reduce((a, n) => a + n, 0), users.length + 1, `one write-behind key per bucket (${perNode.join('/')})`)
+  t.equal(perNode.reduce((a, n) => a + n, 0), users.length + 3, `one write-behind key per bucket (${perNode.join('/')})`)
   t.ok(perNode.filter((n) => n > 0).length >= 2, 'spread over the nodes by their hash tags')
 })
 
 t.test('Redis Sentinel: the gateway asks the sentinel for the master', async (t) => {
   const sentinel = await startRedisSentinel(t)
-  const gw = await startTestGateway(t, { redisUrl: sentinel.url, redisPrefix: 'rls:', config: SLOW })
+  const gw = await startTestGateway(t, { redisUrl: sentinel.url, redisPrefix: 'rls:', config: { ...SLOW, ...TWO_BUCKETS } })
   const seed = await cacheVsDb(gw.proxyUrl + '/', 'sentinel-cache')
   t.same(seed.outcomes.map((o) => o.source), ['new-user', 'redis', 'redis'], 'snapshots are cached on the master')
   const replies = await burst(gw.proxyUrl + '/x', 'sentinel-fresh', 40)
   t.equal(replies.filter((r) => r.status === 201).length, 10, '40 concurrent on a fresh key, exactly 10 allowed')
+  const both = await burst(gw.proxyUrl + '/both', 'sentinel-both', 40)
+  t.equal(both.filter((r) => r.status === 201).length, 5, 'two write-behind buckets on one request, on the master in one call: exactly the smaller capacity')
 })

@@ -208,7 +208,7 @@ export interface WriteBehindDecided {
   readonly tokens: number
   /** When Redis decided (its clock): of two decisions of one bucket the later one is the newer state. */
   readonly atMs: number
-  /** This call seeded the bucket from PostgreSQL's state (seedAndDecide only). */
+  /** This call seeded the bucket from PostgreSQL's state (seedAndDecide, or decideGroup with seeds). */
   readonly seeded: boolean
 }
 
@@ -217,8 +217,19 @@ export interface WriteBehindNotDecided {
   readonly kind: 'miss' | 'unavailable'
 }
 
+/**
+ * What Redis answered for several buckets of one request, decided together (all or nothing):
+ * `decided` with one verdict per bucket, every one charged (`charged`) or none (some cannot pay;
+ * a verdict that could pay is `allowed` but uncharged, its tokens as they stand); `miss` with the
+ * buckets Redis does not hold (load them, then seed; nothing was written); or `unavailable`.
+ */
+export type WriteBehindGroupVerdict =
+  | { readonly kind: 'decided', readonly charged: boolean, readonly buckets: readonly WriteBehindDecided[] }
+  | { readonly kind: 'miss', readonly missing: readonly boolean[] }
+  | typeof WB_UNAVAILABLE
+
 export const WB_MISS: WriteBehindNotDecided = Object.freeze({ kind: 'miss' })
-export const WB_UNAVAILABLE: WriteBehindNotDecided = Object.freeze({ kind: 'unavailable' })
+export const WB_UNAVAILABLE: WriteBehindNotDecided & { readonly kind: 'unavailable' } = Object.freeze({ kind: 'unavailable' })
 
 /**
  * Redis deciding every request of a write-behind policy: one atomic script on the Redis clock,
@@ -235,6 +246,12 @@ export interface WriteBehindRedis {
    * Redis still does not hold it (another gateway may have seeded it meanwhile), then decides.
    */
   seedAndDecide (request: BucketRequest, tokens: number): Promise<WriteBehindVerdict>
+  /**
+   * Decides one request's buckets (each once) at one instant, all or nothing; `seeds` (null:
+   * none) seed the missing ones as `seedAndDecide` does. Null where one call cannot hold them (a
+   * Cluster: one slot per bucket): the caller decides them one by one.
+   */
+  decideGroup (requests: readonly BucketRequest[], seeds: ReadonlyArray<number | null>): Promise<WriteBehindGroupVerdict | null>
   /**
    * Lowers buckets Redis holds to PostgreSQL's state where that has fewer tokens (the min-merge
    * before Redis decides again after PostgreSQL decided without it); absent buckets stay absent

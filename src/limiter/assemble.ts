@@ -78,6 +78,7 @@ export function assemble (ports: LimiterPorts, options: LimiterOptions, fallback
     refunds,
     group: new GroupFlow({
       cache, clock, outage, overLimit, postgres, metrics, decideWriteBehind,
+      decideWriteBehindGroup: writeBehind === null ? null : async (requests) => await writeBehind.decideGroup(requests),
       withoutPostgres: async (request, key) => await withoutPostgres.decide(request, key),
       giveBack: async (request, charged) => await refunds.giveBack(request, charged)
     }),

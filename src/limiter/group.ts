@@ -27,6 +27,8 @@ export interface GroupSteps {
   readonly giveBack: (request: BucketRequest, charged: Decision) => Promise<boolean>
   /** One write-behind bucket's decision (the limiter's); null: every bucket is decided strictly. */
   readonly decideWriteBehind: ((request: BucketRequest, key: string) => Promise<Decision>) | null
+  /** Several write-behind buckets in one atomic Redis call, all charged or none; null: decide them one by one. */
+  readonly decideWriteBehindGroup: ((requests: readonly BucketRequest[]) => Promise<Decision[] | null>) | null
 }
 
 export class GroupFlow {
@@ -87,22 +89,31 @@ export class GroupFlow {
 
   /**
    * Write-behind buckets beside strict ones (a per-second burst in Redis, a daily quota in
-   * PostgreSQL): no bucket is decided by both stores. The write-behind buckets go first, one by
-   * one (a Redis round trip each, cheaper than PostgreSQL's transaction, and the burst is the one
-   * that usually refuses); then the strict ones, all or nothing among themselves (steps 1-5
-   * above). The first refusal refuses the request, and every write-behind bucket already charged
-   * for it is given back (refund.ts), so the request charges all of its buckets or none.
+   * PostgreSQL): no bucket is decided by both stores. The write-behind buckets go first (a Redis
+   * round trip, cheaper than PostgreSQL's transaction, and the burst is the one that usually
+   * refuses): on one Redis server all of them in one atomic call, charged all or none; else (a
+   * Cluster, Redis away) one by one. Then the strict ones, all or nothing among themselves
+   * (steps 1-5 above). A refusal refuses the request, and every write-behind bucket already
+   * charged for it is given back (refund.ts), so the request charges all of its buckets or none.
    */
   async #mixed (requests: readonly BucketRequest[], keys: readonly string[], decideWriteBehind: (request: BucketRequest, key: string) => Promise<Decision>): Promise<Decision[]> {
     const out: Array<Decision | null> = requests.map(() => null)
     const charged: Decision[] = []
     const refuse = async (): Promise<Decision[]> => await this.#refuseCharged(requests, keys, out, charged)
-    for (let i = 0; i < requests.length; i++) {
-      if (!isWriteBehind(requests[i]!)) continue
-      const d = await decideWriteBehind(requests[i]!, keys[i]!)
-      out[i] = d
-      if (!d.allowed) return await refuse()
-      charged.push(d)
+    const wb = requests.flatMap((r, i) => isWriteBehind(r) ? [i] : [])
+    const together = wb.length > 1 && this.#d.decideWriteBehindGroup !== null ? await this.#d.decideWriteBehindGroup(wb.map((i) => requests[i]!)) : null
+    if (together !== null) {
+      together.forEach((d, j) => { out[wb[j]!] = d })
+      // Refused together: nothing was charged, nothing to give back.
+      if (together.some((d) => !d.allowed)) return await this.#refusedEarly(requests, keys, out, null)
+      charged.push(...together)
+    } else {
+      for (const i of wb) {
+        const d = await decideWriteBehind(requests[i]!, keys[i]!)
+        out[i] = d
+        if (!d.allowed) return await refuse()
+        charged.push(d)
+      }
     }
     const strict = requests.flatMap((r, i) => isWriteBehind(r) ? [] : [i])
     if (strict.length > 0) {

@@ -90,6 +90,44 @@ export class WriteBehindStep {
   }
 
   /**
+   * Several write-behind buckets of one request in one atomic call, all or nothing: every
+   * decision allowed and charged, or none charged (the ones that could pay are reported allowed,
+   * as they stand). A miss loads the missing buckets and calls again with their seeds. Null:
+   * decide them one by one (a Cluster; Redis away or failing, where `decide` leads to PostgreSQL;
+   * a bucket gone between the two calls).
+   */
+  async decideGroup (requests: readonly BucketRequest[]): Promise<Decision[] | null> {
+    if (this.#away) return null
+    const { redis, ledger, outage } = this.#d
+    let verdict = await redis.decideGroup(requests, requests.map(() => null))
+    let loaded: readonly boolean[] = []
+    let rows: Array<number | null> = []
+    if (verdict?.kind === 'miss') {
+      const { missing } = verdict
+      if (!outage.down) {
+        try {
+          rows = await Promise.all(requests.map(async (r, i) => missing[i] === true ? await ledger.load(r) : null))
+          loaded = missing
+        } catch (err) {
+          outage.failed(err)
+        }
+      }
+      verdict = await redis.decideGroup(requests, requests.map((r, i) => missing[i] === true ? rows[i] ?? r.policy.capacity : null))
+    }
+    if (verdict === null) return null
+    if (verdict.kind !== 'decided') {
+      if (verdict.kind === 'unavailable') this.#leave()
+      return null
+    }
+    return verdict.buckets.map((v, i) => {
+      const request = requests[i]!
+      this.#d.sync.record(request.policy, request.userId, v.tokens, v.atMs)
+      const source: DecisionSource = v.seeded && loaded[i] === true ? (rows[i] === null ? 'new-user' : 'postgres') : 'redis'
+      return makeDecision(request.policy, request.cost, v.allowed, v.tokens, source, 'redis')
+    })
+  }
+
+  /**
    * Gives a bucket Redis charged its cost back (refund.ts), never above capacity; the new state
    * is written behind like any other. False when Redis no longer holds it (nothing given back).
    */

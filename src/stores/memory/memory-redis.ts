@@ -21,7 +21,7 @@ import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import {
   CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE, WB_MISS, WB_UNAVAILABLE,
   type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisVerdict, type SnapshotCache,
-  type WriteBehindRedis, type WriteBehindVerdict
+  type WriteBehindGroupVerdict, type WriteBehindRedis, type WriteBehindVerdict
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { decodeMember, encodeMember, memberOf } from '../owned-member.ts'
@@ -137,6 +137,37 @@ export class MemoryRedis {
     [tokens, allowed] = spend(tokens, at, now, cap, rate, cost)
     this.set(key, num(tokens) + '|' + num(now) + '|w', ttl)
     return [allowed, tokens, now, seeded]
+  }
+
+  /**
+   * WB_DECIDE_GROUP of scripts.ts: the keys missing without a seed (nothing written), or each
+   * key's [1 can pay | 0 cannot, tokens, atMs, seeded] and whether all were charged.
+   */
+  wbDecideGroupScript (buckets: ReadonlyArray<{ readonly key: string, readonly cost: number, readonly cap: number, readonly rate: number, readonly ttl: number, readonly seed: number | null }>):
+    { readonly missing: boolean[] } | { readonly charged: boolean, readonly buckets: Array<[number, number, number, 0 | 1]> } {
+    const clock = this.#now()
+    const states = buckets.map(({ key, cap, seed }) => {
+      const current = parseValue(this.get(key))
+      if (current !== null) return { tokens: current.tokens, at: current.at, seeded: 0 as const }
+      return seed === null ? null : { tokens: Math.min(cap, seed), at: clock, seeded: 1 as const }
+    })
+    if (states.includes(null)) return { missing: states.map((x) => x === null) }
+    const decided = buckets.map((b, i) => {
+      const { tokens, at, seeded } = states[i]!
+      const now = Math.max(clock, at)
+      const t = refill(tokens, at, now, b.cap, b.rate)
+      return { t, now, seeded, pay: t + 1e-9 >= b.cost ? 1 : 0 }
+    })
+    const charged = decided.every((d) => d.pay === 1)
+    return {
+      charged,
+      buckets: decided.map((d, i) => {
+        const b = buckets[i]!
+        const t = charged ? d.t - b.cost : d.t
+        if (charged || d.seeded === 1) this.set(b.key, num(t) + '|' + num(d.now) + '|w', b.ttl)
+        return [d.pay, t, d.now, d.seeded]
+      })
+    }
   }
 
   /** WB_LOWER of scripts.ts: 1 if lowered. */
@@ -457,6 +488,22 @@ export class MemoryWriteBehindRedis implements WriteBehindRedis {
       policy.refillPerSecond, fullRefillSeconds(policy), seed)
     if (status === -2) return WB_MISS
     return { kind: 'decided', allowed: status === 1, tokens, atMs, seeded: seeded === 1 }
+  }
+
+  async decideGroup (requests: readonly BucketRequest[], seeds: ReadonlyArray<number | null>): Promise<WriteBehindGroupVerdict | null> {
+    const r = this.#redis
+    const keys = requests.map(({ policy, userId }) => r.wbKey(policy.cacheName ?? policy.name, userId))
+    if (new Set(keys).size < keys.length) return null
+    if (!this.available) return WB_UNAVAILABLE
+    r.wbDecideCalls++
+    const out = r.wbDecideGroupScript(requests.map(({ policy, cost }, i) =>
+      ({ key: keys[i]!, cost, cap: policy.capacity, rate: policy.refillPerSecond, ttl: fullRefillSeconds(policy), seed: seeds[i] ?? null })))
+    if ('missing' in out) return { kind: 'miss', missing: out.missing }
+    return {
+      kind: 'decided',
+      charged: out.charged,
+      buckets: out.buckets.map(([pay, tokens, atMs, seeded]) => ({ kind: 'decided', allowed: pay === 1, tokens, atMs, seeded: seeded === 1 }))
+    }
   }
 
   async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {

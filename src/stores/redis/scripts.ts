@@ -250,6 +250,71 @@ return out
 `
 
 /**
+ * Write-behind mode, several buckets of one request (a plan's burst and hourly limits), all or
+ * nothing in one atomic call: every bucket is charged, or none is. Without it the buckets were
+ * charged one by one and given back on a refusal, and a concurrent request of the same caller
+ * that saw one charged in between was refused for tokens it got back a moment later.
+ * KEYS: the request's buckets, each once (on one server only: their hash tags differ, so on a
+ * Cluster they are in different slots and the gateway decides them one by one).
+ * ARGV: five per key, as WB_DECIDE_MANY's: cost, capacity, rate per second, ttl seconds, seed.
+ * Returns -2 and then, per key, 1 missing | 0 held, when any key is missing without a seed
+ * (nothing written: the gateway loads the missing ones and calls again with their seeds);
+ * otherwise 1 (all charged) | 0 (none charged) and four per key: 1 can pay | 0 cannot, tokens
+ * (after the charge if charged, else as they stand), atMs, 1 seeded by this call | 0.
+ * Every key is read before any is written, so a failing GET (a key of another type) leaves all
+ * of them as they were. A refused call writes only the buckets it seeded (uncharged).
+ * The same arithmetic as WB_DECIDE_MANY, spelled out for the same reason.
+ */
+const WB_DECIDE_GROUP = `
+local clock = redis.call('TIME')
+local clock_now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local n = #KEYS
+local tokens, at, seeded, missing = {}, {}, {}, nil
+for i = 1, n do
+  local j = 5 * i - 5
+  local a, b
+  local v = redis.call('GET', KEYS[i])
+  if v then a, b = string.match(v, '^([^|]*)|([^|]*)') end
+  local t, s = tonumber(a), tonumber(b)
+  seeded[i] = 0
+  if t == nil or s == nil then
+    if ARGV[j + 5] ~= '' then
+      t, s, seeded[i] = math.min(tonumber(ARGV[j + 2]), tonumber(ARGV[j + 5])), clock_now, 1
+    else
+      missing = missing or {}
+      missing[i] = 1
+    end
+  end
+  tokens[i], at[i] = t, s
+end
+if missing then
+  local out = {-2}
+  for i = 1, n do out[i + 1] = missing[i] or 0 end
+  return out
+end
+local all, pay, now = 1, {}, {}
+for i = 1, n do
+  local j = 5 * i - 5
+  local cap, rate = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+  local t, s, w = tokens[i], at[i], clock_now
+  if w < s then w = s end
+  if w > s then t = math.min(cap, t + (w - s) * rate / 1000) else t = math.min(t, cap) end
+  tokens[i], now[i] = t, w
+  if t + 1e-9 >= tonumber(ARGV[j + 1]) then pay[i] = 1 else pay[i], all = 0, 0 end
+end
+local out = {all}
+for i = 1, n do
+  local j = 5 * i - 5
+  local t = tokens[i]
+  if all == 1 then t = t - tonumber(ARGV[j + 1]) end
+  local ts, ns = string.format('%.17g', t), string.format('%.17g', now[i])
+  if all == 1 or seeded[i] == 1 then redis.call('SET', KEYS[i], ts .. '|' .. ns .. '|w', 'EX', ARGV[j + 4]) end
+  out[4 * i - 2], out[4 * i - 1], out[4 * i], out[4 * i + 1] = pay[i], ts, ns, seeded[i]
+end
+return out
+`
+
+/**
  * Write-behind mode, after PostgreSQL decided without Redis: a bucket Redis still holds is
  * lowered to PostgreSQL's state where that has fewer tokens (both refilled to now: PostgreSQL's
  * at the database's now when read, which is earlier, so the refill between is given up), so
@@ -303,6 +368,8 @@ export interface ScriptedRedis extends Redis {
   rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<Array<number | string>>
   /** WB_DECIDE_MANY: the key count, the keys, then cost, capacity, rate, ttl and seed per key; four replies per key. */
   rlWbDecideMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
+  /** WB_DECIDE_GROUP: the key count, the keys, then cost, capacity, rate, ttl and seed per key. */
+  rlWbDecideGroup: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
   rlWbRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string, string]>
 }
@@ -316,6 +383,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
   client.defineCommand('rlWbDecide', { numberOfKeys: 1, lua: WB_DECIDE_MANY })
   client.defineCommand('rlWbDecideMany', { lua: WB_DECIDE_MANY })
+  client.defineCommand('rlWbDecideGroup', { lua: WB_DECIDE_GROUP })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })
   return client as ScriptedRedis

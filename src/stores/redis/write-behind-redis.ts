@@ -11,7 +11,7 @@
  * merely late (up to fallback.redisTimeoutMs) must not send the request elsewhere; a Redis
  * really gone opens this adapter's own circuit breaker and PostgreSQL decides (strictly).
  */
-import type { BucketRequest, WriteBehindRedis as WriteBehindRedisPort, WriteBehindVerdict } from '../../core/ports.ts'
+import type { BucketRequest, WriteBehindDecided, WriteBehindGroupVerdict, WriteBehindRedis as WriteBehindRedisPort, WriteBehindVerdict } from '../../core/ports.ts'
 import { WB_MISS, WB_UNAVAILABLE } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import type { Metrics } from '../../observability/metrics.ts'
@@ -127,6 +127,49 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
         : { kind: 'decided', allowed: status === 1, tokens: Number(reply[4 * i + 1]), atMs: Number(reply[4 * i + 2]), seeded: reply[4 * i + 3] === 1 }
     }
     return verdicts
+  }
+
+  /**
+   * One WB_DECIDE_GROUP call for a request's buckets. Null on a Cluster (one slot per bucket) or
+   * for a bucket named twice (tiers made two policies one), where one by one is right.
+   */
+  async decideGroup (requests: readonly BucketRequest[], seeds: ReadonlyArray<number | null>): Promise<WriteBehindGroupVerdict | null> {
+    if (this.#decisions === null) return null
+    const n = requests.length
+    const args = new Array<string | number>(6 * n)
+    for (let i = 0; i < n; i++) {
+      const { policy, userId, cost } = requests[i]!
+      const key = writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId)
+      for (let k = 0; k < i; k++) if (args[k] === key) return null
+      args[i] = key
+      const j = n + 5 * i
+      args[j] = cost
+      args[j + 1] = policy.capacity
+      args[j + 2] = policy.refillPerSecond
+      args[j + 3] = this.#ttl(policy)
+      args[j + 4] = seeds[i] ?? ''
+    }
+    const client = this.#client()
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return WB_UNAVAILABLE
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
+    let reply: Array<number | string>
+    try {
+      reply = await client.rlWbDecideGroup(n, ...args)
+    } catch (err) {
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
+      this.#health.failed(err)
+      return WB_UNAVAILABLE
+    }
+    this.#breaker.success()
+    this.#health.succeeded()
+    if (reply[0] === -2) return { kind: 'miss', missing: requests.map((_, i) => reply[i + 1] === 1) }
+    const buckets = new Array<WriteBehindDecided>(n)
+    for (let i = 0; i < n; i++) {
+      const k = 4 * i + 1
+      buckets[i] = { kind: 'decided', allowed: reply[k] === 1, tokens: Number(reply[k + 1]), atMs: Number(reply[k + 2]), seeded: reply[k + 3] === 1 }
+    }
+    return { kind: 'decided', charged: reply[0] === 1, buckets }
   }
 
   async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {
