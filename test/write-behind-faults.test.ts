@@ -148,3 +148,33 @@ t.test('Redis cut off: PostgreSQL decides strictly, and no bucket is refunded wh
   t.equal([...seen, ...strict].filter(([s]) => s === 201).length, 10, 'exactly the capacity in total, across the switch and back')
   t.ok(gw.logs.some((l) => l.msg.startsWith('Redis cannot decide')) && gw.logs.some((l) => l.msg === 'Redis decides the write-behind buckets again'), 'both switches logged once')
 })
+
+t.test('Redis cut off under a request of two write-behind buckets: PostgreSQL decides both strictly, none refunded on the way back', async (t) => {
+  const relay = await startTcpRelay(t, '127.0.0.1', Number(new URL(TEST_REDIS_URL).port || 6379))
+  const gw = await startTestGateway(t, {
+    redisUrl: `redis://127.0.0.1:${relay.port}`,
+    config: {
+      limits: { consistency: 'write-behind', syncIntervalMs: 50 },
+      fallback: { probeIntervalMs: 100 },
+      policies: { wide: { capacity: 10, refillPerSecond: 0.001 }, narrow: { capacity: 6, refillPerSecond: 0.001 } },
+      routes: [{ path: '/both', policy: ['wide', 'narrow'] }]
+    }
+  })
+  const ask = async (): Promise<[number, string]> => {
+    const r = await send(gw.proxyUrl + '/both', { user: 'cut2' })
+    return [r.status, r.headers.get('x-data-source') ?? '']
+  }
+  const seen: Array<[number, string]> = []
+  for (let i = 0; i < 4; i++) seen.push(await ask())
+  t.same(seen.map(([s]) => s), [201, 201, 201, 201], 'four allowed by Redis, both buckets in one call')
+  await relay.cut()
+  // The switch flushes both buckets' states; PostgreSQL then decides: narrow has two left.
+  const strict: Array<[number, string]> = []
+  for (let i = 0; i < 4; i++) strict.push(await ask())
+  t.same(strict, [[201, 'postgres'], [201, 'postgres'], [429, 'postgres'], [429, 'postgres']], 'PostgreSQL decided both buckets: narrow\'s two tokens left')
+  await relay.restore()
+  const back = await waitFor(async () => { const a = await ask(); seen.push(a); return a[1] === 'redis' ? a : null }, { timeoutMs: 10_000, what: 'Redis deciding again' }) as [number, string]
+  t.equal(back[0], 429, 'Redis learnt PostgreSQL\'s state of both buckets: nothing refunded')
+  t.equal([...seen, ...strict].filter(([s]) => s === 201).length, 6, 'exactly narrow\'s capacity in total, across the switch and back')
+  t.equal(gw.logs.filter((l) => l.msg.startsWith('Redis cannot decide')).length, 1, 'the switch logged once')
+})
