@@ -4,6 +4,9 @@
  *   PEER_LIMITER=none      no limiter at all: the floor of this stack (case 2);
  *   PEER_LIMITER=redis     rate-limiter-flexible's RateLimiterRedis (case 7);
  *   PEER_LIMITER=postgres  rate-limiter-flexible's RateLimiterPostgres on node-postgres (case 7).
+ * PEER_PLAN (redis only), "capacity/refill,capacity/refill,...": one RateLimiterRedis per limit,
+ * consumed together by a RateLimiterUnion (the library's way to a plan of several limits; not
+ * atomic: each limit is its own call, and a refusal by one still charges the others).
  * The peer gets the gateway's capacity as points per window of capacity/refill seconds
  * (rate-limiter-flexible counts fixed windows; it has no token bucket), the same caller header,
  * and answers 429 with Retry-After, as the gateway does.
@@ -12,7 +15,7 @@ import httpProxy from '@fastify/http-proxy'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import pg from 'pg'
-import { RateLimiterPostgres, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible'
+import { RateLimiterPostgres, RateLimiterRedis, RateLimiterRes, RateLimiterUnion, type RateLimiterAbstract } from 'rate-limiter-flexible'
 import type { AddressInfo } from 'node:net'
 
 const env = process.env
@@ -22,14 +25,42 @@ const refill = Number(env.RATE_LIMIT_REFILL_PER_SECOND ?? 1)
 const header = env.USER_ID_HEADER ?? 'x-user-id'
 const duration = Math.max(1, Math.ceil(capacity / refill))
 
-async function makeLimiter (): Promise<{ limiter: RateLimiterAbstract | null, close: () => Promise<void> }> {
+/** What the proxy asks: consume one point, or reject with the longest wait. */
+interface Consumer { consume: (key: string) => Promise<RateLimiterRes> }
+
+/** A plan's limits as one consumer: resolves with the fewest points left, rejects with the longest wait. */
+function union (limiters: RateLimiterRedis[]): Consumer {
+  const all = new RateLimiterUnion(...limiters)
+  const fewest = (results: Record<string, RateLimiterRes>, pick: (a: RateLimiterRes, b: RateLimiterRes) => boolean): RateLimiterRes =>
+    Object.values(results).reduce((a, b) => pick(a, b) ? a : b)
+  return {
+    consume: async (key) => {
+      try {
+        return fewest(await all.consume(key, 1) as Record<string, RateLimiterRes>, (a, b) => a.remainingPoints <= b.remainingPoints)
+      } catch (rejected) {
+        if (rejected instanceof Error) throw rejected
+        throw fewest(rejected as Record<string, RateLimiterRes>, (a, b) => a.msBeforeNext >= b.msBeforeNext)
+      }
+    }
+  }
+}
+
+async function makeLimiter (): Promise<{ limiter: Consumer | null, close: () => Promise<void> }> {
   if (mode === 'none') return { limiter: null, close: async () => {} }
   if (mode === 'redis') {
     // The same client options as the gateway's cache: auto-pipelining, fail fast.
     const client = new Redis(env.REDIS_URL ?? 'redis://127.0.0.1:6379', { enableAutoPipelining: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, lazyConnect: true })
     await client.connect()
-    const limiter = new RateLimiterRedis({ storeClient: client, keyPrefix: env.REDIS_KEY_PREFIX ?? 'rlflx', points: capacity, duration })
-    return { limiter, close: async () => { await client.quit() } }
+    const prefix = env.REDIS_KEY_PREFIX ?? 'rlflx'
+    if (env.PEER_PLAN !== undefined) {
+      const limits = env.PEER_PLAN.split(',').map((l, i) => {
+        const [c, r] = l.split('/').map(Number) as [number, number]
+        return new RateLimiterRedis({ storeClient: client, keyPrefix: `${prefix}${i}`, points: c, duration: Math.max(1, Math.ceil(c / r)) })
+      })
+      return { limiter: union(limits), close: async () => { await client.quit() } }
+    }
+    const limiter: RateLimiterAbstract = new RateLimiterRedis({ storeClient: client, keyPrefix: prefix, points: capacity, duration })
+    return { limiter: { consume: async (key) => await limiter.consume(key, 1) }, close: async () => { await client.quit() } }
   }
   if (mode === 'postgres') {
     // The gateway's pool size (10 by default).
@@ -38,7 +69,7 @@ async function makeLimiter (): Promise<{ limiter: RateLimiterAbstract | null, cl
       const l: RateLimiterPostgres = new RateLimiterPostgres({ storeClient: pool, storeType: 'pool', tableName: 'rlflx_bench', points: capacity, duration, clearExpiredByTimeout: false },
         (err?: Error) => err ? reject(err) : resolve(l))
     })
-    return { limiter, close: async () => { await pool.end() } }
+    return { limiter: { consume: async (key) => await limiter.consume(key, 1) }, close: async () => { await pool.end() } }
   }
   throw new Error(`PEER_LIMITER=${mode}: expected none, redis or postgres`)
 }
@@ -53,7 +84,7 @@ if (limiter !== null) {
       return reply
     }
     try {
-      const res = await limiter.consume(id, 1)
+      const res = await limiter.consume(id)
       reply.header('x-ratelimit-limit', capacity).header('x-ratelimit-remaining', res.remainingPoints).header('x-ratelimit-reset', Math.ceil(res.msBeforeNext / 1000))
     } catch (rejected) {
       if (!(rejected instanceof RateLimiterRes)) throw rejected

@@ -10,8 +10,9 @@
  *   BENCH_PROCESS_WARMUP seconds of load on every new server process before its first case (6)
  *   BENCH_CALLERS distinct callers in cases 3, 6 and 7 (50000)
  *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
- *   BENCH_ONLY=1,2,3,4,5,6,L,A,W,N,U,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log,
- *     W = cases 3, 4 and 5 in write-behind mode, N = allow-listed caller, U = one-connection latency in µs,
+ *   BENCH_ONLY=1,2,3,4,5,6,L,A,W,P,N,U,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log,
+ *     W = cases 3, 4 and 5 in write-behind mode, P = a plan of three write-behind buckets and the peer's union of three,
+ *     N = allow-listed caller, U = one-connection latency in µs,
  *     T = the issue-12 ratios again, the servers taking turns: BENCH_TURNS rounds (3) of BENCH_TURN_SECONDS (5);
  *     with U too, the latency targets the same way: BENCH_LATENCY_TURNS rounds (5) of BENCH_LATENCY_REQUESTS / rounds requests)
  *   BENCH_LATENCY_REQUESTS timed sequential requests per server in the latency rows (5000)  BENCH_LOADGEN=autocannon (even when wrk is installed)
@@ -82,9 +83,9 @@ const facts: string[] = []
 
 function log (line: string): void { process.stderr.write(line + '\n') }
 
-async function startServer (name: string, limiter: 'none' | 'redis' | 'postgres', upstreamUrl: string): Promise<{ child: Child, url: string }> {
+async function startServer (name: string, limiter: 'none' | 'redis' | 'postgres', upstreamUrl: string, extra: Record<string, string> = {}): Promise<{ child: Child, url: string }> {
   const child = await startChild(name, join(here, 'peer.js'), {
-    PATH: env.PATH, PEER_LIMITER: limiter, UPSTREAM_URL: upstreamUrl, REDIS_URL, DATABASE_URL: databaseUrl, REDIS_KEY_PREFIX: redisPrefix + 'rlflx'
+    PATH: env.PATH, PEER_LIMITER: limiter, UPSTREAM_URL: upstreamUrl, REDIS_URL, DATABASE_URL: databaseUrl, REDIS_KEY_PREFIX: redisPrefix + 'rlflx', ...extra
   }, (l) => l.ready === true)
   children.push(child)
   return { child, url: `http://127.0.0.1:${child.ready.port as number}` }
@@ -584,6 +585,28 @@ async function main (): Promise<void> {
         await measure('5W', 'case 5 in write-behind mode', wb5.url, mix('m-w'), { controlUrl: wb5.controlUrl, cpu: cpuOf(wb5.child) })
         await stop(wb5.child)
       }
+    }
+    if (wants('P')) {
+      // A plan of three limits on every request (a burst, an hourly and a daily quota), in
+      // write-behind mode: one atomic Redis call decides all three (WB_DECIDE_GROUP). Beside it
+      // the peer's way to a plan: a RateLimiterUnion of three RateLimiterRedis (three calls,
+      // auto-pipelined; not all or nothing: a refusal by one still charges the others).
+      const plan = [[10, 1], [1000, 0.28], [10000, 0.116]] as const
+      const planFile = join(mkdtempSync(join(tmpdir(), 'gw-bench-plan-')), 'plan.yaml')
+      writeFileSync(planFile, 'policies:\n' + plan.map(([c, r], i) => `  plan${i}: { capacity: ${c}, refillPerSecond: ${r} }\n`).join('') +
+        `defaultPolicy: [${plan.map((_, i) => `plan${i}`).join(', ')}]\n`)
+      const gwp = await startGatewayProc('gateway-wb-plan', upstreamUrl, { CONFIG_FILE: planFile, CONSISTENCY: 'write-behind' })
+      const planLoad: Workload = { kind: 'proxy', prefix: 'wp', callers: CALLERS }
+      await warmProcess('gateway-wb-plan', gwp.url, planLoad)
+      log(`write-behind plan: every one of the ${CALLERS} callers once, so Redis holds their buckets ...`)
+      await visitEach(gwp.url, planLoad, CONNECTIONS)
+      await measure('3WP', 'case 3 in write-behind mode, a plan of three buckets per request', gwp.url, planLoad, { controlUrl: gwp.controlUrl, cpu: cpuOf(gwp.child) })
+      await stop(gwp.child)
+      const peerPlan = await startServer('peer-redis-plan', 'redis', upstreamUrl, { PEER_PLAN: plan.map(([c, r]) => `${c}/${r}`).join(',') })
+      const peerLoad: Workload = { kind: 'proxy', prefix: 'prp', callers: CALLERS }
+      await warmProcess('peer-redis-plan', peerPlan.url, peerLoad)
+      await measure('7p', 'peer: RateLimiterUnion of three RateLimiterRedis, case 3 load', peerPlan.url, peerLoad, { cpu: cpuOf(peerPlan.child, false) })
+      await stop(peerPlan.child)
     }
     if (wants('L')) {
       // The same loads as cases 4 and 5, with the same settings, with the over-limit cache on.
