@@ -588,7 +588,7 @@ async function main (): Promise<void> {
     }
     if (wants('P')) {
       // A plan of three limits on every request (a burst, an hourly and a daily quota), in
-      // write-behind mode: one atomic Redis call decides all three (WB_DECIDE_GROUP). Beside it
+      // write-behind mode: one atomic Redis call decides all three (WB_DECIDE_GROUPS). Beside it
       // the peer's way to a plan: a RateLimiterUnion of three RateLimiterRedis (three calls,
       // auto-pipelined; not all or nothing: a refusal by one still charges the others).
       const plan = [[10, 1], [1000, 0.28], [10000, 0.116]] as const

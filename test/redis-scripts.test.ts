@@ -219,12 +219,14 @@ t.test('Lua scripts', async (t) => {
       }
     }
     const group = async (buckets: Array<[string, number, number | '']>): Promise<Array<number | string>> => {
-      const reply = await redis.rlWbDecideGroup(buckets.length, ...buckets.map(([name]) => wb(name)), ...buckets.flatMap(([, cost, seed]) => [cost, 10, 0, 60, seed]))
+      const reply = await redis.rlWbDecideGroups(buckets.length, ...buckets.map(([name]) => wb(name)), 1, buckets.length, ...buckets.flatMap(([, cost, seed]) => [cost, 10, 0, 60, seed]))
       const mine = twin.wbDecideGroupScript(buckets.map(([name, cost, seed]) => ({ key: wb(name), cost, cap: 10, rate: 0, ttl: 60, seed: seed === '' ? null : seed })))
-      const expected = 'missing' in mine
-        ? [-2, ...mine.missing.map((m) => m ? 1 : 0)]
-        : [mine.charged ? 1 : 0, ...mine.buckets.flatMap(([pay, tokens, , seeded]) => [pay, tokens, 'at', seeded])]
-      t.same(reply.map((x, i) => reply[0] !== -2 && i % 4 === 3 ? 'at' : typeof x === 'string' ? Number(x) : x), expected, 'the twin answers the same')
+      if ('missing' in mine) {
+        t.same(reply, [-2, ...mine.missing.flatMap((m) => [m ? 1 : 0, '', '', 0])], 'the twin answers the same')
+      } else {
+        const expected = [mine.charged ? 1 : 0, ...mine.buckets.flatMap(([pay, tokens, , seeded]) => [pay, tokens, 'at', seeded])]
+        t.same(reply.map((x, i) => i % 4 === 3 ? 'at' : typeof x === 'string' ? Number(x) : x), expected, 'the twin answers the same')
+      }
       return reply
     }
     const tokens = async (name: string): Promise<number> => Number((await redis.get(wb(name)))?.split('|')[0])
@@ -241,7 +243,7 @@ t.test('Lua scripts', async (t) => {
     t.same([await tokens('a'), await tokens('b')], [2, 0], 'a is not charged')
 
     const before = await redis.get(wb('a'))
-    t.same(await group([['a', 1, ''], ['c', 1, '']]), [-2, 0, 1], 'c is missing without a seed: a miss naming it')
+    t.same(await group([['a', 1, ''], ['c', 1, '']]), [-2, 0, '', '', 0, 1, '', '', 0], 'c is missing without a seed: a miss naming it')
     t.equal(await redis.get(wb('a')), before, 'nothing written: a untouched')
     t.equal(await redis.exists(wb('c')), 0, 'and c not created')
 
@@ -252,5 +254,14 @@ t.test('Lua scripts', async (t) => {
     const again = await group([['a', 2, ''], ['c', 1, 99]])
     t.same([again[0], again[8]], [1, 0], 'charged; the second seed unused')
     t.same([await tokens('a'), await tokens('c')], [0, 3])
+
+    // Several requests' groups in one call (one turn of the event loop), one after another.
+    await setAll({ p: `2|${now}|w`, q: `5|${now}|w`, x: null })
+    const flat = await redis.rlWbDecideGroups(5, wb('p'), wb('q'), wb('p'), wb('x'), wb('q'), 4, 2, 1, 1, 1,
+      ...[[1, ''], [1, ''], [2, ''], [1, ''], [1, '']].flatMap(([cost, seed]) => [cost!, 10, 0, 60, seed!]))
+    t.equal(flat.length, 4 + 4 * 5, 'one status per group and four replies per key')
+    t.same([flat[0], flat[9], flat[14], flat[19]], [1, 0, -2, 1], 'p+q charged; p alone then cannot pay 2 (the first group left 1); x a miss; q decided after it')
+    t.same([await tokens('p'), await tokens('q')], [1, 3], 'p charged once, q twice')
+    t.equal(flat[3], flat[22], 'one instant of the Redis clock for the whole call')
   })
 })

@@ -1,7 +1,8 @@
 // Several write-behind policies on one request (a plan's burst and hourly limits) through the
-// real gateway, Redis and PostgreSQL: on one Redis server they are decided in one atomic call
-// (WB_DECIDE_GROUP), all charged or none, so a concurrent request of the same caller is never
-// refused for a charge that is given back a moment later. A Cluster decides them one by one
+// real gateway, Redis and PostgreSQL: on one Redis server they are decided in one atomic step
+// (WB_DECIDE_GROUPS; the requests of one turn of the event loop share a call), all charged or
+// none, so a concurrent request of the same caller is never refused for a charge that is given
+// back a moment later. A Cluster decides them one by one
 // (test/redis-topologies.test.ts); the mixed strict + write-behind case is in write-behind.test.ts.
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -56,7 +57,7 @@ t.test('several write-behind buckets on one request: one atomic Redis call, all 
     const statuses = []
     for (let i = 0; i < 5; i++) statuses.push((await send(gw.proxyUrl + '/plan', { user: 'p' })).status)
     t.same(statuses, [201, 201, 201, 429, 429], 'the burst of 4 refuses the fifth request and after')
-    t.equal(await wbCalls(gw) - before, 5, 'one WB_DECIDE_GROUP per request, not one per bucket')
+    t.equal(await wbCalls(gw) - before, 5, 'one Redis call per request (sequential requests), not one per bucket')
     t.same([await tokens('burst', 'p'), await tokens('hourly', 'p'), await tokens('monthly', 'p')].map((x) => Math.round(x ?? -1)), [0, 96, 996],
       'the refused requests charged neither the hourly nor the monthly bucket')
     t.equal(await metricSum(gw.metrics, 'gateway_refunds_total', { reason: 'group-refused' }), 0, 'nothing charged, so nothing to give back')

@@ -140,7 +140,7 @@ export class MemoryRedis {
   }
 
   /**
-   * WB_DECIDE_GROUP of scripts.ts: the keys missing without a seed (nothing written), or each
+   * One group of WB_DECIDE_GROUPS (scripts.ts): the keys missing without a seed (nothing written), or each
    * key's [1 can pay | 0 cannot, tokens, atMs, seeded] and whether all were charged.
    */
   wbDecideGroupScript (buckets: ReadonlyArray<{ readonly key: string, readonly cost: number, readonly cap: number, readonly rate: number, readonly ttl: number, readonly seed: number | null }>):

@@ -251,65 +251,82 @@ return out
 
 /**
  * Write-behind mode, several buckets of one request (a plan's burst and hourly limits), all or
- * nothing in one atomic call: every bucket is charged, or none is. Without it the buckets were
+ * nothing in one atomic step: every bucket is charged, or none is. Without it the buckets were
  * charged one by one and given back on a refusal, and a concurrent request of the same caller
  * that saw one charged in between was refused for tokens it got back a moment later.
- * KEYS: the request's buckets, each once (on one server only: their hash tags differ, so on a
- * Cluster they are in different slots and the gateway decides them one by one).
- * ARGV: five per key, as WB_DECIDE_MANY's: cost, capacity, rate per second, ttl seconds, seed.
- * Returns -2 and then, per key, 1 missing | 0 held, when any key is missing without a seed
- * (nothing written: the gateway loads the missing ones and calls again with their seeds);
- * otherwise 1 (all charged) | 0 (none charged) and four per key: 1 can pay | 0 cannot, tokens
- * (after the charge if charged, else as they stand), atMs, 1 seeded by this call | 0.
- * Every key is read before any is written, so a failing GET (a key of another type) leaves all
- * of them as they were. A refused call writes only the buckets it seeded (uncharged).
- * The same arithmetic as WB_DECIDE_MANY, spelled out for the same reason.
+ * One call decides the groups (requests) of one turn of the event loop, one after another, as
+ * WB_DECIDE_MANY does for single buckets: a call per request was a third of the gateway's and
+ * Redis's extra cost for a plan of three (docs/performance.md).
+ * KEYS: every group's buckets, group after group, each bucket once within its group (on one
+ * server only: their hash tags differ, so on a Cluster they are in different slots and the
+ * gateway decides them one by one).
+ * ARGV: the group count G, then G group sizes, then five per key as WB_DECIDE_MANY's: cost,
+ * capacity, rate per second, ttl seconds, seed.
+ * Returns per group 1 + 4 per key: -2 when a key of the group is missing without a seed (then
+ * per key 1 missing | 0 held and three blanks; nothing of the group written: the gateway loads
+ * the missing ones and asks again with their seeds); else 1 (all charged) | 0 (none charged)
+ * and per key 1 can pay | 0 cannot, tokens (after the charge if charged, else as they stand),
+ * atMs, 1 seeded by this call | 0.
+ * A group's keys are all read before any is written, so a failing GET (a key of another type)
+ * leaves that group as it was (the groups before it keep their charges, as in WB_DECIDE_MANY:
+ * their requests are decided elsewhere, so a caller can only lose tokens by it). A refused group
+ * writes only the buckets it seeded (uncharged). The same arithmetic as WB_DECIDE_MANY, spelled
+ * out for the same reason.
  */
-const WB_DECIDE_GROUP = `
+const WB_DECIDE_GROUPS = `
 local clock = redis.call('TIME')
 local clock_now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-local n = #KEYS
-local tokens, at, seeded, missing = {}, {}, {}, nil
-for i = 1, n do
-  local j = 5 * i - 5
-  local a, b
-  local v = redis.call('GET', KEYS[i])
-  if v then a, b = string.match(v, '^([^|]*)|([^|]*)') end
-  local t, s = tonumber(a), tonumber(b)
-  seeded[i] = 0
-  if t == nil or s == nil then
-    if ARGV[j + 5] ~= '' then
-      t, s, seeded[i] = math.min(tonumber(ARGV[j + 2]), tonumber(ARGV[j + 5])), clock_now, 1
-    else
-      missing = missing or {}
-      missing[i] = 1
+local groups = tonumber(ARGV[1])
+local out, o, k = {}, 0, 0
+for g = 1, groups do
+  local n = tonumber(ARGV[1 + g])
+  local tokens, at, seeded, missing = {}, {}, {}, false
+  for i = 1, n do
+    local j = 1 + groups + 5 * (k + i - 1)
+    local a, b
+    local v = redis.call('GET', KEYS[k + i])
+    if v then a, b = string.match(v, '^([^|]*)|([^|]*)') end
+    local t, s = tonumber(a), tonumber(b)
+    seeded[i] = 0
+    if t == nil or s == nil then
+      t = nil
+      if ARGV[j + 5] ~= '' then
+        t, s, seeded[i] = math.min(tonumber(ARGV[j + 2]), tonumber(ARGV[j + 5])), clock_now, 1
+      else
+        missing = true
+      end
+    end
+    tokens[i], at[i] = t, s
+  end
+  out[o + 1] = -2
+  if missing then
+    for i = 1, n do
+      local m = 0
+      if tokens[i] == nil then m = 1 end
+      out[o + 4 * i - 2], out[o + 4 * i - 1], out[o + 4 * i], out[o + 4 * i + 1] = m, '', '', 0
+    end
+  else
+    local all, pay, now = 1, {}, {}
+    for i = 1, n do
+      local j = 1 + groups + 5 * (k + i - 1)
+      local cap, rate = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+      local t, s, w = tokens[i], at[i], clock_now
+      if w < s then w = s end
+      if w > s then t = math.min(cap, t + (w - s) * rate / 1000) else t = math.min(t, cap) end
+      tokens[i], now[i] = t, w
+      if t + 1e-9 >= tonumber(ARGV[j + 1]) then pay[i] = 1 else pay[i], all = 0, 0 end
+    end
+    out[o + 1] = all
+    for i = 1, n do
+      local j = 1 + groups + 5 * (k + i - 1)
+      local t = tokens[i]
+      if all == 1 then t = t - tonumber(ARGV[j + 1]) end
+      local ts, ns = string.format('%.17g', t), string.format('%.17g', now[i])
+      if all == 1 or seeded[i] == 1 then redis.call('SET', KEYS[k + i], ts .. '|' .. ns .. '|w', 'EX', ARGV[j + 4]) end
+      out[o + 4 * i - 2], out[o + 4 * i - 1], out[o + 4 * i], out[o + 4 * i + 1] = pay[i], ts, ns, seeded[i]
     end
   end
-  tokens[i], at[i] = t, s
-end
-if missing then
-  local out = {-2}
-  for i = 1, n do out[i + 1] = missing[i] or 0 end
-  return out
-end
-local all, pay, now = 1, {}, {}
-for i = 1, n do
-  local j = 5 * i - 5
-  local cap, rate = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  local t, s, w = tokens[i], at[i], clock_now
-  if w < s then w = s end
-  if w > s then t = math.min(cap, t + (w - s) * rate / 1000) else t = math.min(t, cap) end
-  tokens[i], now[i] = t, w
-  if t + 1e-9 >= tonumber(ARGV[j + 1]) then pay[i] = 1 else pay[i], all = 0, 0 end
-end
-local out = {all}
-for i = 1, n do
-  local j = 5 * i - 5
-  local t = tokens[i]
-  if all == 1 then t = t - tonumber(ARGV[j + 1]) end
-  local ts, ns = string.format('%.17g', t), string.format('%.17g', now[i])
-  if all == 1 or seeded[i] == 1 then redis.call('SET', KEYS[i], ts .. '|' .. ns .. '|w', 'EX', ARGV[j + 4]) end
-  out[4 * i - 2], out[4 * i - 1], out[4 * i], out[4 * i + 1] = pay[i], ts, ns, seeded[i]
+  o, k = o + 1 + 4 * n, k + n
 end
 return out
 `
@@ -368,8 +385,8 @@ export interface ScriptedRedis extends Redis {
   rlWbDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number, seed: number | '') => Reply<Array<number | string>>
   /** WB_DECIDE_MANY: the key count, the keys, then cost, capacity, rate, ttl and seed per key; four replies per key. */
   rlWbDecideMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
-  /** WB_DECIDE_GROUP: the key count, the keys, then cost, capacity, rate, ttl and seed per key. */
-  rlWbDecideGroup: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
+  /** WB_DECIDE_GROUPS: the key count, the keys, the group count, the group sizes, then cost, capacity, rate, ttl and seed per key. */
+  rlWbDecideGroups: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
   rlWbRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string, string]>
 }
@@ -383,7 +400,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
   client.defineCommand('rlWbDecide', { numberOfKeys: 1, lua: WB_DECIDE_MANY })
   client.defineCommand('rlWbDecideMany', { lua: WB_DECIDE_MANY })
-  client.defineCommand('rlWbDecideGroup', { lua: WB_DECIDE_GROUP })
+  client.defineCommand('rlWbDecideGroups', { lua: WB_DECIDE_GROUPS })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })
   return client as ScriptedRedis

@@ -1,8 +1,8 @@
 /**
  * Redis deciding every request of a write-behind policy (the WriteBehindRedis port): one
- * atomic Lua script on the Redis clock (scripts.ts WB_DECIDE_MANY). On one server (or
- * Sentinel's master) the decisions of one turn of the event loop go in one call, one round
- * trip for all of them: the call itself was about a third of Redis's work per request and half
+ * atomic Lua script on the Redis clock (scripts.ts WB_DECIDE_MANY; a request's several
+ * buckets, all or nothing: WB_DECIDE_GROUPS). On one server (or Sentinel's master) the
+ * decisions of one turn of the event loop go in one call, one round trip for all of them: the call itself was about a third of Redis's work per request and half
  * of ioredis's (docs/performance.md). On a Cluster each goes alone, one slot per call.
  * A bucket Redis does not hold is a miss; the limiter loads PostgreSQL's state and seeds it
  * (seeded only if still absent), so a new or evicted bucket starts from the truth, not full.
@@ -28,6 +28,8 @@ export function writeBehindKey (prefix: string, cacheName: string, userId: strin
 
 /** Most decisions in one call (a turn of the event loop rarely has more). */
 const MAX_KEYS_PER_CALL = 256
+/** Most requests of several buckets in one call. */
+const MAX_GROUPS_PER_CALL = 64
 
 interface Decision { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
 
@@ -40,6 +42,8 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   /** Coalescing, for a single server; null on a Cluster or without Redis. */
   readonly #decisions: Batcher<Decision, WriteBehindVerdict> | null
+  /** The same for requests of several buckets (each item one request's group). */
+  readonly #groups: Batcher<readonly Decision[], WriteBehindGroupVerdict> | null
 
   /**
    * `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log.
@@ -52,9 +56,9 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     this.#health = health
     this.#metrics = metrics
     const c = client()
-    this.#decisions = c === null || isCluster(c)
-      ? null
-      : new Batcher((batch) => this.#decideMany(c, batch), { maxSize: MAX_KEYS_PER_CALL, maxInFlight: 4, windowMs: 0 })
+    const single = c !== null && !isCluster(c)
+    this.#decisions = single ? new Batcher((batch) => this.#decideMany(c, batch), { maxSize: MAX_KEYS_PER_CALL, maxInFlight: 4, windowMs: 0 }) : null
+    this.#groups = single ? new Batcher((batch) => this.#decideGroups(c, batch), { maxSize: MAX_GROUPS_PER_CALL, maxInFlight: 4, windowMs: 0 }) : null
   }
 
   /** Connected (the circuit breaker aside: `lower`, the switch back, is its probe). */
@@ -130,46 +134,77 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   }
 
   /**
-   * One WB_DECIDE_GROUP call for a request's buckets. Null on a Cluster (one slot per bucket) or
-   * for a bucket named twice (tiers made two policies one), where one by one is right.
+   * A request's buckets decided together: the groups of one turn of the event loop share one
+   * WB_DECIDE_GROUPS call. Null on a Cluster (one slot per bucket) or for a bucket named twice
+   * (tiers made two policies one), where one by one is right.
    */
   async decideGroup (requests: readonly BucketRequest[], seeds: ReadonlyArray<number | null>): Promise<WriteBehindGroupVerdict | null> {
-    if (this.#decisions === null) return null
-    const n = requests.length
-    const args = new Array<string | number>(6 * n)
-    for (let i = 0; i < n; i++) {
+    if (this.#groups === null) return null
+    const group = new Array<Decision>(requests.length)
+    for (let i = 0; i < requests.length; i++) {
       const { policy, userId, cost } = requests[i]!
       const key = writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId)
-      for (let k = 0; k < i; k++) if (args[k] === key) return null
-      args[i] = key
-      const j = n + 5 * i
-      args[j] = cost
-      args[j + 1] = policy.capacity
-      args[j + 2] = policy.refillPerSecond
-      args[j + 3] = this.#ttl(policy)
-      args[j + 4] = seeds[i] ?? ''
+      for (let k = 0; k < i; k++) if (group[k]!.key === key) return null
+      group[i] = { key, cost, capacity: policy.capacity, rate: policy.refillPerSecond, ttl: this.#ttl(policy), seed: seeds[i] ?? '' }
     }
     const client = this.#client()
     if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return WB_UNAVAILABLE
+    return await this.#groups.submit(group)
+  }
+
+  /** One WB_DECIDE_GROUPS call. Never rejects: a failed call is every group's WB_UNAVAILABLE, counted once. */
+  async #decideGroups (client: ScriptedRedis, batch: ReadonlyArray<readonly Decision[]>): Promise<WriteBehindGroupVerdict[]> {
+    const g = batch.length
+    let keyCount = 0
+    for (const group of batch) keyCount += group.length
+    const args = new Array<string | number>(keyCount + 1 + g + 5 * keyCount)
+    args[keyCount] = g
+    let k = 0
+    for (let i = 0; i < g; i++) {
+      const group = batch[i]!
+      args[keyCount + 1 + i] = group.length
+      for (const d of group) {
+        args[k] = d.key
+        const j = keyCount + 1 + g + 5 * k
+        args[j] = d.cost
+        args[j + 1] = d.capacity
+        args[j + 2] = d.rate
+        args[j + 3] = d.ttl
+        args[j + 4] = d.seed
+        k++
+      }
+    }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
     let reply: Array<number | string>
     try {
-      reply = await client.rlWbDecideGroup(n, ...args)
+      reply = await client.rlWbDecideGroups(keyCount, ...args)
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
       this.#health.failed(err)
-      return WB_UNAVAILABLE
+      return batch.map(() => WB_UNAVAILABLE)
     }
     this.#breaker.success()
     this.#health.succeeded()
-    if (reply[0] === -2) return { kind: 'miss', missing: requests.map((_, i) => reply[i + 1] === 1) }
-    const buckets = new Array<WriteBehindDecided>(n)
-    for (let i = 0; i < n; i++) {
-      const k = 4 * i + 1
-      buckets[i] = { kind: 'decided', allowed: reply[k] === 1, tokens: Number(reply[k + 1]), atMs: Number(reply[k + 2]), seeded: reply[k + 3] === 1 }
+    const verdicts = new Array<WriteBehindGroupVerdict>(g)
+    let o = 0
+    for (let i = 0; i < g; i++) {
+      const n = batch[i]!.length
+      if (reply[o] === -2) {
+        const missing = new Array<boolean>(n)
+        for (let b = 0; b < n; b++) missing[b] = reply[o + 4 * b + 1] === 1
+        verdicts[i] = { kind: 'miss', missing }
+      } else {
+        const buckets = new Array<WriteBehindDecided>(n)
+        for (let b = 0; b < n; b++) {
+          const r = o + 4 * b + 1
+          buckets[b] = { kind: 'decided', allowed: reply[r] === 1, tokens: Number(reply[r + 1]), atMs: Number(reply[r + 2]), seeded: reply[r + 3] === 1 }
+        }
+        verdicts[i] = { kind: 'decided', charged: reply[o] === 1, buckets }
+      }
+      o += 1 + 4 * n
     }
-    return { kind: 'decided', charged: reply[0] === 1, buckets }
+    return verdicts
   }
 
   async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {
