@@ -1,6 +1,7 @@
 // The write-behind Redis adapter against the shared Redis (a key prefix of its own): the
 // decisions of one turn of the event loop go to Redis in one script call, and come back to each
-// request in the order they were made, exactly as one call each would have decided them.
+// request in the order they were made, exactly as one call each would have decided them; the
+// same for requests of several buckets (groups), each all or nothing.
 import { Redis } from 'ioredis'
 import t from 'tap'
 import type { Policy } from '../src/core/domain.ts'
@@ -65,4 +66,31 @@ t.test('a failed call: every decision in it is unavailable (PostgreSQL decides t
   ])
   t.same(verdicts, [{ kind: 'unavailable' }, { kind: 'unavailable' }], 'both unavailable: neither is guessed')
   t.equal(await roundTrips(metrics, 'wb-decide', 'gateway_store_errors_total'), 1, 'one failed round trip, one error')
+})
+
+t.test('several buckets per request: the groups of one turn in one script call, each all or nothing, in order', async (t) => {
+  const { client, prefix, metrics, wb } = await adapter(t)
+  const hourly: Policy = { name: 'hourly', capacity: 3, refillPerSecond: 0.001 }
+  const plan = (userId: string) => [{ policy, userId, cost: 1 }, { policy: hourly, userId, cost: 1 }]
+  await client.set(writeBehindKey(prefix, 'burst', 'erin'), `5|${Date.now()}|w`)
+  await client.set(writeBehindKey(prefix, 'hourly', 'erin'), `3|${Date.now()}|w`)
+  const before = await roundTrips(metrics, 'wb-decide')
+  // Five of erin's plan requests (hourly has 3) and a stranger's (hourly missing), in this turn.
+  const verdicts = await Promise.all([
+    ...Array.from({ length: 5 }, async () => await wb.decideGroup(plan('erin'), [null, null])),
+    wb.decideGroup(plan('frank'), [null, null])
+  ])
+  t.equal(await roundTrips(metrics, 'wb-decide') - before, 1, 'six requests of two buckets, one round trip')
+  t.same(verdicts.slice(0, 5).map((v) => v?.kind === 'decided' && v.charged), [true, true, true, false, false], 'three charged, then refused by hourly')
+  const fourth = verdicts[3]!
+  t.ok(fourth.kind === 'decided' && fourth.buckets[0]!.allowed && !fourth.buckets[1]!.allowed, 'the refused one: burst could pay, hourly could not')
+  t.same(verdicts[5], { kind: 'miss', missing: [true, true] }, 'a stranger: a miss naming its missing buckets')
+  t.equal(Number((await client.get(writeBehindKey(prefix, 'burst', 'erin')))!.split('|')[0]), 2, 'burst charged only for the three charged requests')
+  const named = await wb.decideGroup([{ policy, userId: 'gus', cost: 1 }, { policy, userId: 'gus', cost: 1 }], [null, null])
+  t.equal(named, null, 'a bucket named twice: decided one by one instead')
+
+  await client.hset(writeBehindKey(prefix, 'hourly', 'odd'), 'x', '1')
+  const failed = await Promise.all([wb.decideGroup(plan('odd'), [1, 1]), wb.decideGroup(plan('erin'), [null, null])])
+  t.same(failed, [{ kind: 'unavailable' }, { kind: 'unavailable' }], 'a failed call: every group in it unavailable')
+  t.equal(await client.exists(writeBehindKey(prefix, 'burst', 'odd')), 0, 'the failing group wrote nothing (read before written)')
 })
