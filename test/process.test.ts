@@ -1,5 +1,7 @@
 // The gateway as a process: several sharing the stores, signals, start-up failures.
 import { execFile, spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { promisify } from 'node:util'
 import { join } from 'node:path'
 import postgres from 'postgres'
@@ -24,6 +26,26 @@ for (const mode of ['strict', 'write-behind'] as const) t.test(`two gateway proc
     t.equal(replies.filter((r) => r.status === 201).length, 10, `${key}: exactly 10 allowed across both`)
     t.equal(replies.filter((r) => r.status === 429).length, 30, `${key}: the rest blocked (${[...new Set(replies.map((r) => `${r.status} ${r.headers.get('x-data-source') ?? ''}`))].join(', ')})`)
   }
+})
+
+for (const mode of ['strict', 'write-behind'] as const) t.test(`two gateway processes, a plan of two buckets per request: all or nothing, exact in total (${mode})`, async (t) => {
+  const db = await createTestDatabase(t)
+  const prefix = createRedisPrefix(t)
+  const upstream = await startUpstream(t)
+  const configFile = join(mkdtempSync(join(tmpdir(), 'gw-plan-')), 'plan.yaml')
+  // Slow refills: timing cannot add a token. /both charges A and B, /a charges A alone.
+  writeFileSync(configFile, 'policies:\n  A: { capacity: 10, refillPerSecond: 0.001 }\n  B: { capacity: 5, refillPerSecond: 0.001 }\n' +
+    'routes:\n  - { path: /both, policy: [A, B] }\n  - { path: /a, policy: A }\n')
+  const env = { DATABASE_URL: db, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: prefix, UPSTREAM_URL: upstream.url, CONSISTENCY: mode, CONFIG_FILE: configFile }
+  const [a, b] = await Promise.all([spawnGateway(t, env), spawnGateway(t, env)])
+  const paths = [...Array(15).fill('/both'), ...Array(20).fill('/a')] as string[]
+  const replies = await Promise.all(paths.map(async (path, i) => ({ path, status: (await send((i % 2 === 0 ? a : b).proxyUrl + path, { user: 'plan' })).status })))
+  const allowed = (path: string): number => replies.filter((r) => r.path === path && r.status === 201).length
+  t.equal(replies.filter((r) => r.status !== 201 && r.status !== 429).length, 0, 'every answer allowed or refused')
+  t.ok(allowed('/both') <= 5, `at most B's 5 on /both (${allowed('/both')})`)
+  t.equal(allowed('/both') + allowed('/a'), 10, `A's 10 tokens spent on allowed requests only, across both processes (${allowed('/both')} + ${allowed('/a')})`)
+  const more = await Promise.all(Array.from({ length: 6 }, (_, i) => send((i % 2 === 0 ? a : b).proxyUrl + '/both', { user: 'plan' })))
+  t.ok(more.every((r) => r.status === 429), 'A is spent: nothing more on /both')
 })
 
 t.test('SIGTERM lets in-flight requests finish, then exits 0', async (t) => {
