@@ -247,9 +247,9 @@ export interface WriteBehindRedis {
    */
   seedAndDecide (request: BucketRequest, tokens: number): Promise<WriteBehindVerdict>
   /**
-   * Decides one request's buckets (each once) at one instant, all or nothing; `seeds` (null:
-   * none) seed the missing ones as `seedAndDecide` does. Null where one call cannot hold them (a
-   * Cluster: one slot per bucket): the caller decides them one by one.
+   * Decides one request's buckets at one instant, all or nothing; `seeds` (null: none) seed the
+   * missing ones as `seedAndDecide` does. Null where one step cannot hold them (a Cluster: one
+   * slot per bucket; a bucket named twice): the caller decides them one by one.
    */
   decideGroup (requests: readonly BucketRequest[], seeds: ReadonlyArray<number | null>): Promise<WriteBehindGroupVerdict | null>
   /**
