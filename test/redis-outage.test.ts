@@ -8,6 +8,7 @@
 import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, until, waitFor } from './helpers/http.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { startPrivateRedis } from './helpers/private-stores.ts'
 
 interface Sample { tick: number, at: number, ms: number, status: number, source: string | null }
@@ -60,12 +61,6 @@ const fmt = (ms: number): string => ms.toFixed(2) + ' ms'
 const figures = (xs: Sample[]): string => `n=${xs.length} p50 ${fmt(percentile(xs, 50))} p99 ${fmt(percentile(xs, 99))} max ${fmt(percentile(xs, 100))}`
 const failures = (xs: Sample[]): Sample[] => xs.filter((s) => s.status !== 201 && s.status !== 429)
 
-async function counter (gw: TestGateway, name: string, labels: Record<string, string>): Promise<number> {
-  const metric = await gw.metrics.registry.getSingleMetric(name)?.get()
-  const value = metric?.values.find((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l))
-  return value?.value ?? 0
-}
-
 // 50 requests/s per gateway over 10 callers (5/s each, twice their rate): about half are
 // blocked. Modest on purpose: a saturated machine measures its own queueing, not the gateway.
 const limits = { capacity: 5, refillPerSecond: 2.5 }
@@ -86,7 +81,7 @@ t.test('Redis killed during steady load, then restarted empty', async (t) => {
 
   const killedAt = Date.now()
   await redis.kill()
-  await waitFor(async () => (await counter(gw, 'gateway_store_up', { store: 'redis' })) === 0, { what: 'Redis seen down' })
+  await waitFor(async () => (await metricSum(gw.metrics, 'gateway_store_up', { store: 'redis' })) === 0, { what: 'Redis seen down' })
   await until(performance.now() + 300)
   const downFrom = performance.now()
   await until(downFrom + 4000)
@@ -142,14 +137,14 @@ t.test('Redis paused: requests are answered within the Redis timeout plus a marg
   const twin = await startTestGateway(t, { config })
   const load = steadyLoad(t, [gw, twin], 10, 10)
   await until(performance.now() + 1000)
-  const errorsBefore = await counter(gw, 'gateway_cache_lookups_total', { result: 'error' })
+  const errorsBefore = await metricSum(gw.metrics, 'gateway_cache_lookups_total', { result: 'error' })
   const pausedAt = performance.now()
   await redis.pause(3000)
   await until(pausedAt + 3000)
   const paused = load.between(0, pausedAt, performance.now())
   const twinPaused = load.between(1, pausedAt, performance.now())
-  const timeouts = await counter(gw, 'gateway_cache_lookups_total', { result: 'error' }) - errorsBefore
-  const skipped = await counter(gw, 'gateway_cache_lookups_total', { result: 'skipped' })
+  const timeouts = await metricSum(gw.metrics, 'gateway_cache_lookups_total', { result: 'error' }) - errorsBefore
+  const skipped = await metricSum(gw.metrics, 'gateway_cache_lookups_total', { result: 'skipped' })
   await waitFor(() => load.samples[0]!.some((s) => s.at > pausedAt + 3000 && s.source === 'redis'), { timeoutMs: 15_000, what: 'X-Data-Source: redis after the pause' })
   await load.stop()
 

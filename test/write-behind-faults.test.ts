@@ -9,6 +9,7 @@ import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { startTcpRelay } from './helpers/faults.ts'
 import { send, until, waitFor } from './helpers/http.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { startPrivatePostgres, startPrivateRedis } from './helpers/private-stores.ts'
 import { TEST_REDIS_URL } from './helpers/stores.ts'
 
@@ -32,8 +33,7 @@ async function load (gw: TestGateway, keys: readonly string[], perSecond: number
 }
 
 async function gauge (gw: TestGateway, name: string): Promise<number> {
-  const { values } = await gw.metrics.registry.getSingleMetric(name)!.get()
-  return values.reduce((s, v) => s + v.value, 0)
+  return await metricSum(gw.metrics, name, {})
 }
 
 t.test('Redis restarted empty under load: extra allowances per key within what it spent in the last interval', async (t) => {
