@@ -33,6 +33,15 @@ const MAX_GROUPS_PER_CALL = 64
 
 interface Decision { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
 
+/** A decision's five script arguments (cost, capacity, rate, ttl, seed) from `at`. */
+function putArgs (args: Array<string | number>, at: number, d: Decision): void {
+  args[at] = d.cost
+  args[at + 1] = d.capacity
+  args[at + 2] = d.rate
+  args[at + 3] = d.ttl
+  args[at + 4] = d.seed
+}
+
 export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #client: () => ScriptedRedis | null
   readonly #prefix: string
@@ -94,35 +103,21 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   /** One WB_DECIDE_MANY call. Never rejects: a failed call is every decision's WB_UNAVAILABLE, counted once. */
   async #decideMany (client: ScriptedRedis, batch: readonly Decision[]): Promise<WriteBehindVerdict[]> {
     const n = batch.length
-    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
-    let reply: Array<number | string>
-    try {
-      if (n === 1) {
-        // The one-key form names its key first: auto-pipelining on a Cluster routes by the first argument.
-        const d = batch[0]!
-        reply = await client.rlWbDecide(d.key, d.cost, d.capacity, d.rate, d.ttl, d.seed)
-      } else {
-        const args: Array<string | number> = new Array<string | number>(6 * n)
-        for (let i = 0; i < n; i++) {
-          const d = batch[i]!
-          args[i] = d.key
-          const j = n + 5 * i
-          args[j] = d.cost
-          args[j + 1] = d.capacity
-          args[j + 2] = d.rate
-          args[j + 3] = d.ttl
-          args[j + 4] = d.seed
-        }
-        reply = await client.rlWbDecideMany(n, ...args)
+    let send: () => Promise<Array<number | string>>
+    if (n === 1) {
+      // The one-key form names its key first: auto-pipelining on a Cluster routes by the first argument.
+      const d = batch[0]!
+      send = async () => await client.rlWbDecide(d.key, d.cost, d.capacity, d.rate, d.ttl, d.seed)
+    } else {
+      const args: Array<string | number> = new Array<string | number>(6 * n)
+      for (let i = 0; i < n; i++) {
+        args[i] = batch[i]!.key
+        putArgs(args, n + 5 * i, batch[i]!)
       }
-    } catch (err) {
-      this.#breaker.failure(Date.now())
-      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
-      this.#health.failed(err)
-      return batch.map(() => WB_UNAVAILABLE)
+      send = async () => await client.rlWbDecideMany(n, ...args)
     }
-    this.#breaker.success()
-    this.#health.succeeded()
+    const reply = await this.#call(send)
+    if (reply === null) return batch.map(() => WB_UNAVAILABLE)
     const verdicts = new Array<WriteBehindVerdict>(n)
     for (let i = 0; i < n; i++) {
       const status = reply[4 * i]
@@ -165,27 +160,12 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
       args[keyCount + 1 + i] = group.length
       for (const d of group) {
         args[k] = d.key
-        const j = keyCount + 1 + g + 5 * k
-        args[j] = d.cost
-        args[j + 1] = d.capacity
-        args[j + 2] = d.rate
-        args[j + 3] = d.ttl
-        args[j + 4] = d.seed
+        putArgs(args, keyCount + 1 + g + 5 * k, d)
         k++
       }
     }
-    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
-    let reply: Array<number | string>
-    try {
-      reply = await client.rlWbDecideGroups(keyCount, ...args)
-    } catch (err) {
-      this.#breaker.failure(Date.now())
-      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
-      this.#health.failed(err)
-      return batch.map(() => WB_UNAVAILABLE)
-    }
-    this.#breaker.success()
-    this.#health.succeeded()
+    const reply = await this.#call(async () => await client.rlWbDecideGroups(keyCount, ...args))
+    if (reply === null) return batch.map(() => WB_UNAVAILABLE)
     const verdicts = new Array<WriteBehindGroupVerdict>(g)
     let o = 0
     for (let i = 0; i < g; i++) {
@@ -205,6 +185,23 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
       o += 1 + 4 * n
     }
     return verdicts
+  }
+
+  /** One decision call, counted: its reply, or null when it failed (breaker and outage log told). */
+  async #call (send: () => Promise<Array<number | string>>): Promise<Array<number | string> | null> {
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
+    let reply: Array<number | string>
+    try {
+      reply = await send()
+    } catch (err) {
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
+      this.#health.failed(err)
+      return null
+    }
+    this.#breaker.success()
+    this.#health.succeeded()
+    return reply
   }
 
   async lower (requests: readonly BucketRequest[], tokens: ReadonlyArray<number | null>): Promise<void> {
