@@ -474,6 +474,8 @@ async function measureLatencyTurns ([floor, strict, wb, peer]: readonly string[]
 }
 
 const turnLines: string[] = []
+/** The plan row's turns (P). */
+const planLines: string[] = []
 
 async function main (): Promise<void> {
   const cpu = cpus()
@@ -596,16 +598,30 @@ async function main (): Promise<void> {
       writeFileSync(planFile, 'policies:\n' + plan.map(([c, r], i) => `  plan${i}: { capacity: ${c}, refillPerSecond: ${r} }\n`).join('') +
         `defaultPolicy: [${plan.map((_, i) => `plan${i}`).join(', ')}]\n`)
       const gwp = await startGatewayProc('gateway-wb-plan', upstreamUrl, { CONFIG_FILE: planFile, CONSISTENCY: 'write-behind' })
+      const peerPlan = await startServer('peer-redis-plan', 'redis', upstreamUrl, { PEER_PLAN: plan.map(([c, r]) => `${c}/${r}`).join(',') })
       const planLoad: Workload = { kind: 'proxy', prefix: 'wp', callers: CALLERS }
+      const peerLoad: Workload = { kind: 'proxy', prefix: 'prp', callers: CALLERS }
       await warmProcess('gateway-wb-plan', gwp.url, planLoad)
       log(`write-behind plan: every one of the ${CALLERS} callers once, so Redis holds their buckets ...`)
       await visitEach(gwp.url, planLoad, CONNECTIONS)
       await measure('3WP', 'case 3 in write-behind mode, a plan of three buckets per request', gwp.url, planLoad, { controlUrl: gwp.controlUrl, cpu: cpuOf(gwp.child) })
-      await stop(gwp.child)
-      const peerPlan = await startServer('peer-redis-plan', 'redis', upstreamUrl, { PEER_PLAN: plan.map(([c, r]) => `${c}/${r}`).join(',') })
-      const peerLoad: Workload = { kind: 'proxy', prefix: 'prp', callers: CALLERS }
       await warmProcess('peer-redis-plan', peerPlan.url, peerLoad)
       await measure('7p', 'peer: RateLimiterUnion of three RateLimiterRedis, case 3 load', peerPlan.url, peerLoad, { cpu: cpuOf(peerPlan.child, false) })
+      // The two rows above are minutes apart; the ratio is taken with the two taking turns.
+      if (TURNS > 0) {
+        log(`turns: the write-behind plan and the peer's union, ${TURNS} rounds of ${TURN_SECONDS} s ...`)
+        const turns = await takeTurns([
+          { id: '3WP', pid: gwp.child.proc.pid!, url: gwp.url, workload: planLoad },
+          { id: '7p', pid: peerPlan.child.proc.pid!, url: peerPlan.url, workload: peerLoad }
+        ], TURNS, TURN_SECONDS, CONNECTIONS)
+        const rps = turns.map((r) => rpsOf(r, '3WP') / rpsOf(r, '7p'))
+        const cpu = turns.map((r) => usOf(r, '3WP') / usOf(r, '7p'))
+        planLines.push(`\nA plan of three buckets, the write-behind gateway and the peer's union taking turns (${TURNS} rounds of ${TURN_SECONDS} s; not a target):`)
+        turns.forEach((round, r) => planLines.push(`  round ${r + 1}: 3WP ${fmt(rpsOf(round, '3WP'))} req/s ${fmt(usOf(round, '3WP'))} µs, 7p ${fmt(rpsOf(round, '7p'))} req/s ${fmt(usOf(round, '7p'))} µs`))
+        planLines.push(`  throughput / peer's: ${rps.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(rps), 2)}x`)
+        planLines.push(`  gateway CPU per request / peer's: ${cpu.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(cpu), 2)}x`)
+      }
+      await stop(gwp.child)
       await stop(peerPlan.child)
     }
     if (wants('L')) {
@@ -662,6 +678,7 @@ async function main (): Promise<void> {
     printTable()
     printLatencies()
     for (const l of turnLines) console.log(l)
+    for (const l of planLines) console.log(l)
     printTargets()
     if (profileSummary !== null) {
       console.log(`\nCPU profile of the gateway under case 3 (busy ${profileSummary.busyPct.toFixed(0)}% of the time); self time by area:`)
