@@ -140,8 +140,9 @@ export class MemoryRedis {
   }
 
   /**
-   * One group of WB_DECIDE_GROUPS (scripts.ts): the keys missing without a seed (nothing written), or each
-   * key's [1 can pay | 0 cannot, tokens, atMs, seeded] and whether all were charged.
+   * One group of WB_DECIDE_GROUPS (scripts.ts): the keys missing without a seed (nothing
+   * written), or each key's [1 can pay | 0 cannot, tokens, atMs, seeded] and whether all were
+   * charged.
    */
   wbDecideGroupScript (buckets: ReadonlyArray<{ readonly key: string, readonly cost: number, readonly cap: number, readonly rate: number, readonly ttl: number, readonly seed: number | null }>):
     { readonly missing: boolean[] } | { readonly charged: boolean, readonly buckets: Array<[number, number, number, 0 | 1]> } {

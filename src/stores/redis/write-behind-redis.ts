@@ -2,8 +2,9 @@
  * Redis deciding every request of a write-behind policy (the WriteBehindRedis port): one
  * atomic Lua script on the Redis clock (scripts.ts WB_DECIDE_MANY; a request's several
  * buckets, all or nothing: WB_DECIDE_GROUPS). On one server (or Sentinel's master) the
- * decisions of one turn of the event loop go in one call, one round trip for all of them: the call itself was about a third of Redis's work per request and half
- * of ioredis's (docs/performance.md). On a Cluster each goes alone, one slot per call.
+ * decisions of one turn of the event loop go in one call, one round trip for all of them: the
+ * call itself was about a third of Redis's work per request and half of ioredis's
+ * (docs/performance.md). On a Cluster each goes alone, one slot per call.
  * A bucket Redis does not hold is a miss; the limiter loads PostgreSQL's state and seeds it
  * (seeded only if still absent), so a new or evicted bucket starts from the truth, not full.
  *
