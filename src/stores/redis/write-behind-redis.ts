@@ -32,10 +32,11 @@ const MAX_KEYS_PER_CALL = 256
 /** Most requests of several buckets in one call. */
 const MAX_GROUPS_PER_CALL = 64
 
-interface Decision { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
+/** One bucket as a decision script is asked about it: its key and arguments. */
+interface BucketCall { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
 
-/** A decision's five script arguments (cost, capacity, rate, ttl, seed) from `at`. */
-function putArgs (args: Array<string | number>, at: number, d: Decision): void {
+/** A bucket's five script arguments (cost, capacity, rate, ttl, seed) from `at`. */
+function putArgs (args: Array<string | number>, at: number, d: BucketCall): void {
   args[at] = d.cost
   args[at + 1] = d.capacity
   args[at + 2] = d.rate
@@ -51,9 +52,9 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #keyTtlSeconds: () => number
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   /** Coalescing, for a single server; null on a Cluster or without Redis. */
-  readonly #decisions: Batcher<Decision, WriteBehindVerdict> | null
+  readonly #decisions: Batcher<BucketCall, WriteBehindVerdict> | null
   /** The same for requests of several buckets (each item one request's group). */
-  readonly #groups: Batcher<readonly Decision[], WriteBehindGroupVerdict> | null
+  readonly #groups: Batcher<readonly BucketCall[], WriteBehindGroupVerdict> | null
 
   /**
    * `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log.
@@ -89,7 +90,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     const client = this.#client()
     if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return WB_UNAVAILABLE
     const { policy, userId, cost } = request
-    const decision: Decision = {
+    const call: BucketCall = {
       key: writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId),
       cost,
       capacity: policy.capacity,
@@ -97,12 +98,12 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
       ttl: this.#ttl(policy),
       seed
     }
-    if (this.#decisions !== null) return await this.#decisions.submit(decision)
-    return (await this.#decideMany(client, [decision]))[0]!
+    if (this.#decisions !== null) return await this.#decisions.submit(call)
+    return (await this.#decideMany(client, [call]))[0]!
   }
 
   /** One WB_DECIDE_MANY call. Never rejects: a failed call is every decision's WB_UNAVAILABLE, counted once. */
-  async #decideMany (client: ScriptedRedis, batch: readonly Decision[]): Promise<WriteBehindVerdict[]> {
+  async #decideMany (client: ScriptedRedis, batch: readonly BucketCall[]): Promise<WriteBehindVerdict[]> {
     const n = batch.length
     let send: () => Promise<Array<number | string>>
     if (n === 1) {
@@ -136,7 +137,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
    */
   async decideGroup (requests: readonly BucketRequest[], seeds: ReadonlyArray<number | null>): Promise<WriteBehindGroupVerdict | null> {
     if (this.#groups === null) return null
-    const group = new Array<Decision>(requests.length)
+    const group = new Array<BucketCall>(requests.length)
     for (let i = 0; i < requests.length; i++) {
       const { policy, userId, cost } = requests[i]!
       const key = writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId)
@@ -149,7 +150,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   }
 
   /** One WB_DECIDE_GROUPS call. Never rejects: a failed call is every group's WB_UNAVAILABLE, counted once. */
-  async #decideGroups (client: ScriptedRedis, batch: ReadonlyArray<readonly Decision[]>): Promise<WriteBehindGroupVerdict[]> {
+  async #decideGroups (client: ScriptedRedis, batch: ReadonlyArray<readonly BucketCall[]>): Promise<WriteBehindGroupVerdict[]> {
     const g = batch.length
     let keyCount = 0
     for (const group of batch) keyCount += group.length
