@@ -11,7 +11,7 @@ import { Redis } from 'ioredis'
 import postgres from 'postgres'
 import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
-import { send } from './helpers/http.ts'
+import { send, waitFor } from './helpers/http.ts'
 import { metricSum } from './helpers/metrics.ts'
 import { TEST_REDIS_URL } from './helpers/stores.ts'
 
@@ -70,6 +70,20 @@ t.test('several write-behind buckets on one request: one atomic Redis call, all 
     t.same(refused.json<{ 'violated-policies': string[] }>()['violated-policies'], ['B'], 'B refused; A could pay')
     t.match(refused.headers.get('ratelimit') ?? '', /"A";r=10;/, 'A reported as it stands: full, uncharged')
     t.ok(close(await tokens('A', 'r'), 10), `A holds all 10 in Redis (${await tokens('A', 'r')})`)
+  })
+
+  await t.test('a refusal writes nothing behind for the buckets it left as they were', async (t) => {
+    const rowOf = async (policy: string): Promise<string | null> =>
+      ((await sql<Array<{ at: string }>>`SELECT last_refill_time::text AS at FROM rate_limits WHERE policy = ${policy} AND user_id = 'u'`)[0]?.at) ?? null
+    t.equal((await send(gw.proxyUrl + '/a', { user: 'u' })).status, 201)
+    for (let i = 0; i < 5; i++) t.equal((await send(gw.proxyUrl + '/b', { user: 'u' })).status, 201)
+    await waitFor(async () => (await rowOf('A')) !== null && (await rowOf('B')) !== null, { what: 'A and B written behind' })
+    const before = await rowOf('A')
+    t.equal((await send(gw.proxyUrl + '/both', { user: 'u' })).status, 429, 'B refuses; A is held in Redis and left as it was')
+    // A later flush (another caller's) has gone by: whatever the refusal recorded would be in it.
+    await send(gw.proxyUrl + '/b', { user: 'flush-marker' })
+    await waitFor(async () => (await sql`SELECT 1 FROM rate_limits WHERE policy = 'B' AND user_id = 'flush-marker'`).length === 1, { what: 'a later flush' })
+    t.equal(await rowOf('A'), before, 'A\'s row not rewritten by the refusal')
   })
 
   await t.test('concurrent requests of one caller, some charging A and B, some only A: exactly A\'s capacity allowed, no false refusal', async (t) => {

@@ -119,9 +119,11 @@ export class WriteBehindStep {
       if (verdict.kind === 'unavailable') this.#leave()
       return null
     }
+    const { charged } = verdict
     return verdict.buckets.map((v, i) => {
       const request = requests[i]!
-      this.#d.sync.record(request.policy, request.userId, v.tokens, v.atMs)
+      // A refused group wrote only its seeds: the other buckets have nothing new to write behind.
+      if (charged || v.seeded) this.#d.sync.record(request.policy, request.userId, v.tokens, v.atMs)
       const source: DecisionSource = v.seeded && loaded[i] === true ? (rows[i] === null ? 'new-user' : 'postgres') : 'redis'
       return makeDecision(request.policy, request.cost, v.allowed, v.tokens, source, 'redis')
     })
