@@ -168,11 +168,14 @@ t.test('PostgreSQL down: Redis keeps deciding, flushes resume, nothing lost or r
   t.ok(Math.abs(pg.row('default', 'erin')!.tokens - 4) < 1e-9, 'the latest state: 10 - 6')
 })
 
-t.test('property: one write-behind gateway through PostgreSQL and Redis outages never exceeds the bound, and PostgreSQL never holds more than the truth', async (t) => {
+// Run for one bucket, and for a plan of two (decided together in one Redis step, one by one while Redis is away).
+for (const planSize of [1, 2]) t.test(`property: one write-behind gateway through PostgreSQL and Redis outages never exceeds the bound, and PostgreSQL never holds more than the truth (${planSize} bucket${planSize === 1 ? '' : 's'} per request)`, async (t) => {
   const fc = (await import('fast-check')).default
   const { tokensAt: at } = await import('../src/core/token-bucket.ts')
   const { StoreUnavailableError } = await import('../src/core/errors.ts')
   const p: Policy = { name: 'default', capacity: 5, refillPerSecond: 1, cacheName: 'default@5/1', consistency: 'write-behind' }
+  const q: Policy = { name: 'hourly', capacity: 3, refillPerSecond: 0.5, cacheName: 'hourly@3/0.5', consistency: 'write-behind' }
+  const plan = [p, q].slice(0, planSize)
   const op = fc.oneof(
     fc.record({ kind: fc.constant('request' as const), caller: fc.constantFrom('a', 'b'), burst: fc.integer({ min: 1, max: 4 }) }),
     fc.record({ kind: fc.constant('advance' as const), ms: fc.integer({ min: 1, max: 1500 }) }),
@@ -182,15 +185,15 @@ t.test('property: one write-behind gateway through PostgreSQL and Redis outages 
     runs++
     const { clock, pg, redis, sync, limiter } = system()
     const allowed = new Map<string, number[]>()
-    const reference = (caller: string, nowMs: number): number => {
-      let tokens = p.capacity
+    const reference = (b: Policy, caller: string, nowMs: number): number => {
+      let tokens = b.capacity
       let last = -Infinity
       for (const t of allowed.get(caller) ?? []) {
-        tokens = last === -Infinity ? tokens : Math.min(p.capacity, tokens + ((t - last) * p.refillPerSecond) / 1000)
+        tokens = last === -Infinity ? tokens : Math.min(b.capacity, tokens + ((t - last) * b.refillPerSecond) / 1000)
         tokens -= 1
         last = t
       }
-      return last === -Infinity ? tokens : Math.min(p.capacity, tokens + ((nowMs - last) * p.refillPerSecond) / 1000)
+      return last === -Infinity ? tokens : Math.min(b.capacity, tokens + ((nowMs - last) * b.refillPerSecond) / 1000)
     }
     // Double faults are kept out (docs/design.md, "The bound, per mode", weaker cases): Redis
     // lost while PostgreSQL is down (PostgreSQL later decides from rows lacking the flushes that
@@ -200,15 +203,17 @@ t.test('property: one write-behind gateway through PostgreSQL and Redis outages 
     for (const o of ops) {
       if (o.kind === 'redis-down' && pg.down) continue
       // ... and a bucket Redis does not hold while PostgreSQL is down (seeded full).
-      if (o.kind === 'pg-down' && (away || redis.down || ['a', 'b'].some((c) => redis.get(redis.wbKey('default@5/1', c)) === undefined))) continue
+      if (o.kind === 'pg-down' && (away || redis.down || ['a', 'b'].some((c) => plan.some((b) => redis.get(redis.wbKey(b.cacheName!, c)) === undefined)))) continue
       if (o.kind === 'request') {
-        const decisions = await Promise.all(Array.from({ length: o.burst }, async () => {
-          try { return await limiter.check(p, o.caller, 1) } catch (err) { if (err instanceof StoreUnavailableError) return null; throw err }
+        const verdicts = await Promise.all(Array.from({ length: o.burst }, async () => {
+          try { return await limiter.checkAll(plan.map((b) => ({ policy: b, userId: o.caller, cost: 1 })), o.caller) } catch (err) { if (err instanceof StoreUnavailableError) return null; throw err }
         }))
-        for (const d of decisions) {
-          if (d?.allowed === true) allowed.set(o.caller, [...(allowed.get(o.caller) ?? []), clock.now])
-          if (d?.decidedBy === 'postgres') away = true
-          else if (d?.decidedBy === 'redis' && d.source !== 'redis-fallback') away = false
+        for (const v of verdicts) {
+          if (v === null) continue
+          if (v.allowed) allowed.set(o.caller, [...(allowed.get(o.caller) ?? []), clock.now])
+          // A refused plan reports the buckets it did not reach as they stand: only a charged one says who decided.
+          if (v.decisions.some((d) => d.decidedBy === 'postgres')) away = true
+          else if (v.allowed && v.decisions.every((d) => d.decidedBy === 'redis' && d.source !== 'redis-fallback')) away = false
         }
       } else if (o.kind === 'advance') clock.now += o.ms
       else if (o.kind === 'flush') await sync.flush()
@@ -219,17 +224,21 @@ t.test('property: one write-behind gateway through PostgreSQL and Redis outages 
       for (const caller of ['a', 'b']) {
         // (a) every window of the allowed history
         const times = allowed.get(caller) ?? []
-        for (let i = 0; i < times.length; i++) {
-          for (let j = i; j < times.length; j++) {
-            const bound = p.capacity + (p.refillPerSecond * (times[j]! - times[i]!)) / 1000
-            if (j - i + 1 > bound + 1e-6) throw new Error(`${caller}: ${j - i + 1} allowed in [${times[i]}, ${times[j]}], bound ${bound}`)
+        for (const b of plan) {
+          for (let i = 0; i < times.length; i++) {
+            for (let j = i; j < times.length; j++) {
+              const bound = b.capacity + (b.refillPerSecond * (times[j]! - times[i]!)) / 1000
+              if (j - i + 1 > bound + 1e-6) throw new Error(`${caller} ${b.name}: ${j - i + 1} allowed in [${times[i]}, ${times[j]}], bound ${bound}`)
+            }
           }
         }
         // (b) once a flush has written everything, PostgreSQL's row is never above the truth (a
         // flush or a strict decision never raises it; between flushes it lags by design)
-        const row = pg.row('default', caller)
-        if (o.kind === 'flush' && sync.pending.size === 0 && row !== undefined && at(row, p, clock.now) > reference(caller, clock.now) + 1e-6) {
-          throw new Error(`${caller}: PostgreSQL holds ${at(row, p, clock.now)}, the truth is ${reference(caller, clock.now)}`)
+        for (const b of plan) {
+          const row = pg.row(b.name, caller)
+          if (o.kind === 'flush' && sync.pending.size === 0 && row !== undefined && at(row, b, clock.now) > reference(b, caller, clock.now) + 1e-6) {
+            throw new Error(`${caller} ${b.name}: PostgreSQL holds ${at(row, b, clock.now)}, the truth is ${reference(b, caller, clock.now)}`)
+          }
         }
       }
     }
