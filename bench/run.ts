@@ -430,12 +430,17 @@ async function measureTurns (upstreamUrl: string, sql: postgres.Sql, configFile:
   if (wants('U') && LATENCY_TURNS > 0) latencyTurns = await measureLatencyTurns([floor.url, strict.url, wb.url, peer.url])
   for (const c of [floor.child, strict.child, wb.child, peer.child]) await stop(c)
   turnLines.push(`\nThe issue-12 ratios with the servers taking turns (${TURNS} rounds of ${TURN_SECONDS} s, ${CONNECTIONS} connections; server CPU µs per request):`)
-  turns.forEach((round, r) => turnLines.push(`  round ${r + 1}: ` + servers.map((s) => `${s.id} ${fmt(rpsOf(round, s.id))} req/s ${fmt(usOf(round, s.id))} µs`).join(', ')))
+  return reportTurns(turns, servers.map((s) => s.id), TURN_RATIOS, turnLines)
+}
+
+/** Each round's throughput and CPU per server, then each ratio per round and its median (returned by name). */
+function reportTurns (turns: ReadonlyArray<Map<string, Turn>>, ids: readonly string[], ratios: typeof TURN_RATIOS, lines: string[]): Map<string, number> {
+  turns.forEach((round, r) => lines.push(`  round ${r + 1}: ` + ids.map((id) => `${id} ${fmt(rpsOf(round, id))} req/s ${fmt(usOf(round, id))} µs`).join(', ')))
   const medians = new Map<string, number>()
-  for (const [name, ratio] of TURN_RATIOS) {
+  for (const [name, ratio] of ratios) {
     const values = turns.map(ratio)
     medians.set(name, median(values))
-    turnLines.push(`  ${name}: ${values.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(values), 2)}x`)
+    lines.push(`  ${name}: ${values.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(values), 2)}x`)
   }
   return medians
 }
@@ -614,12 +619,11 @@ async function main (): Promise<void> {
           { id: '3WP', pid: gwp.child.proc.pid!, url: gwp.url, workload: planLoad },
           { id: '7p', pid: peerPlan.child.proc.pid!, url: peerPlan.url, workload: peerLoad }
         ], TURNS, TURN_SECONDS, CONNECTIONS)
-        const rps = turns.map((r) => rpsOf(r, '3WP') / rpsOf(r, '7p'))
-        const cpu = turns.map((r) => usOf(r, '3WP') / usOf(r, '7p'))
         planLines.push(`\nA plan of three buckets, the write-behind gateway and the peer's union taking turns (${TURNS} rounds of ${TURN_SECONDS} s; not a target):`)
-        turns.forEach((round, r) => planLines.push(`  round ${r + 1}: 3WP ${fmt(rpsOf(round, '3WP'))} req/s ${fmt(usOf(round, '3WP'))} µs, 7p ${fmt(rpsOf(round, '7p'))} req/s ${fmt(usOf(round, '7p'))} µs`))
-        planLines.push(`  throughput / peer's: ${rps.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(rps), 2)}x`)
-        planLines.push(`  gateway CPU per request / peer's: ${cpu.map((v) => fmt(v, 2)).join(', ')}; median ${fmt(median(cpu), 2)}x`)
+        reportTurns(turns, ['3WP', '7p'], [
+          ['throughput / peer\'s', (r) => rpsOf(r, '3WP') / rpsOf(r, '7p')],
+          ['gateway CPU per request / peer\'s', (r) => usOf(r, '3WP') / usOf(r, '7p')]
+        ], planLines)
       }
       await stop(gwp.child)
       await stop(peerPlan.child)
