@@ -120,16 +120,26 @@ t.test('PostgreSQL stopped and restarted under load: Redis keeps deciding, no ro
   }
 })
 
-t.test('Redis cut off: PostgreSQL decides strictly, and no bucket is refunded when Redis answers again', async (t) => {
+/**
+ * A write-behind gateway reaching the shared Redis through a relay that can be cut, and `ask`:
+ * one request of `user` to `path`, its status and X-Data-Source.
+ */
+async function behindRelay (t: Parameters<typeof startTcpRelay>[0], path: string, user: string, config: Record<string, unknown>):
+  Promise<{ relay: Awaited<ReturnType<typeof startTcpRelay>>, gw: TestGateway, ask: () => Promise<[number, string]> }> {
   const relay = await startTcpRelay(t, '127.0.0.1', Number(new URL(TEST_REDIS_URL).port || 6379))
   const gw = await startTestGateway(t, {
     redisUrl: `redis://127.0.0.1:${relay.port}`,
-    config: { limits: { refillPerSecond: 0.001, consistency: 'write-behind', syncIntervalMs: 50 }, fallback: { probeIntervalMs: 100 } }
+    config: { limits: { consistency: 'write-behind', syncIntervalMs: 50 }, fallback: { probeIntervalMs: 100 }, ...config }
   })
   const ask = async (): Promise<[number, string]> => {
-    const r = await send(gw.proxyUrl + '/x', { user: 'cut' })
+    const r = await send(gw.proxyUrl + path, { user })
     return [r.status, r.headers.get('x-data-source') ?? '']
   }
+  return { relay, gw, ask }
+}
+
+t.test('Redis cut off: PostgreSQL decides strictly, and no bucket is refunded when Redis answers again', async (t) => {
+  const { relay, gw, ask } = await behindRelay(t, '/x', 'cut', { limits: { refillPerSecond: 0.001, consistency: 'write-behind', syncIntervalMs: 50 } })
   const seen: Array<[number, string]> = []
   for (let i = 0; i < 4; i++) seen.push(await ask())
   t.same(seen.map(([s]) => s), [201, 201, 201, 201], 'four allowed by Redis')
@@ -150,20 +160,10 @@ t.test('Redis cut off: PostgreSQL decides strictly, and no bucket is refunded wh
 })
 
 t.test('Redis cut off under a request of two write-behind buckets: PostgreSQL decides both strictly, none refunded on the way back', async (t) => {
-  const relay = await startTcpRelay(t, '127.0.0.1', Number(new URL(TEST_REDIS_URL).port || 6379))
-  const gw = await startTestGateway(t, {
-    redisUrl: `redis://127.0.0.1:${relay.port}`,
-    config: {
-      limits: { consistency: 'write-behind', syncIntervalMs: 50 },
-      fallback: { probeIntervalMs: 100 },
-      policies: { wide: { capacity: 10, refillPerSecond: 0.001 }, narrow: { capacity: 6, refillPerSecond: 0.001 } },
-      routes: [{ path: '/both', policy: ['wide', 'narrow'] }]
-    }
+  const { relay, gw, ask } = await behindRelay(t, '/both', 'cut2', {
+    policies: { wide: { capacity: 10, refillPerSecond: 0.001 }, narrow: { capacity: 6, refillPerSecond: 0.001 } },
+    routes: [{ path: '/both', policy: ['wide', 'narrow'] }]
   })
-  const ask = async (): Promise<[number, string]> => {
-    const r = await send(gw.proxyUrl + '/both', { user: 'cut2' })
-    return [r.status, r.headers.get('x-data-source') ?? '']
-  }
   const seen: Array<[number, string]> = []
   for (let i = 0; i < 4; i++) seen.push(await ask())
   t.same(seen.map(([s]) => s), [201, 201, 201, 201], 'four allowed by Redis, both buckets in one call')
