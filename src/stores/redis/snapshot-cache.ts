@@ -24,6 +24,16 @@ interface SnapshotWrite { readonly key: string, readonly value: string, readonly
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
 
+/**
+ * Snapshot writes leave a millisecond after the first of them, not on the next turn of the
+ * loop: the next turn is when this request goes to the upstream and its response to the
+ * client, and a Redis write (its system call, Redis woken on the other core, its reply to
+ * parse) in that moment made a strict request 86-92 µs slower at the median on the 2-core
+ * bench machine (docs/performance.md). The snapshot is 1 ms later for the next read, which is
+ * inside the take-over fence's slack (docs/design.md); under load a write carries more keys.
+ */
+const WRITE_DELAY_MS = 1
+
 export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
   readonly health: StoreHealth
@@ -68,7 +78,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
-      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
+      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: WRITE_DELAY_MS })
     }
   }
 
