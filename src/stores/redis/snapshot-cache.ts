@@ -25,12 +25,15 @@ interface SnapshotWrite { readonly key: string, readonly value: string, readonly
 const MAX_KEYS_PER_COMMAND = 256
 
 /**
- * Snapshot writes leave a millisecond after the first of them, not on the next turn of the
- * loop: the next turn is when this request goes to the upstream and its response to the
- * client, and a Redis write (its system call, Redis woken on the other core, its reply to
- * parse) in that moment made a strict request 86-92 µs slower at the median on the 2-core
- * bench machine (docs/performance.md). The snapshot is 1 ms later for the next read, which is
- * inside the take-over fence's slack (docs/design.md); under load a write carries more keys.
+ * While this cache's reads are idle (requests one at a time), a snapshot write waits a
+ * millisecond instead of leaving on the next turn of the loop: the next turn is when its
+ * request goes on to the upstream and its response to the client, and a Redis write in that
+ * moment (its system call, Redis woken on the other core, its reply to parse) made a strict
+ * request 74-92 µs slower at the median on the 2-core bench machine. Under load the writes
+ * still leave on the next turn, beside the reads of that turn: a write of its own every
+ * millisecond, apart from the reads, cost strict case 3 about 8% of its throughput there
+ * (docs/performance.md). The snapshot is a millisecond older for the next read, inside the
+ * take-over fence's slack (docs/design.md).
  */
 const WRITE_DELAY_MS = 1
 
@@ -45,6 +48,9 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
   readonly #writes: Batcher<SnapshotWrite, void> | null = null
+  /** The same writes, sent WRITE_DELAY_MS after the first of them (while the reads are idle). */
+  readonly #delayedWrites: Batcher<SnapshotWrite, void> | null = null
+  #lastDelayedWrite: Promise<void> = Promise.resolve()
 
   /** `health` is shared with the Redis decider: one outage, logged once. */
   constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics) {
@@ -78,7 +84,8 @@ export class RedisSnapshotCache implements SnapshotCache {
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
-      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: WRITE_DELAY_MS })
+      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
+      this.#delayedWrites = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: WRITE_DELAY_MS })
     }
   }
 
@@ -139,7 +146,10 @@ export class RedisSnapshotCache implements SnapshotCache {
     const client = this.client
     if (client === null || client.status !== 'ready' || this.#breaker.open) return
     if (this.#writes !== null) {
-      this.#lastWrite = this.#writes.submit({ key, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
+      const write = { key, value: encode(snapshot), ttlSeconds, charge }
+      // Recorded in #writeMany. The two may land out of order: WRITE keeps the newer snapshot.
+      if (this.#reads!.idle) this.#lastDelayedWrite = this.#delayedWrites!.submit(write).catch(() => {})
+      else this.#lastWrite = this.#writes.submit(write).catch(() => {})
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
@@ -149,10 +159,11 @@ export class RedisSnapshotCache implements SnapshotCache {
   /**
    * Resolves once the snapshot writes sent so far have been applied or have failed (each is
    * bounded by the command timeout). On one server they travel in order on one connection, so
-   * the last one answering means all have; on a Cluster this waits for the last one only.
+   * the last one of each batcher answering means all have; on a Cluster this waits for the
+   * last one only.
    */
   async settled (): Promise<void> {
-    await this.#lastWrite
+    await Promise.all([this.#lastWrite, this.#lastDelayedWrite])
   }
 
   /** One round trip for every read waiting (single server). */
