@@ -255,6 +255,8 @@ export class RedisSnapshotCache implements SnapshotCache {
   async close (): Promise<void> {
     if (this.client === null) return
     this.#closing = true
+    // A write still waiting for its turn or its millisecond goes before the quit, not after it.
+    await this.settled()
     try {
       await this.client.quit()
     } catch {
