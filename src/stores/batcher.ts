@@ -43,9 +43,6 @@ export class Batcher<I, O> {
 
   get pending (): number { return this.#queue.length }
 
-  /** Nothing waiting and nothing in flight. */
-  get idle (): boolean { return this.#queue.length === 0 && this.#inFlight === 0 }
-
   /** Every slot is in flight: an item submitted now waits for one. */
   get saturated (): boolean { return this.#inFlight >= this.#options.maxInFlight }
 

@@ -24,19 +24,6 @@ interface SnapshotWrite { readonly key: string, readonly value: string, readonly
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
 
-/**
- * While this cache's reads are idle (requests one at a time), a snapshot write waits a
- * millisecond instead of leaving on the next turn of the loop: the next turn is when its
- * request goes on to the upstream and its response to the client, and a Redis write in that
- * moment (its system call, Redis woken on the other core, its reply to parse) made a strict
- * request 74-92 µs slower at the median on the 2-core bench machine. Under load the writes
- * still leave on the next turn, beside the reads of that turn: a write of its own every
- * millisecond, apart from the reads, cost strict case 3 about 8% of its throughput there
- * (docs/performance.md). The snapshot is a millisecond older for the next read, inside the
- * take-over fence's slack (docs/design.md).
- */
-const WRITE_DELAY_MS = 1
-
 export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
   readonly health: StoreHealth
@@ -48,9 +35,6 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
   readonly #writes: Batcher<SnapshotWrite, void> | null = null
-  /** The same writes, sent WRITE_DELAY_MS after the first of them (while the reads are idle). */
-  readonly #delayedWrites: Batcher<SnapshotWrite, void> | null = null
-  #lastDelayedWrite: Promise<void> = Promise.resolve()
 
   /** `health` is shared with the Redis decider: one outage, logged once. */
   constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics) {
@@ -85,7 +69,6 @@ export class RedisSnapshotCache implements SnapshotCache {
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
       this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
-      this.#delayedWrites = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: WRITE_DELAY_MS })
     }
   }
 
@@ -146,10 +129,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     const client = this.client
     if (client === null || client.status !== 'ready' || this.#breaker.open) return
     if (this.#writes !== null) {
-      const write = { key, value: encode(snapshot), ttlSeconds, charge }
-      // Recorded in #writeMany. The two may land out of order: WRITE keeps the newer snapshot.
-      if (this.#reads!.idle) this.#lastDelayedWrite = this.#delayedWrites!.submit(write).catch(() => {})
-      else this.#lastWrite = this.#writes.submit(write).catch(() => {})
+      this.#lastWrite = this.#writes.submit({ key, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
@@ -159,11 +139,10 @@ export class RedisSnapshotCache implements SnapshotCache {
   /**
    * Resolves once the snapshot writes sent so far have been applied or have failed (each is
    * bounded by the command timeout). On one server they travel in order on one connection, so
-   * the last one of each batcher answering means all have; on a Cluster this waits for the
-   * last one only.
+   * the last one answering means all have; on a Cluster this waits for the last one only.
    */
   async settled (): Promise<void> {
-    await Promise.all([this.#lastWrite, this.#lastDelayedWrite])
+    await this.#lastWrite
   }
 
   /** One round trip for every read waiting (single server). */
@@ -255,7 +234,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   async close (): Promise<void> {
     if (this.client === null) return
     this.#closing = true
-    // A write still waiting for its turn or its millisecond goes before the quit, not after it.
+    // A write still waiting for its turn goes before the quit, not after it.
     await this.settled()
     try {
       await this.client.quit()
