@@ -8,7 +8,7 @@ import { loadConfig } from '../src/config/load.ts'
 import { burst as burstScenario, cacheVsDb } from '../scripts/scenarios-lib.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { burst, send, waitFor } from './helpers/http.ts'
-import { keysPerNode, startRedisCluster, startRedisSentinel } from './helpers/redis-topologies.ts'
+import { keysPerNode, startRedisCluster, startRedisSentinel, startUnformedCluster } from './helpers/redis-topologies.ts'
 
 const SLOW = { limits: { capacity: 10, refillPerSecond: 0.01 } }
 /** /both charges two write-behind buckets together (a Cluster holds them in different slots). */
@@ -70,6 +70,24 @@ t.test('Redis Cluster of three local nodes', async (t) => {
   const total = perNode.reduce((a, n) => a + n, 0)
   t.ok(total <= buckets && total >= buckets - 1, `one key per bucket (${total} keys for ${buckets} buckets; a write-back may be dropped under load)`)
   t.ok(perNode.filter((n) => n > 0).length >= 2, `buckets spread over the nodes (${perNode.join('/')})`)
+})
+
+t.test('a Redis Cluster not formed yet does not hold up start-up; the gateway uses it once it is', async (t) => {
+  // ioredis's Cluster connect() stays pending while the nodes answer without a formed cluster.
+  const cluster = await startUnformedCluster(t, 3)
+  let guard: NodeJS.Timeout | undefined
+  const gw = await Promise.race([
+    startTestGateway(t, { redisUrl: cluster.url, redisPrefix: 'rlu:', config: SLOW }),
+    new Promise<never>((_resolve, reject) => { guard = setTimeout(() => reject(new Error('start-up still waits for the cluster after 15 s')), 15_000) })
+  ]).finally(() => clearTimeout(guard))
+  const first = await send(gw.proxyUrl + '/x', { user: 'unformed' })
+  t.equal(first.status, 201, 'requests are served meanwhile')
+  t.equal(first.headers.get('x-data-source'), 'new-user', 'PostgreSQL decides them')
+  t.match((await send(gw.controlUrl + '/readyz')).json(), { redis: 'down' }, 'readiness reports Redis down')
+  await cluster.form()
+  await waitFor(async () => (await send(gw.proxyUrl + '/x', { user: 'unformed' })).headers.get('x-data-source') === 'redis',
+    { timeoutMs: 20_000, what: 'snapshots read from the cluster once it is formed' })
+  t.match((await send(gw.controlUrl + '/readyz')).json(), { redis: 'up' }, 'then readiness reports Redis up')
 })
 
 t.test('Redis Cluster in write-behind mode: the keys keep their hash tags, 40 concurrent on a fresh key allow exactly 10', async (t) => {

@@ -74,6 +74,17 @@ export interface RedisCluster {
 
 /** Starts `size` masters, joins them with `redis-cli --cluster create`, waits for cluster_state:ok. */
 export async function startRedisCluster (t: Teardown, size = 3): Promise<RedisCluster> {
+  const cluster = await startUnformedCluster(t, size)
+  await cluster.form()
+  return cluster
+}
+
+/**
+ * `size` cluster-enabled masters that answer but are not joined yet (no node owns a slot): what
+ * a client meets while a cluster is being created. `form` joins them and waits for
+ * cluster_state:ok on every node.
+ */
+export async function startUnformedCluster (t: Teardown, size = 3): Promise<RedisCluster & { form: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'rl-cluster-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const ports: number[] = []
@@ -84,23 +95,25 @@ export async function startRedisCluster (t: Teardown, size = 3): Promise<RedisCl
       '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir, '--save', '', '--appendonly', 'no'], `cluster node ${port}`)
   }
   for (const port of ports) await waitFor(() => ping(port), { what: `redis-server on ${port}` })
-  // Asynchronously: a synchronous spawn would freeze this process's event loop, and with it
-  // whatever the test started next to the cluster (a private PostgreSQL, say).
-  await new Promise<void>((resolve, reject) => {
-    execFile('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
-      { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => {
-        if (err === null) resolve()
-        else reject(new Error(`redis-cli --cluster create failed (${err.code ?? err.signal ?? err.message}):\n${stdout}\n${stderr}`))
-      })
-  })
-  // Every node must agree the cluster is up and see all masters before a client can rely on it.
-  for (const port of ports) {
-    await waitFor(async () => {
-      const text = await info(port, ['CLUSTER', 'INFO'])
-      return text.includes('cluster_state:ok') && text.includes(`cluster_known_nodes:${size}`)
-    }, { what: `cluster_state:ok on ${port}`, timeoutMs: 20_000, intervalMs: 100 })
+  const form = async (): Promise<void> => {
+    // Asynchronously: a synchronous spawn would freeze this process's event loop, and with it
+    // whatever the test started next to the cluster (a private PostgreSQL, say).
+    await new Promise<void>((resolve, reject) => {
+      execFile('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
+        { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => {
+          if (err === null) resolve()
+          else reject(new Error(`redis-cli --cluster create failed (${err.code ?? err.signal ?? err.message}):\n${stdout}\n${stderr}`))
+        })
+    })
+    // Every node must agree the cluster is up and see all masters before a client can rely on it.
+    for (const port of ports) {
+      await waitFor(async () => {
+        const text = await info(port, ['CLUSTER', 'INFO'])
+        return text.includes('cluster_state:ok') && text.includes(`cluster_known_nodes:${size}`)
+      }, { what: `cluster_state:ok on ${port}`, timeoutMs: 20_000, intervalMs: 100 })
+    }
   }
-  return { url: 'redis+cluster://' + ports.map((p) => `127.0.0.1:${p}`).join(','), ports }
+  return { url: 'redis+cluster://' + ports.map((p) => `127.0.0.1:${p}`).join(','), ports, form }
 }
 
 /** Keys stored on each node of the cluster (to show the buckets really spread). */

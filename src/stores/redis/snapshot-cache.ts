@@ -16,6 +16,7 @@ import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
+import { withDeadline } from '../deadline.ts'
 import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 
@@ -27,6 +28,7 @@ const MAX_KEYS_PER_COMMAND = 256
 export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
   readonly health: StoreHealth
+  readonly #connectTimeoutMs: number
   readonly #prefix: string
   readonly #metrics: Metrics
   #closing = false
@@ -40,6 +42,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics) {
     this.#prefix = config.keyPrefix
     this.#metrics = metrics
+    this.#connectTimeoutMs = config.connectTimeoutMs
     this.health = health
     if (!config.enabled) {
       metrics.storeDisabled('redis')
@@ -72,13 +75,19 @@ export class RedisSnapshotCache implements SnapshotCache {
     }
   }
 
-  /** Connects, waiting at most the connect timeout. Never throws: Redis is optional. */
+  /**
+   * Connects, waiting at most twice the connect timeout (a Cluster's slot map, then its
+   * nodes). Never throws: Redis is optional. Bounded here, not by ioredis: a Cluster's
+   * `connect()` stays pending for as long as its nodes answer without a formed cluster, and
+   * start-up would hang on it.
+   */
   async start (): Promise<void> {
     if (this.client === null) return
     try {
-      await this.client.connect()
-    } catch {
-      // 'error' already recorded the outage; ioredis keeps reconnecting in the background.
+      await withDeadline(this.client.connect(), 2 * this.#connectTimeoutMs, 'redis', 'connect', () => {})
+    } catch (err) {
+      // Recorded once (StoreHealth logs transitions); ioredis keeps connecting in the background.
+      this.health.failed(err)
     }
   }
 
