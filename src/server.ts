@@ -106,7 +106,8 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     if (sync === null && [...runtime.current.policies.policies.values()].some((p) => p.consistency === 'write-behind')) {
       log.warn('write-behind policies are decided strictly: Redis is disabled (REDIS_ENABLED=false)')
     }
-    const writeBehind = sync === null ? undefined : { redis: new RedisWriteBehind(() => decider.client, config.redis.keyPrefix, redisHealth, metrics, () => runtime.current.config.limits.writeBehindKeyTtlSeconds), ledger: sync.ledger, sync }
+    const writeBehind = sync === null ? undefined : { redis: new RedisWriteBehind(() => decider.client, config.redis.keyPrefix, redisHealth, metrics, () => runtime.current.config.limits.writeBehindKeyTtlSeconds,
+      (operation, work) => decider.bounded(operation, work)), ledger: sync.ledger, sync }
     const limiter = life.add('limiter', new Limiter({ store: postgres, cache: redis, redis: decider, ...(writeBehind === undefined ? {} : { writeBehind }) },
       { fallback: config.fallback, localDenyCache: config.localDenyCache, metrics, log }), async (l) => await l.close())
     // Closed after the listeners (no more decisions) and before PostgreSQL: a graceful

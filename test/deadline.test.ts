@@ -9,6 +9,7 @@ import type { Policy } from '../src/core/domain.ts'
 import { StoreFailure } from '../src/core/errors.ts'
 import { withDeadline } from '../src/stores/deadline.ts'
 import { startTestGateway } from './helpers/gateway.ts'
+import { freePort } from './helpers/private-stores.ts'
 import { TEST_REDIS_URL } from './helpers/stores.ts'
 import { metricSum } from './helpers/metrics.ts'
 
@@ -76,4 +77,20 @@ t.test('a gateway whose event loop stalls past the decision deadline keeps Postg
   t.match(d, { allowed: true, decidedBy: 'postgres' }, 'PostgreSQL decided the request')
   t.notOk(gw.limiter.postgresDown, 'PostgreSQL is not taken for down')
   t.equal(await metricSum(gw.metrics, 'gateway_store_deadline_expired_total', {}), 0, 'no deadline counted as expired')
+})
+
+t.test('with PostgreSQL down, a stall past the Redis deadline keeps Redis deciding, not the fail mode', async (t) => {
+  // Nothing listens on the database port: the gateway starts without PostgreSQL and Redis decides.
+  const gw = await startTestGateway(t, {
+    databaseUrl: `postgres://postgres@127.0.0.1:${await freePort()}/none`,
+    config: { postgres: { requiredAtStart: false, connectTimeoutSeconds: 1 }, fallback: { redisTimeoutMs: 100 } }
+  })
+  const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1, cacheName: 'default@10/1' }
+  t.match(await gw.limiter.check(policy, 'warm-up', 1), { source: 'redis-fallback' }, 'Redis decides while PostgreSQL is down')
+  const decision = gw.limiter.check(policy, 'stalled-loop', 1)
+  // The script call leaves on this turn's immediates (ioredis's auto-pipelining); the block
+  // starts on the next turn, so Redis's answer waits in the socket until the loop resumes.
+  setImmediate(() => setImmediate(() => { block(400) }))
+  t.match(await decision, { allowed: true, source: 'redis-fallback' }, 'Redis decided the request (not local-fallback)')
+  t.equal(await metricSum(gw.metrics, 'gateway_store_deadline_expired_total', { store: 'redis' }), 0, 'no Redis deadline counted as expired')
 })

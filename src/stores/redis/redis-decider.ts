@@ -15,6 +15,8 @@
  * store that can decide exactly, and a reply merely late (a busy machine, a GC pause) must not
  * hand the decision to the in-process fail mode. So decisions wait up to
  * `fallback.redisTimeoutMs`, with a circuit breaker of their own for a Redis that is really gone.
+ * That wait is a `withDeadline` (src/stores/deadline.ts), not ioredis's `commandTimeout`, whose
+ * timer fires before a reply that arrived during an event-loop stall is read.
  */
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
@@ -22,8 +24,9 @@ import { REDIS_HANDING_BACK, REDIS_UNAVAILABLE, type BucketRequest, type OwnedBu
 import type { Metrics } from '../../observability/metrics.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { CircuitBreaker } from '../breaker.ts'
+import { withDeadline } from '../deadline.ts'
 import type { StoreHealth } from '../health.ts'
-import { createRedisClient, isCluster } from './client.ts'
+import { createRedisClient } from './client.ts'
 import { defineScripts, type ScriptedRedis } from './scripts.ts'
 import { bucketKey, encode } from './snapshot-cache.ts'
 import { decodeMember, encodeMember, memberOf, type OwnedMember } from '../owned-member.ts'
@@ -38,6 +41,7 @@ export class RedisDecider implements RedisDeciderPort {
   readonly ownedSetKey: string
 
   #fenceMs: number
+  #timeoutMs: number
 
   /**
    * `health` is shared with the snapshot cache: one Redis, one outage log. `fenceMs`: how long
@@ -47,6 +51,7 @@ export class RedisDecider implements RedisDeciderPort {
   constructor (config: Config['redis'], timeoutMs: number, health: StoreHealth, metrics: Metrics, fenceMs = 0) {
     this.#prefix = config.keyPrefix
     this.#fenceMs = fenceMs
+    this.#timeoutMs = timeoutMs
     this.#health = health
     this.#metrics = metrics
     this.ownedSetKey = config.keyPrefix + 'redis-owned'
@@ -55,7 +60,7 @@ export class RedisDecider implements RedisDeciderPort {
       : defineScripts(createRedisClient(config.url, {
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
-        commandTimeout: timeoutMs,
+        // No commandTimeout: every call waits in #bounded (see above).
         connectTimeout: config.connectTimeoutMs,
         enableAutoPipelining: true,
         // TCP keep-alive: a dead peer is noticed on an idle connection too.
@@ -90,14 +95,15 @@ export class RedisDecider implements RedisDeciderPort {
 
   /** A reload changed fallback.redisTimeoutMs: later commands wait this long. */
   setTimeout (timeoutMs: number): void {
-    const client = this.#client as (ScriptedRedis & { nodes?: () => Array<{ options: { commandTimeout?: number } }>, options: { redisOptions?: { commandTimeout?: number } } }) | null
-    if (client === null) return
-    if (isCluster(client)) {
-      if (client.options.redisOptions !== undefined) client.options.redisOptions.commandTimeout = timeoutMs
-      for (const node of client.nodes?.() ?? []) node.options.commandTimeout = timeoutMs
-    } else {
-      client.options.commandTimeout = timeoutMs
-    }
+    this.#timeoutMs = timeoutMs
+  }
+
+  /** How long a call on the deciding client waits (fallback.redisTimeoutMs). */
+  get timeoutMs (): number { return this.#timeoutMs }
+
+  /** A call on the deciding client, bounded by fallback.redisTimeoutMs (its expiry counted). */
+  bounded<T> (operation: string, work: Promise<T>): Promise<T> {
+    return withDeadline(work, this.#timeoutMs, 'redis', operation, () => { this.#metrics.storeDeadlines.inc({ store: 'redis', operation }) })
   }
 
   /** A reload changed the take-over fence. */
@@ -123,8 +129,8 @@ export class RedisDecider implements RedisDeciderPort {
     client.sadd(this.ownedSetKey, encodeMember(policy, userId)).catch(() => {})
     let reply: [number, string, string]
     try {
-      reply = await client.rlDecide(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, this.#fenceMs)
+      reply = await this.bounded('decide', client.rlDecide(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, this.#fenceMs))
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
@@ -145,8 +151,8 @@ export class RedisDecider implements RedisDeciderPort {
     const { policy, userId, cost } = request
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'refund' })
     try {
-      const [status] = await client.rlRefund(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, fullRefillSeconds(policy))
+      const [status] = await this.bounded('refund', client.rlRefund(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, fullRefillSeconds(policy)))
       this.#breaker.success()
       return status === 1
     } catch (err) {
@@ -160,18 +166,18 @@ export class RedisDecider implements RedisDeciderPort {
   /** Some of the Redis-owned buckets (SSCAN: never blocks Redis on a large set). */
   async owned (cursor: string, count: number): Promise<{ cursor: string, buckets: OwnedBucket[] }> {
     const client = this.#requireClient()
-    const [next, members] = await client.sscan(this.ownedSetKey, cursor, 'COUNT', count)
+    const [next, members] = await this.bounded('owned', client.sscan(this.ownedSetKey, cursor, 'COUNT', count))
     const buckets: OwnedMember[] = []
     for (const member of members) {
       const bucket = decodeMember(member)
       if (bucket !== null) buckets.push(bucket)
-      else await client.srem(this.ownedSetKey, member) // not ours to interpret: drop it
+      else await this.bounded('owned', client.srem(this.ownedSetKey, member)) // not ours to interpret: drop it
     }
     return { cursor: next, buckets }
   }
 
   async ownedCount (): Promise<number> {
-    return await this.#requireClient().scard(this.ownedSetKey)
+    return await this.bounded('owned', this.#requireClient().scard(this.ownedSetKey))
   }
 
   /**
@@ -181,22 +187,22 @@ export class RedisDecider implements RedisDeciderPort {
   async markHandingBack (buckets: readonly OwnedBucket[]): Promise<Array<number | null>> {
     const client = this.#requireClient()
     // One call per bucket (auto-pipelined): buckets live in different cluster slots.
-    const replies = await Promise.all(buckets.map((b) => client.rlHandBack(bucketKey(this.#prefix, b.cacheName, b.userId), b.capacity,
-      b.refillPerSecond, fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))))
+    const replies = await this.bounded('hand-back', Promise.all(buckets.map((b) => client.rlHandBack(bucketKey(this.#prefix, b.cacheName, b.userId), b.capacity,
+      b.refillPerSecond, fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond })))))
     return replies.map(([status, tokens]) => status === 1 ? Number(tokens) : null)
   }
 
   /** Step 2, after the merge committed: the buckets become snapshots of the merged rows. */
   async handedBack (buckets: readonly OwnedBucket[], snapshots: ReadonlyArray<BucketSnapshot | null>): Promise<void> {
     const client = this.#requireClient()
-    const done = await Promise.all(buckets.map((b, i) => {
+    const done = await this.bounded('hand-back', Promise.all(buckets.map((b, i) => {
       const merged = snapshots[i]
       return client.rlHandedBack(bucketKey(this.#prefix, b.cacheName, b.userId), merged === null || merged === undefined ? '' : encode(merged),
         fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
-    }))
+    })))
     // Taken back by Redis meanwhile (0): stays in the set for the next pass.
     const finished = buckets.filter((_, i) => done[i] === 1).map(memberOf)
-    if (finished.length > 0) await client.srem(this.ownedSetKey, ...finished)
+    if (finished.length > 0) await this.bounded('hand-back', client.srem(this.ownedSetKey, ...finished))
   }
 
   #requireClient (): ScriptedRedis {

@@ -33,6 +33,9 @@ const MAX_KEYS_PER_CALL = 256
 const MAX_GROUPS_PER_CALL = 64
 
 /** One bucket as a decision script is asked about it: its key and arguments. */
+/** Bounds one call's wait (RedisDecider.bounded: fallback.redisTimeoutMs); the identity where the client bounds its own. */
+type Bound = <T>(operation: string, work: Promise<T>) => Promise<T>
+
 interface BucketCall { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
 
 /** A bucket's five script arguments (cost, capacity, rate, ttl, seed) from `at`. */
@@ -46,6 +49,7 @@ function putArgs (args: Array<string | number>, at: number, d: BucketCall): void
 
 export class RedisWriteBehind implements WriteBehindRedisPort {
   readonly #client: () => ScriptedRedis | null
+  readonly #bounded: Bound
   readonly #prefix: string
   readonly #metrics: Metrics
   readonly #health: StoreHealth
@@ -59,9 +63,12 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
   /**
    * `client`: the decider's (null: Redis disabled). `health` is shared: one Redis, one outage log.
    * `keyTtlSeconds`: the live limits.writeBehindKeyTtlSeconds (a bucket is kept at least until full).
+   * `bounded`: the decider's deadline on each call (its client has no command timeout).
    */
-  constructor (client: () => ScriptedRedis | null, prefix: string, health: StoreHealth, metrics: Metrics, keyTtlSeconds: () => number) {
+  constructor (client: () => ScriptedRedis | null, prefix: string, health: StoreHealth, metrics: Metrics, keyTtlSeconds: () => number,
+    bounded: Bound = (_operation, work) => work) {
     this.#client = client
+    this.#bounded = bounded
     this.#keyTtlSeconds = keyTtlSeconds
     this.#prefix = prefix
     this.#health = health
@@ -194,7 +201,7 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-decide' })
     let reply: Array<number | string>
     try {
-      reply = await send()
+      reply = await this.#bounded('wb-decide', send())
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-decide' })
@@ -212,11 +219,11 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-lower' })
     // One call per bucket (auto-pipelined): the buckets live in different Cluster slots.
     try {
-      await Promise.all(requests.map(async ({ policy, userId }, i) => {
+      await this.#bounded('wb-lower', Promise.all(requests.map(async ({ policy, userId }, i) => {
         const t = tokens[i]
         if (t === null || t === undefined) return
         await client.rlWbLower(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), t, policy.capacity, policy.refillPerSecond, this.#ttl(policy))
-      }))
+      })))
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-lower' })
@@ -232,8 +239,8 @@ export class RedisWriteBehind implements WriteBehindRedisPort {
     const { policy, userId, cost } = request
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'wb-refund' })
     try {
-      const [ok, tokens, atMs] = await client.rlWbRefund(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, this.#ttl(policy))
+      const [ok, tokens, atMs] = await this.#bounded('wb-refund', client.rlWbRefund(writeBehindKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+        policy.refillPerSecond, this.#ttl(policy)))
       return ok === 1 ? { tokens: Number(tokens), atMs: Number(atMs) } : null
     } catch {
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'wb-refund' })
