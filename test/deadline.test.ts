@@ -9,6 +9,7 @@ import type { Policy } from '../src/core/domain.ts'
 import { StoreFailure } from '../src/core/errors.ts'
 import { withDeadline } from '../src/stores/deadline.ts'
 import { startTestGateway } from './helpers/gateway.ts'
+import { waitFor } from './helpers/http.ts'
 import { freePort } from './helpers/private-stores.ts'
 import { TEST_REDIS_URL } from './helpers/stores.ts'
 import { metricSum } from './helpers/metrics.ts'
@@ -64,15 +65,17 @@ t.test('a peer that never answers still expires at the deadline, once', async (t
 })
 
 t.test('a gateway whose event loop stalls past the decision deadline keeps PostgreSQL deciding', async (t) => {
-  const gw = await startTestGateway(t, { config: { postgres: { decisionTimeoutMs: 100 } } })
+  const gw = await startTestGateway(t, { config: { postgres: { decisionTimeoutMs: 300 } } })
   const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1, cacheName: 'default@10/1' }
-  // Connections opened first: a new connection's set-up is not what this is about.
-  await gw.limiter.check(policy, 'warm-up', 1)
+  // Connections opened first (a new connection's set-up is not what this is about), and
+  // PostgreSQL deciding (a loaded machine may take a warm-up past the deadline: it recovers).
+  await waitFor(async () => (await gw.limiter.check(policy, 'warm-up', 1)).decidedBy === 'postgres' && !gw.limiter.postgresDown,
+    { what: 'PostgreSQL deciding' })
   const decision = gw.limiter.check(policy, 'stalled-loop', 1)
   // The batch leaves on this turn's immediates (group commit) and postgres.js writes it on the
   // next turn's; the block starts right after that write, so PostgreSQL's answer waits in the
   // socket until the loop resumes.
-  setImmediate(() => setImmediate(() => { block(400) }))
+  setImmediate(() => setImmediate(() => { block(800) }))
   const d = await decision
   t.match(d, { allowed: true, decidedBy: 'postgres' }, 'PostgreSQL decided the request')
   t.notOk(gw.limiter.postgresDown, 'PostgreSQL is not taken for down')
@@ -83,14 +86,15 @@ t.test('with PostgreSQL down, a stall past the Redis deadline keeps Redis decidi
   // Nothing listens on the database port: the gateway starts without PostgreSQL and Redis decides.
   const gw = await startTestGateway(t, {
     databaseUrl: `postgres://postgres@127.0.0.1:${await freePort()}/none`,
-    config: { postgres: { requiredAtStart: false, connectTimeoutSeconds: 1 }, fallback: { redisTimeoutMs: 100 } }
+    config: { postgres: { requiredAtStart: false, connectTimeoutSeconds: 1 }, fallback: { redisTimeoutMs: 300 } }
   })
   const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1, cacheName: 'default@10/1' }
-  t.match(await gw.limiter.check(policy, 'warm-up', 1), { source: 'redis-fallback' }, 'Redis decides while PostgreSQL is down')
+  // The deciding client connects in the background: Redis decides once it has.
+  await waitFor(async () => (await gw.limiter.check(policy, 'warm-up', 1)).source === 'redis-fallback', { what: 'Redis deciding while PostgreSQL is down' })
   const decision = gw.limiter.check(policy, 'stalled-loop', 1)
   // The script call leaves on this turn's immediates (ioredis's auto-pipelining); the block
   // starts on the next turn, so Redis's answer waits in the socket until the loop resumes.
-  setImmediate(() => setImmediate(() => { block(400) }))
+  setImmediate(() => setImmediate(() => { block(800) }))
   t.match(await decision, { allowed: true, source: 'redis-fallback' }, 'Redis decided the request (not local-fallback)')
   t.equal(await metricSum(gw.metrics, 'gateway_store_deadline_expired_total', { store: 'redis' }), 0, 'no Redis deadline counted as expired')
 })

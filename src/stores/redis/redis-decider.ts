@@ -60,7 +60,7 @@ export class RedisDecider implements RedisDeciderPort {
       : defineScripts(createRedisClient(config.url, {
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
-        // No commandTimeout: every call waits in #bounded (see above).
+        // No commandTimeout: every call waits in bounded() (see above).
         connectTimeout: config.connectTimeoutMs,
         enableAutoPipelining: true,
         // TCP keep-alive: a dead peer is noticed on an idle connection too.
@@ -97,9 +97,6 @@ export class RedisDecider implements RedisDeciderPort {
   setTimeout (timeoutMs: number): void {
     this.#timeoutMs = timeoutMs
   }
-
-  /** How long a call on the deciding client waits (fallback.redisTimeoutMs). */
-  get timeoutMs (): number { return this.#timeoutMs }
 
   /** A call on the deciding client, bounded by fallback.redisTimeoutMs (its expiry counted). */
   bounded<T> (operation: string, work: Promise<T>): Promise<T> {
