@@ -10,7 +10,7 @@
  *   BENCH_PROCESS_WARMUP seconds of load on every new server process before its first case (6)
  *   BENCH_CALLERS distinct callers in cases 3, 6 and 7 (50000)
  *   BENCH_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres)  BENCH_REDIS_URL (redis://127.0.0.1:6379)
- *   BENCH_ONLY=1,2,3,4,5,6,L,A,W,P,N,U,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log,
+ *   BENCH_ONLY=1,2,3,4,5,6,L,A,W,P,N,U,7 (a subset of cases, for tuning; L = the local-cache rows, A = case 3 with the access log (and in turns with a gateway without it),
  *     W = cases 3, 4 and 5 in write-behind mode, P = a plan of three write-behind buckets and the peer's union of three,
  *     N = allow-listed caller, U = one-connection latency in µs,
  *     T = the issue-12 ratios again, the servers taking turns: BENCH_TURNS rounds (3) of BENCH_TURN_SECONDS (5);
@@ -479,8 +479,8 @@ async function measureLatencyTurns ([floor, strict, wb, peer]: readonly string[]
 }
 
 const turnLines: string[] = []
-/** The plan row's turns (P). */
-const planLines: string[] = []
+/** The turns of a row measured against one other server (P: the peer's union; A: case 3 without the access log). */
+const pairLines: string[] = []
 
 async function main (): Promise<void> {
   const cpu = cpus()
@@ -619,11 +619,11 @@ async function main (): Promise<void> {
           { id: '3WP', pid: gwp.child.proc.pid!, url: gwp.url, workload: planLoad },
           { id: '7p', pid: peerPlan.child.proc.pid!, url: peerPlan.url, workload: peerLoad }
         ], TURNS, TURN_SECONDS, CONNECTIONS)
-        planLines.push(`\nA plan of three buckets, the write-behind gateway and the peer's union taking turns (${TURNS} rounds of ${TURN_SECONDS} s; not a target):`)
+        pairLines.push(`\nA plan of three buckets, the write-behind gateway and the peer's union taking turns (${TURNS} rounds of ${TURN_SECONDS} s; not a target):`)
         reportTurns(turns, ['3WP', '7p'], [
           ['throughput / peer\'s', (r) => rpsOf(r, '3WP') / rpsOf(r, '7p')],
           ['gateway CPU per request / peer\'s', (r) => usOf(r, '3WP') / usOf(r, '7p')]
-        ], planLines)
+        ], pairLines)
       }
       await stop(gwp.child)
       await stop(peerPlan.child)
@@ -646,6 +646,24 @@ async function main (): Promise<void> {
       const acc = await startGatewayProc('gateway-access', upstreamUrl, { ACCESS_LOG: 'true' })
       await warmProcess('gateway-access', acc.url, callers)
       await measure('3A', 'case 3 with the access log on', acc.url, callers, { controlUrl: acc.controlUrl, cpu: cpuOf(acc.child) })
+      // Case 3's row is minutes away, and this VM drifts by more than the line costs: the
+      // ratio is taken against a gateway without the log, the two taking turns.
+      if (TURNS > 0) {
+        const plain = await startGatewayProc('gateway-plain', upstreamUrl, {})
+        const plainLoad: Workload = { kind: 'proxy', prefix: 'ca', callers: CALLERS }
+        await warmProcess('gateway-plain', plain.url, plainLoad)
+        log(`turns: case 3 with and without the access log, ${TURNS} rounds of ${TURN_SECONDS} s ...`)
+        const turns = await takeTurns([
+          { id: '3A', pid: acc.child.proc.pid!, url: acc.url, workload: callers },
+          { id: '3', pid: plain.child.proc.pid!, url: plain.url, workload: plainLoad }
+        ], TURNS, TURN_SECONDS, CONNECTIONS)
+        pairLines.push(`\nThe access log, case 3 with it (3A) and without (3) taking turns (${TURNS} rounds of ${TURN_SECONDS} s; not a target):`)
+        reportTurns(turns, ['3A', '3'], [
+          ['throughput with the log / without', (r) => rpsOf(r, '3A') / rpsOf(r, '3')],
+          ['gateway CPU per request with the log / without', (r) => usOf(r, '3A') / usOf(r, '3')]
+        ], pairLines)
+        await stop(plain.child)
+      }
       await stop(acc.child)
     }
 
@@ -682,7 +700,7 @@ async function main (): Promise<void> {
     printTable()
     printLatencies()
     for (const l of turnLines) console.log(l)
-    for (const l of planLines) console.log(l)
+    for (const l of pairLines) console.log(l)
     printTargets()
     if (profileSummary !== null) {
       console.log(`\nCPU profile of the gateway under case 3 (busy ${profileSummary.busyPct.toFixed(0)}% of the time); self time by area:`)
