@@ -32,10 +32,10 @@ const MAX_KEYS_PER_CALL = 256
 /** Most requests of several buckets in one call. */
 const MAX_GROUPS_PER_CALL = 64
 
-/** One bucket as a decision script is asked about it: its key and arguments. */
 /** Bounds one call's wait (RedisDecider.bounded: fallback.redisTimeoutMs); the identity where the client bounds its own. */
 type Bound = <T>(operation: string, work: Promise<T>) => Promise<T>
 
+/** One bucket as a decision script is asked about it: its key and arguments. */
 interface BucketCall { readonly key: string, readonly cost: number, readonly capacity: number, readonly rate: number, readonly ttl: number, readonly seed: number | '' }
 
 /** A bucket's five script arguments (cost, capacity, rate, ttl, seed) from `at`. */
