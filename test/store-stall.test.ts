@@ -17,7 +17,12 @@ const DEADLINE_MS = 300
 /** Scheduling on a loaded 2-core machine; far below a hang (the issue measured 8 s and counting). */
 const MARGIN_MS = 700
 
-interface Tally { allowed: number, refused: number, failed: number[], slowestMs: number }
+interface Tally { allowed: number, refused: number, failed: number[], slowestMs: number, trace: string[] }
+
+/** One request as `<gateway><status>:<X-Data-Source>`, so a failed count names the path that decided it. */
+function traced (gw: string, status: number, source: string | null): string {
+  return `${gw}${status}:${source ?? '-'}`
+}
 
 async function drive (gateways: TestGateway[], users: string[], perUser: number, tallies: Map<string, Tally>, stalled: TestGateway): Promise<void> {
   await Promise.all(users.map(async (user) => {
@@ -28,6 +33,7 @@ async function drive (gateways: TestGateway[], users: string[], perUser: number,
       const ms = performance.now() - started
       const tally = tallies.get(user)!
       if (gw === stalled) tally.slowestMs = Math.max(tally.slowestMs, ms)
+      tally.trace.push(traced(gw === stalled ? 'S' : 'D', res.status, res.headers.get('x-data-source')))
       if (res.status === 201) tally.allowed++
       else if (res.status === 429) tally.refused++
       else tally.failed.push(res.status)
@@ -50,7 +56,7 @@ t.test('PostgreSQL stops answering behind one gateway: the deadline hands its re
     config: { ...config, postgres: { decisionTimeoutMs: DEADLINE_MS, connectTimeoutSeconds: 1 }, control: { readiness: 'deciding' } }
   })
   const users = Array.from({ length: 8 }, (_, i) => `stall-${i}`)
-  const tallies = new Map(users.map((u) => [u, { allowed: 0, refused: 0, failed: [], slowestMs: 0 } as Tally]))
+  const tallies = new Map(users.map((u) => [u, { allowed: 0, refused: 0, failed: [], slowestMs: 0, trace: [] } as Tally]))
 
   await drive([direct, stalled], users, 4, tallies, stalled) // healthy: 4 each, PostgreSQL decides
   relay.stall()
@@ -64,8 +70,13 @@ t.test('PostgreSQL stops answering behind one gateway: the deadline hands its re
 
   for (const [user, tally] of tallies) {
     t.same(tally.failed, [], `${user}: no failed request`)
-    t.equal(tally.allowed, CAPACITY, `${user}: exactly ${CAPACITY} allowed across the stall`)
+    t.equal(tally.allowed, CAPACITY, `${user}: exactly ${CAPACITY} allowed across the stall`, { trace: tally.trace.join(' ') })
     t.ok(tally.slowestMs < DEADLINE_MS + MARGIN_MS, `${user}: slowest request through the stalled gateway ${tally.slowestMs.toFixed(0)} ms (deadline ${DEADLINE_MS} ms)`)
+  }
+  if ([...tallies.values()].some((tally) => tally.allowed !== CAPACITY)) {
+    for (const [name, gw] of [['stalled', stalled], ['direct', direct]] as const) {
+      for (const line of gw.logs.filter((l) => l.level >= 40)) t.comment(`${name}: ${JSON.stringify(line)}`)
+    }
   }
   const rows = await waitFor(async () => {
     const res = await direct.postgres.sql<Array<{ user_id: string, tokens: number }>>`SELECT user_id, tokens FROM rate_limits WHERE user_id LIKE 'stall-%'`
@@ -92,7 +103,7 @@ t.test('Redis stops answering behind one gateway: every request costs at most th
     config: { ...config, redis: { commandTimeoutMs: 50 } }
   })
   const users = Array.from({ length: 8 }, (_, i) => `rstall-${i}`)
-  const tallies = new Map(users.map((u) => [u, { allowed: 0, refused: 0, failed: [], slowestMs: 0 } as Tally]))
+  const tallies = new Map(users.map((u) => [u, { allowed: 0, refused: 0, failed: [], slowestMs: 0, trace: [] } as Tally]))
   await drive([direct, stalled], users, 4, tallies, stalled)
   relay.stall()
   await drive([stalled, direct], users, 10, tallies, stalled)
@@ -100,7 +111,7 @@ t.test('Redis stops answering behind one gateway: every request costs at most th
   await drive([stalled, direct], users, 2, tallies, stalled)
   for (const [user, tally] of tallies) {
     t.same(tally.failed, [], `${user}: no failed request`)
-    t.equal(tally.allowed, CAPACITY, `${user}: exactly ${CAPACITY} allowed`)
+    t.equal(tally.allowed, CAPACITY, `${user}: exactly ${CAPACITY} allowed`, { trace: tally.trace.join(' ') })
     // The Redis read gives up after 50 ms, then PostgreSQL decides.
     t.ok(tally.slowestMs < 50 + MARGIN_MS, `${user}: slowest request through the stalled gateway ${tally.slowestMs.toFixed(0)} ms (Redis timeout 50 ms)`)
   }

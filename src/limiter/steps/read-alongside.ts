@@ -9,10 +9,21 @@
  * limit is refused from the snapshot and spares PostgreSQL, as before.
  *
  * A read that finds the bucket Redis-owned or being handed back (another gateway lost
- * PostgreSQL meanwhile) discards PostgreSQL's early answer and the limiter goes on as usual; an
- * allowance PostgreSQL made meanwhile stays charged there (never refunded: a refund could land
- * after the hand-back merged the lower state and raise it), so it errs towards the caller being
- * refused, never towards an extra allowance.
+ * PostgreSQL meanwhile) cannot use PostgreSQL's early answer: PostgreSQL does not hold what Redis
+ * spent. If that answer charged the request, the charge is a second one, and it is not refunded
+ * (a refund could land after a hand-back merged the lower state and raise it). Instead Redis
+ * decides the request only after the charge has landed, taking the bucket back even from a
+ * hand-back in progress (`WithoutPostgres.afterCharge`), so that the two charges of the one
+ * request are in both stores, and the merge (the lower of the two) counts it once:
+ *
+ * - landed before a merge: PostgreSQL has it, Redis charges it, the merge keeps Redis's lower state;
+ * - landed after a merge (it waited on the row lock of another gateway's hand-back): it is
+ *   the merged row's only charge, and Redis, deciding after it, charges the merged state
+ *   (the snapshot it became, or the state being merged, which is no higher).
+ *
+ * Before this order, Redis could decide the request while the decision waited on the row lock;
+ * the merge then held Redis's charge and PostgreSQL charged the merged row again: the caller
+ * lost a token (test/store-stall.test.ts, a failed CI run; test/read-alongside.test.ts builds it).
  */
 import type { Decision } from '../../core/domain.ts'
 import type { BucketRequest, CacheRead, StoreDecision } from '../../core/ports.ts'
@@ -49,6 +60,16 @@ export class ReadAlongside {
    */
   readFirst (key: string, dbNowMs: number): void {
     this.#low.markLow(key, dbNowMs)
+  }
+
+  /** The early decision if it charged the request (allowed); null if it refused or failed. */
+  async charged (early: Promise<StoreDecision>): Promise<StoreDecision | null> {
+    try {
+      const result = await early
+      return result.allowed ? result : null
+    } catch {
+      return null
+    }
   }
 
   /**

@@ -6,7 +6,7 @@
  */
 import type { Config } from '../../config/schema.ts'
 import type { Decision } from '../../core/domain.ts'
-import { CACHE_MISS, CACHE_SKIPPED, type BucketRequest, type CacheRead, type SnapshotCache } from '../../core/ports.ts'
+import { CACHE_MISS, CACHE_SKIPPED, type BucketRequest, type CacheRead, type SnapshotCache, type StoreDecision } from '../../core/ports.ts'
 import type { DecidingMode } from '../mode.ts'
 import type { Outage } from '../outage.ts'
 import type { AskPostgres } from './deciding-store.ts'
@@ -51,6 +51,22 @@ export class WithoutPostgres {
     // Redis owns this bucket but cannot be reached: PostgreSQL is the best judge left.
     const decided = d.outage.down ? null : await this.tryPostgres(request, key)
     return decided ?? d.failMode.decide(request, d.outage.cause)
+  }
+
+  /**
+   * The bucket is Redis-owned (or being handed back), and PostgreSQL has already charged this
+   * request (read-alongside.ts, an early decision): Redis decides it now that the charge has
+   * landed, taking the bucket back even from a hand-back, so the merge counts the request once.
+   * If Redis cannot decide, PostgreSQL's decision stands (asking it again would charge twice).
+   */
+  async afterCharge (request: BucketRequest, key: string, read: CacheRead, charged: StoreDecision): Promise<Decision> {
+    const d = this.#d
+    if (d.fallback().redisDecides) {
+      await d.cache.settled()
+      const outcome = await d.redisDecides.decide(request, true)
+      if (outcome !== null && outcome !== 'handing-back') return outcome
+    }
+    return d.postgres.settle(request, key, read, charged)
   }
 
   /** A write-behind bucket Redis cannot decide: PostgreSQL strictly, else steps 4 and 5. */
