@@ -17,7 +17,15 @@ import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './stores.
 import { startUpstream, type TestUpstream } from './upstream.ts'
 
 type Tree = Record<string, unknown>
-interface TapLike { teardown: (fn: () => unknown) => void }
+interface TapLike {
+  teardown: (fn: () => unknown) => void
+  /** tap's Test: a failing test prints its gateways' warnings (startTestGateway). */
+  passing?: () => boolean
+  comment?: (...message: unknown[]) => void
+}
+
+/** At most this many of a failing test's gateway warnings are printed. */
+const WARNINGS_SHOWN = 40
 
 export interface LogLine { level: number, msg: string, [key: string]: unknown }
 
@@ -84,7 +92,15 @@ export async function startTestGateway (t: TapLike, options: TestGatewayOptions 
     loadConfig: load,
     ...(options.watch === true && options.configFile !== undefined ? { watch: [options.configFile] } : {})
   })
-  t.teardown(() => gateway.close())
+  t.teardown(() => {
+    // A failure in a flow with timing in it (outages, hand-backs) is rarely reproducible: what
+    // the gateway warned about is the best lead the run leaves.
+    if (t.passing?.() === false && t.comment !== undefined) {
+      const warnings = logs.filter((l) => l.level >= 40)
+      for (const line of warnings.slice(-WARNINGS_SHOWN)) t.comment(`gateway warning: ${JSON.stringify(line)}`)
+    }
+    return gateway.close()
+  })
   return Object.assign(gateway, { config, upstream, logs, databaseUrl, redisPrefix })
 }
 
