@@ -39,6 +39,8 @@ export interface GatewayOptions {
   readonly watch?: readonly string[]
   /** Set in a worker process (proxy.workers > 1): the link to the cluster primary. */
   readonly cluster?: WorkerLink
+  /** Where the access log's lines go (start.ts: a buffered stdout of their own); default `log`. */
+  readonly accessLog?: Logger
 }
 
 export interface Gateway {
@@ -124,7 +126,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     const concurrency = life.add('concurrency slots', new ConcurrencyLimiter(new RedisLeases(redis.client, config.redis.keyPrefix, metrics),
       config.redis.leaseMs, config.fallback.localReplicas, metrics), (c) => { c.close() })
     const control = life.add('control listener', await buildControl({ config, limiter, store: postgres, cache: redis, metrics, log, runtime, overrides, ...(options.cluster === undefined ? {} : { cluster: options.cluster }) }), async (c) => await c.close())
-    const proxy = life.add('proxy listener', await buildProxy({ config, limiter, concurrency, metrics, log, runtime, overrides }), async (p) => await p.close())
+    const proxy = life.add('proxy listener', await buildProxy({ config, limiter, concurrency, metrics, log, accessLog: options.accessLog ?? log, runtime, overrides }), async (p) => await p.close())
 
     const reload = (reason: string): ReloadResult => {
       if (options.loadConfig === undefined) return { ok: false, error: 'no configuration source to reload from' }

@@ -7,6 +7,7 @@ import type { Config } from './config/schema.ts'
 import { packageRoot, packageVersion } from './core/package.ts'
 import { isUnreachable } from './stores/postgres/postgres-store.ts'
 import { prepareFirstRun, type FirstRun } from './first-run.ts'
+import { bufferedStdout } from './observability/access-destination.ts'
 import { createLogger } from './observability/log.ts'
 import { startGateway } from './server.ts'
 import { perWorker, workerCount } from './workers/count.ts'
@@ -56,8 +57,14 @@ export async function runGateway (): Promise<void> {
   // proxy.workers > 1: this process becomes the cluster primary and serves nothing itself.
   if (count > 1 && slot === null) return await runPrimary(config, startupSummary(config, loaded), count)
   // A worker's lines say which worker wrote them: several processes share one stdout.
-  const log = createLogger(config.log.level, undefined, slot === null ? undefined : { role: 'worker', worker: slot, pid: process.pid })
+  const base = slot === null ? undefined : { role: 'worker', worker: slot, pid: process.pid }
+  const log = createLogger(config.log.level, undefined, base)
   if (slot === null) log.info('Logger initialized successfully')
+  // The access log's lines are buffered (access-destination.ts); what is buffered is written
+  // on any exit, a crash or process.exit included.
+  const accessOut = config.log.access ? bufferedStdout() : null
+  const accessLog = accessOut === null ? undefined : createLogger(config.log.level, accessOut, base)
+  if (accessOut !== null) process.on('exit', () => accessOut.flushSync())
   const link = slot === null ? null : new WorkerLink(log)
   // In a worker: its share of the local fail mode, and no migrations when the primary ran them.
   const asWorker = (c: Config): Config => link === null
@@ -80,7 +87,7 @@ export async function runGateway (): Promise<void> {
     // No DATABASE_URL and no local PostgreSQL: the embedded one (src/first-run.ts).
     const dev = firstRun = await prepareFirstRun(config, process.env, log)
     if (link === null) log.info(startupSummary(dev.config, loaded), `ratelimit-gateway ${packageVersion()} starting`)
-    gateway = await startGateway(asWorker(dev.config), log, { loadConfig: () => asWorker(dev.apply(loadConfig())), watch, ...(link === null ? {} : { cluster: link }) })
+    gateway = await startGateway(asWorker(dev.config), log, { loadConfig: () => asWorker(dev.apply(loadConfig())), watch, ...(accessLog === undefined ? {} : { accessLog }), ...(link === null ? {} : { cluster: link }) })
   } catch (err) {
     await firstRun?.close().catch(() => {})
     const hint = isUnreachable(err) && (firstRun?.config ?? config).postgres.requiredAtStart
@@ -102,6 +109,7 @@ export async function runGateway (): Promise<void> {
     else log.info({ signal: signal ?? 'primary' }, 'shutting down: finishing in-flight requests')
     await running.close()
     await stores.close()
+    accessOut?.flushSync()
     log.info('shutdown complete')
   })
   if (link !== null) {

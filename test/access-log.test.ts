@@ -3,8 +3,10 @@
 // source, upstream status and time, request id); the caller raw or hashed.
 import t from 'tap'
 import { createHash } from 'node:crypto'
-import { startTestGateway, type LogLine } from './helpers/gateway.ts'
+import { spawnGateway, startTestGateway, type LogLine, type SpawnedGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
+import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
+import { startUpstream } from './helpers/upstream.ts'
 
 const accessLines = (logs: LogLine[]): LogLine[] => logs.filter((l) => l.log === 'access')
 const waitForLines = async (logs: LogLine[], n: number): Promise<LogLine[]> => {
@@ -45,4 +47,45 @@ t.test('ACCESS_LOG_CALLER hashed: the caller id is not written', async (t) => {
   const [line] = await waitForLines(gw.logs, 1)
   t.equal(line!.caller, createHash('sha256').update('alice@example.com').digest('hex').slice(0, 16))
   t.notMatch(JSON.stringify(gw.logs), /alice@example\.com/)
+})
+
+/** The access lines a process has written to stdout; a line that is not whole JSON fails. */
+function processAccessLines (t: { fail: (message: string) => unknown }, gw: SpawnedGateway): LogLine[] {
+  const out: LogLine[] = []
+  for (const line of gw.output) {
+    if (!line.startsWith('{')) continue
+    try {
+      const parsed = JSON.parse(line) as LogLine
+      if (parsed.log === 'access') out.push(parsed)
+    } catch {
+      t.fail(`a line that is not whole JSON: ${line.slice(0, 200)}`)
+    }
+  }
+  return out
+}
+
+t.test('a gateway process (two workers, one stdout): lines buffered yet whole, a lone line within seconds, none lost at SIGTERM', async (t) => {
+  const upstream = await startUpstream(t)
+  const gw = await spawnGateway(t, {
+    WORKERS: '2',
+    DATABASE_URL: await createTestDatabase(t),
+    REDIS_URL: TEST_REDIS_URL,
+    REDIS_KEY_PREFIX: createRedisPrefix(t),
+    UPSTREAM_URL: upstream.url,
+    ACCESS_LOG: 'true',
+    RATE_LIMIT_CAPACITY: '100000'
+  }, { startTimeoutMs: 40_000 })
+  // One request and nothing after it: the buffer is not full, the periodic flush writes it.
+  t.equal((await send(gw.proxyUrl + '/lone', { user: 'lone' })).status, 201)
+  await waitFor(() => processAccessLines(t, gw).some((l) => l.caller === 'lone'), { timeoutMs: 5_000, what: 'the lone request\'s line, written while idle' })
+
+  // Many lines, from both workers at once, then SIGTERM at once: every line is written, whole.
+  const count = 600
+  const replies = await Promise.all(Array.from({ length: count }, async (_, i) => await send(gw.proxyUrl + `/burst/${i}`, { user: `burst-${i % 7}` })))
+  t.equal(replies.filter((r) => r.status === 201).length, count, 'all served')
+  t.equal(await gw.stop('SIGTERM'), 0, 'exit 0')
+  const burst = processAccessLines(t, gw).filter((l) => typeof l.path === 'string' && l.path.startsWith('/burst/'))
+  t.equal(burst.length, count, 'one whole line per request, none lost at shutdown')
+  t.equal(new Set(burst.map((l) => l.path)).size, count, 'each request once')
+  t.equal(new Set(burst.map((l) => l.pid)).size, 2, 'written by both workers')
 })

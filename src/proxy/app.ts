@@ -61,6 +61,8 @@ export interface ProxyDeps {
   readonly concurrency?: ConcurrencyLimiter
   readonly metrics: Metrics
   readonly log: Logger
+  /** The access log's logger (log.access): `log`, or one with a buffered destination of its own. */
+  readonly accessLog: Logger
   /** The live configuration (policies, identity, upstreams); hot reload swaps it. */
   readonly runtime: Holder<Runtime>
   /** Per-caller overrides (admin API), kept fresh by the override store. */
@@ -104,7 +106,7 @@ export async function buildProxy (deps: ProxyDeps): Promise<FastifyInstance> {
   })
 
   const admission = { limiter: deps.limiter, metrics, overrides: deps.overrides, ...(deps.concurrency === undefined ? {} : { concurrency: deps.concurrency }) }
-  const access = config.log.access ? accessLogger(deps.log.child({ log: 'access' }), config.log.accessCaller) : null
+  const access = config.log.access ? accessLogger(deps.accessLog.child({ log: 'access' }), config.log.accessCaller) : null
   const allowTrace = config.proxy.allowTrace
   const preflight = config.proxy.preflight
   const preflights = new PreflightLimiter(config.proxy.preflightLimit)
