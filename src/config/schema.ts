@@ -214,8 +214,9 @@ const log = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /**
    * One JSON line per proxied request at info (README, "Running it"). Off by default: the load
-   * balancer in front usually keeps one, and the line adds a serialisation and a write to every
-   * request (bench case 3A); no per-request work is done while it is off.
+   * balancer in front usually keeps one, and the line adds a serialisation to every request
+   * (bench case 3A; the writes are buffered, access-destination.ts); no per-request work is
+   * done while it is off.
    */
   access: z.boolean().default(false),
   /** The caller id in the access log: as sent, or its SHA-256 (first 16 hex digits). */
