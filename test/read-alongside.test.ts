@@ -170,6 +170,19 @@ t.test('the early decision waited on a hand-back\'s row lock: the request is cou
   t.equal(more, 4, '9 - 4 spent in Redis - this request: 4 more, the request charged once')
 })
 
+t.test('the early decision fails while the read finds the bucket Redis-owned: PostgreSQL is taken as down, Redis decides', async (t) => {
+  const { limiter, pg, redis, events } = rig(t)
+  await limiter.check(policy, 'gus', 1)
+  await settle()
+  redis.set(redis.key(policy.name, 'gus'), `3|${redis.nowMs()}|m`, 60)
+  pg.down = true
+  events.length = 0
+  const d = await limiter.check(policy, 'gus', 1)
+  t.equal(events.filter((e) => e === 'decide').length, 1, 'PostgreSQL asked once (the early decision)')
+  t.equal(summary(d), 'allowed redis-fallback/redis 2.000', 'Redis takes the bucket back and decides; PostgreSQL is not asked again')
+  t.ok(limiter.postgresDown, 'the early decision\'s failure started the outage')
+})
+
 t.test('RecentlyLow: remembers buckets seen low for a while, in bounded memory', async (t) => {
   const low = new RecentlyLow(0, 4)
   const req = { policy, userId: 'u', cost: 1 }

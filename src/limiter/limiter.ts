@@ -98,10 +98,10 @@ export class Limiter {
     if (owned) p.outage.redisOwnedSeen()
     // Owned, and PostgreSQL was asked alongside: if it charged the request, Redis decides it only
     // once that charge has landed (read-alongside.ts says why).
-    const charged = early === null ? null : await p.alongside!.charged(early)
+    const charged = early === null ? null : await p.alongside!.charged(early, (err) => p.outage.failed(err))
     if (charged !== null) return await p.withoutPostgres.afterCharge(request, key, read, charged)
     // Redis-owned: Redis decides. Handing back: PostgreSQL decides, waiting on the row lock for the merged state.
-    const decided = read === REDIS_OWNED ? null : await p.withoutPostgres.tryPostgres(request, key, read)
+    const decided = read === REDIS_OWNED || p.outage.down ? null : await p.withoutPostgres.tryPostgres(request, key, read)
     return decided ?? await p.withoutPostgres.decide(request, key)
   }
 

@@ -62,12 +62,13 @@ export class ReadAlongside {
     this.#low.markLow(key, dbNowMs)
   }
 
-  /** The early decision if it charged the request (allowed); null if it refused or failed. */
-  async charged (early: Promise<StoreDecision>): Promise<StoreDecision | null> {
+  /** The early decision if it charged the request (allowed); null if it refused or failed (`failed` is told). */
+  async charged (early: Promise<StoreDecision>, failed: (err: unknown) => void): Promise<StoreDecision | null> {
     try {
       const result = await early
       return result.allowed ? result : null
-    } catch {
+    } catch (err) {
+      failed(err)
       return null
     }
   }
