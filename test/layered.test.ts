@@ -6,6 +6,7 @@ import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { startPrivatePostgres } from './helpers/private-stores.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { rateLimitOf } from './helpers/ratelimit.ts'
 
 const TOKEN = 'layered-admin-token-0123456789'
@@ -102,7 +103,7 @@ t.test('a tier substitutes each policy of the list; a list may not mix shadow an
     /defaultPolicy.*mixes shadow and enforced/)
 })
 
-t.test('PostgreSQL down: Redis decides each bucket; a refusal gives back what the others were charged', async (t) => {
+t.test('PostgreSQL down: Redis decides the buckets of each request in one atomic call; a refusal charges none', async (t) => {
   const pg = await startPrivatePostgres(t)
   await pg.stop()
   const gw = await startTestGateway(t, {
@@ -121,7 +122,10 @@ t.test('PostgreSQL down: Redis decides each bucket; a refusal gives back what th
   t.same(statuses, [201, 201, 201, 429, 429], 'hourly allows 3')
   t.equal(last.headers.get('x-data-source'), 'redis-fallback')
   const limits = rateLimitOf(last.headers).limit
-  t.same(limits.map((p) => [p.name, p.params.r]), [['hourly', 0], ['burst', 7]], 'burst was charged and given back for each refusal')
+  t.same(limits.map((p) => [p.name, p.params.r]), [['hourly', 0], ['burst', 7]], 'burst was charged for the three allowed requests only')
+  // One by one, each request took two Redis decisions and each refusal a refund besides.
+  t.equal(await metricSum(gw.metrics, 'gateway_store_operations_total', { store: 'redis', operation: 'decide' }), 5, 'one Redis decision per request')
+  t.equal(await metricSum(gw.metrics, 'gateway_refunds_total', { reason: 'group-refused' }), 0, 'nothing charged, so nothing given back')
 })
 
 t.test('concurrent requests of one caller (one batch, one transaction): exactly the hourly quota passes, burst pays only for those', async (t) => {

@@ -171,3 +171,23 @@ t.test('a gateway whose clock runs ahead, before its first PostgreSQL reply, doe
   db += 1_000
   t.equal((await limiter.check(policy, 'ahead', 1)).allowed, true, 'refill on the Redis clock continues from the take-over')
 })
+
+t.test('a plan with one bucket Redis-owned and one being handed back, PostgreSQL up: each decided by its owner, not PostgreSQL for both', async (t) => {
+  const now = 1_700_000_000_000
+  const { pg, redis } = stores(() => now)
+  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider },
+    { fallback: fallback('closed'), metrics, log: createLogger('silent'), now: () => now })
+  t.teardown(async () => await limiter.close())
+  const burst: Policy = { name: 'burst', capacity: 5, refillPerSecond: 0.001 }
+  const hourly: Policy = { name: 'hourly', capacity: 5, refillPerSecond: 0.001 }
+  // Another gateway lost PostgreSQL: Redis spent burst down to 1 (PostgreSQL's row knows
+  // nothing of it), and a hand-back of hourly is in progress.
+  redis.set(redis.key('burst', 'ann'), `1|${now}|r`, 60)
+  redis.set(redis.key('hourly', 'ann'), `4|${now}|m`, 60)
+  const first = await limiter.checkAll([{ policy: burst, userId: 'ann', cost: 1 }, { policy: hourly, userId: 'ann', cost: 1 }], 'ann')
+  t.ok(first.allowed, 'allowed: burst has 1 in Redis')
+  t.same(Object.fromEntries(first.decisions.map((d) => [d.policy.name, d.decidedBy])), { burst: 'redis', hourly: 'postgres' }, 'each bucket by its owner')
+  t.equal(parseValue(redis.get(redis.key('burst', 'ann')))!.tokens, 0, 'burst charged in Redis')
+  const second = await limiter.checkAll([{ policy: burst, userId: 'ann', cost: 1 }, { policy: hourly, userId: 'ann', cost: 1 }], 'ann')
+  t.notOk(second.allowed, 'refused: Redis\'s burst is empty (PostgreSQL\'s full row would have allowed it)')
+})

@@ -52,6 +52,47 @@ t.test('Lua scripts', async (t) => {
     t.match(await redis.get(key('f-m')), /\|r$/)
   })
 
+  await t.test('decide, one request\'s buckets together (PostgreSQL down): all charged or none, each owner as DECIDE treats it; the in-memory twin agrees', async (t) => {
+    const twin = new MemoryRedis({ now: () => Date.now() })
+    // Rate 0: no refill between the calls, so Redis and the twin must agree exactly.
+    const put = async (name: string, value: string | null): Promise<void> => {
+      if (value === null) { await redis.del(key(name)); twin.del(key(name)) } else { await redis.set(key(name), value); twin.set(key(name), value) }
+    }
+    const group = async (names: string[], costs: number[], opts: { force?: 0 | 1, fence?: number } = {}): Promise<Array<number | string>> => {
+      const dbNow = Date.now()
+      const reply = await redis.rlDecideGroup(names.length, ...names.map(key), dbNow, opts.force ?? 0, opts.fence ?? 0, ...costs.flatMap((c) => [c, 10, 0, 60]))
+      const mine = twin.decideGroupScript(names.map((n, i) => ({ key: key(n), cost: costs[i]!, cap: 10, rate: 0, ttl: 60 })), dbNow, opts.force === 1, opts.fence ?? 0)
+      const expected = mine.kind === 'handing-back' ? [-1] : mine.kind === 'taking-over' ? [-2, 'wait'] : mine.kind === 'decided' ? [mine.allowed ? 1 : 0, ...mine.buckets.flatMap((b) => [b.canPay ? 1 : 0, b.tokens])] : ['?']
+      t.same(reply.map((x, i) => reply[0] === -2 && i === 1 ? 'wait' : typeof x === 'string' ? Number(x) : x), expected, 'the twin answers the same')
+      return reply
+    }
+    const value = async (name: string): Promise<string> => (await redis.get(key(name))) ?? ''
+    const now = Date.now()
+
+    await put('ga', `3|${now}`) // a PostgreSQL snapshot
+    await put('gb', `1|${now}|r`) // Redis's own
+    await put('gc', null) // none: full
+    const charged = await group(['ga', 'gb', 'gc'], [1, 1, 1])
+    t.same(charged.map(Number), [1, 1, 2, 1, 0, 1, 9], 'all can pay: all charged (a snapshot taken over, Redis\'s own, a full one)')
+    t.match(await value('ga'), /^2\|.*\|r$/, 'each becomes Redis-owned')
+    t.match(await value('gc'), /^9\|.*\|r$/)
+
+    const refused = await group(['ga', 'gb', 'gc'], [1, 1, 1])
+    t.same(refused.map(Number), [0, 1, 2, 0, 0, 1, 9], 'gb cannot pay: none charged, each reported as it stands')
+    t.same([await value('ga'), await value('gc')].map((v) => v.split('|')[0]), ['2', '9'], 'ga and gc not charged')
+
+    await put('gm', `4|${now}|m`)
+    t.same(await group(['ga', 'gm'], [1, 1]), [-1], 'one being handed back: ask PostgreSQL, nothing written')
+    t.match(await value('ga'), /^2\|/)
+    t.same((await group(['ga', 'gm'], [1, 1], { force: 1 })).map(Number), [1, 1, 1, 1, 3], 'forced: taken back and decided at once')
+
+    await put('gf', `5|${now}`)
+    const fenced = await group(['ga', 'gf'], [1, 1], { fence: 200 })
+    t.same([fenced[0], Number(fenced[1])], [-2, 200], 'a take-over fences the request')
+    t.match(await value('gf'), /^5\|.*\|t$/, 'the snapshot is being taken over')
+    t.match(await value('ga'), /^1\|.*\|r$/, 'the others untouched')
+  })
+
   await t.test('value owners', async (t) => {
     t.equal(ownerOf('3|1700000000000'), 'postgres')
     t.equal(ownerOf('3|1700000000000|r'), 'redis')

@@ -149,6 +149,17 @@ export interface RedisTakingOver {
   readonly waitMs: number
 }
 
+/** Redis's decision of one request's buckets, all or nothing: charged all (`allowed`) or none. */
+export interface RedisGroupDecided {
+  readonly kind: 'decided'
+  readonly allowed: boolean
+  /** Per bucket, in the request's order: whether it could pay, and its tokens (after the charge if charged). */
+  readonly buckets: ReadonlyArray<{ readonly canPay: boolean, readonly tokens: number }>
+}
+
+/** As RedisVerdict, for several buckets: handing-back or taking-over if any of them is. */
+export type RedisGroupVerdict = RedisGroupDecided | RedisNotDecided | RedisTakingOver
+
 export const REDIS_HANDING_BACK: RedisNotDecided = Object.freeze({ kind: 'handing-back' })
 export const REDIS_UNAVAILABLE: RedisNotDecided = Object.freeze({ kind: 'unavailable' })
 
@@ -166,6 +177,12 @@ export interface RedisDecider {
    * Redis takes over; `force` takes a bucket back from a hand-back in progress.
    */
   decide (request: BucketRequest, dbNowMs: number, force: boolean): Promise<RedisVerdict>
+  /**
+   * One request's buckets in one atomic step (as `decide` for each, but charged all or none);
+   * null where this Redis cannot (a Cluster: the buckets live in different slots; or two of
+   * them share a key): decide them one by one.
+   */
+  decideGroup (requests: readonly BucketRequest[], dbNowMs: number, force: boolean): Promise<RedisGroupVerdict | null>
   /** Gives `request.cost` back to a bucket Redis charged, never above capacity; false when it could not (not Redis-owned now, or Redis failed). */
   refund (request: BucketRequest): Promise<boolean>
   /** Some of the Redis-owned buckets from `cursor` ('0' starts; '0' returned: done). */

@@ -23,6 +23,8 @@ export interface GroupSteps {
   readonly metrics: Metrics
   /** Steps 4 and 5 for one bucket (the limiter's). */
   readonly withoutPostgres: (request: BucketRequest, key: string) => Promise<Decision>
+  /** Step 4 for all the buckets in one atomic Redis call, charged all or none; null: one by one. */
+  readonly withoutPostgresTogether: (requests: readonly BucketRequest[], keys: readonly string[]) => Promise<Decision[] | null>
   /** Gives a charged bucket's tokens back to the store that charged it. */
   readonly giveBack: (request: BucketRequest, charged: Decision) => Promise<boolean>
   /** One write-behind bucket's decision (the limiter's); null: every bucket is decided strictly. */
@@ -72,12 +74,16 @@ export class GroupFlow {
   }
 
   /**
-   * Steps 4 and 5 for several buckets: each is decided by Redis (or the fail mode) in turn, and
-   * the first refusal stops the request; the buckets already charged for it are given back by
-   * the store that charged them (best effort: a refund that cannot be made errs towards fewer
-   * tokens). Buckets not reached are reported from their cached snapshot, or as full.
+   * Steps 4 and 5 for several buckets: on one Redis server all of them in one atomic call,
+   * charged all or none. Where that cannot be (a Cluster, Redis away: the fail mode), each is
+   * decided in turn, and the first refusal stops the request; the buckets already charged for
+   * it are given back by the store that charged them (best effort: a refund that cannot be made
+   * errs towards fewer tokens). Buckets not reached are reported from their cached snapshot, or
+   * as full.
    */
   async #withoutPostgres (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
+    const together = await this.#d.withoutPostgresTogether(requests, keys)
+    if (together !== null) return together.every((d) => d.allowed) ? together : await this.#refusedEarly(requests, keys, together, null)
     const out: Array<Decision | null> = requests.map(() => null)
     for (let i = 0; i < requests.length; i++) {
       const d = await this.#d.withoutPostgres(requests[i]!, keys[i]!)

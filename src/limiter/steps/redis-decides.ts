@@ -44,6 +44,26 @@ export class RedisDecides {
     return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, 'redis-fallback', 'redis')
   }
 
+  /**
+   * One request's buckets in one atomic step, charged all or none (null: this Redis cannot
+   * decide them together, or cannot decide at all: decide them one by one). The same fence
+   * waits as `decide`.
+   */
+  async decideGroup (requests: readonly BucketRequest[], force: boolean): Promise<Decision[] | 'handing-back' | null> {
+    const clock = this.#clock
+    let verdict = await this.#redis.decideGroup(requests, clock.observed ? clock.nowMs() : 0, force)
+    for (let round = 0; verdict !== null && verdict.kind === 'taking-over' && round < 5; round++) {
+      await sleep(Math.ceil(verdict.waitMs) + 1)
+      verdict = await this.#redis.decideGroup(requests, clock.observed ? clock.nowMs() : 0, force)
+    }
+    if (verdict === null || verdict.kind !== 'decided') return verdict?.kind === 'handing-back' ? 'handing-back' : null
+    this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
+    return verdict.buckets.map((b, i) => {
+      const r = requests[i]!
+      return makeDecision(r.policy, r.cost, b.canPay, b.tokens, 'redis-fallback', 'redis')
+    })
+  }
+
   /** Gives a charged bucket its tokens back (false: Redis could not, or no longer owns it). */
   async refund (request: BucketRequest): Promise<boolean> {
     return await this.#redis.refund(request)

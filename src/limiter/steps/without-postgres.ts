@@ -54,6 +54,29 @@ export class WithoutPostgres {
   }
 
   /**
+   * Step 4 for several buckets of one request, in one atomic Redis call: all charged or none.
+   * Null where Redis cannot decide them together (a Cluster, Redis away, the fallback not
+   * letting it, one of them being handed back while PostgreSQL answers): the caller decides
+   * them one by one (`decide`, then the fail mode).
+   */
+  async decideGroup (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[] | null> {
+    const d = this.#d
+    if (!d.fallback().redisDecides) return null
+    await d.cache.settled()
+    let outcome = await d.redisDecides.decideGroup(requests, false)
+    if (outcome === 'handing-back') {
+      // One of them is being merged into PostgreSQL, which decides it once the merge is done;
+      // but not the others (Redis owns them, and PostgreSQL does not hold what Redis spent):
+      // one by one. With PostgreSQL down, Redis takes them back, as for one bucket.
+      if (!d.outage.down) return null
+      outcome = await d.redisDecides.decideGroup(requests, true)
+    }
+    if (outcome === null || outcome === 'handing-back') return null
+    if (d.outage.down) d.mode.enter('redis-fallback', { err: d.outage.cause })
+    return outcome
+  }
+
+  /**
    * The bucket is Redis-owned (or being handed back), and PostgreSQL has already charged this
    * request (read-alongside.ts, an early decision): Redis decides it now that the charge has
    * landed, taking the bucket back even from a hand-back, so the merge counts the request once.

@@ -20,7 +20,7 @@
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import {
   CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE, WB_MISS, WB_UNAVAILABLE,
-  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisVerdict, type SnapshotCache,
+  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisGroupVerdict, type RedisVerdict, type SnapshotCache,
   type WriteBehindGroupVerdict, type WriteBehindRedis, type WriteBehindVerdict
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
@@ -259,6 +259,40 @@ export class MemoryRedis {
     return 1
   }
 
+  /** DECIDE_GROUP of scripts.ts, as a verdict. `buckets`: key, cost, capacity, rate, ttl of each. */
+  decideGroupScript (buckets: ReadonlyArray<{ key: string, cost: number, cap: number, rate: number, ttl: number }>, dbNowMs: number, force: boolean, fenceMs = 0): RedisGroupVerdict {
+    const now = this.#now()
+    const states = buckets.map((b) => {
+      const current = parseValue(this.get(b.key))
+      if (current === null) return { tokens: b.cap, at: now, take: true, kind: '' }
+      if (current.kind === 'r' || current.kind === 'm' || current.kind === 't') return { tokens: current.tokens, at: current.at, take: false, kind: current.kind }
+      return { tokens: refill(current.tokens, current.at, dbNowMs, b.cap, b.rate), at: now, take: true, kind: '' }
+    })
+    if (!force && states.some((s) => s.kind === 'm')) return REDIS_HANDING_BACK
+    if (fenceMs > 0 && states.some((s) => s.take)) {
+      states.forEach((s, i) => { if (s.take) this.set(buckets[i]!.key, num(Math.min(s.tokens, buckets[i]!.cap)) + '|' + num(now) + '|t', buckets[i]!.ttl) })
+      return { kind: 'taking-over', waitMs: fenceMs }
+    }
+    const wait = Math.max(0, ...states.map((s) => s.kind === 't' ? s.at + fenceMs - now : 0))
+    if (wait > 0) return { kind: 'taking-over', waitMs: wait }
+    const decided = states.map((s, i) => {
+      const b = buckets[i]!
+      const stamp = Math.max(now, s.at)
+      const left = refill(s.tokens, s.at, stamp, b.cap, b.rate)
+      return { left, stamp, canPay: left + 1e-9 >= b.cost }
+    })
+    const allowed = decided.every((d) => d.canPay)
+    return {
+      kind: 'decided',
+      allowed,
+      buckets: decided.map((d, i) => {
+        const tokens = allowed ? d.left - buckets[i]!.cost : d.left
+        this.set(buckets[i]!.key, num(tokens) + '|' + num(d.stamp) + '|r', buckets[i]!.ttl)
+        return { canPay: d.canPay, tokens }
+      })
+    }
+  }
+
   /** DECIDE of scripts.ts: [1 allowed | 0 denied | -1 being handed back | -2 taking over (wait [1] ms), tokens, atMs]. */
   decideScript (key: string, cost: number, cap: number, rate: number, ttl: number, dbNowMs: number, force: boolean, fenceMs = 0): [number, number, number] {
     let now = this.#now()
@@ -414,6 +448,16 @@ export class MemoryRedisDecider implements RedisDecider {
     if (status === -1) return REDIS_HANDING_BACK
     if (status === -2) return { kind: 'taking-over', waitMs: tokens }
     return { kind: 'decided', allowed: status === 1, tokens }
+  }
+
+  async decideGroup (requests: readonly BucketRequest[], dbNowMs: number, force: boolean): Promise<RedisGroupVerdict | null> {
+    const r = this.#redis
+    const buckets = requests.map(({ policy, userId, cost }) => ({ key: r.key(policy.cacheName ?? policy.name, userId), cost, cap: policy.capacity, rate: policy.refillPerSecond, ttl: fullRefillSeconds(policy) }))
+    if (new Set(buckets.map((b) => b.key)).size !== buckets.length) return null
+    if (!this.available) return REDIS_UNAVAILABLE
+    r.decideCalls++
+    for (const { policy, userId } of requests) r.sadd(encodeMember(policy, userId))
+    return r.decideGroupScript(buckets, dbNowMs, force, r.takeoverFenceMs)
   }
 
   async refund (request: BucketRequest): Promise<boolean> {

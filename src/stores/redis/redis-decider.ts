@@ -20,17 +20,26 @@
  */
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
-import { REDIS_HANDING_BACK, REDIS_UNAVAILABLE, type BucketRequest, type OwnedBucket, type RedisDecider as RedisDeciderPort, type RedisVerdict } from '../../core/ports.ts'
+import { REDIS_HANDING_BACK, REDIS_UNAVAILABLE, type BucketRequest, type OwnedBucket, type RedisDecider as RedisDeciderPort, type RedisGroupVerdict, type RedisVerdict } from '../../core/ports.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import { withDeadline } from '../deadline.ts'
 import type { StoreHealth } from '../health.ts'
-import { createRedisClient } from './client.ts'
+import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, type ScriptedRedis } from './scripts.ts'
 import { bucketKey, encode } from './snapshot-cache.ts'
 import { decodeMember, encodeMember, memberOf, type OwnedMember } from '../owned-member.ts'
 
+/** DECIDE_GROUP's reply (scripts.ts) as a verdict; shared with the in-memory twin's. */
+export function groupVerdict (reply: ReadonlyArray<number | string>, n: number): RedisGroupVerdict {
+  const status = Number(reply[0])
+  if (status === -1) return REDIS_HANDING_BACK
+  if (status === -2) return { kind: 'taking-over', waitMs: Number(reply[1]) }
+  const buckets = new Array<{ canPay: boolean, tokens: number }>(n)
+  for (let i = 0; i < n; i++) buckets[i] = { canPay: Number(reply[1 + 2 * i]) === 1, tokens: Number(reply[2 + 2 * i]) }
+  return { kind: 'decided', allowed: status === 1, buckets }
+}
 
 export class RedisDecider implements RedisDeciderPort {
   readonly #prefix: string
@@ -139,6 +148,31 @@ export class RedisDecider implements RedisDeciderPort {
     if (reply[0] === -1) return REDIS_HANDING_BACK
     if (reply[0] === -2) return { kind: 'taking-over', waitMs: Number(reply[1]) }
     return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]) }
+  }
+
+  /** One request's buckets in one DECIDE_GROUP call (scripts.ts); null on a Cluster or when two share a key. */
+  async decideGroup (requests: readonly BucketRequest[], dbNowMs: number, force: boolean): Promise<RedisGroupVerdict | null> {
+    const client = this.#client
+    if (client !== null && isCluster(client)) return null
+    const keys = requests.map(({ policy, userId }) => bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId))
+    if (new Set(keys).size !== keys.length) return null
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return REDIS_UNAVAILABLE
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
+    client.sadd(this.ownedSetKey, ...requests.map(({ policy, userId }) => encodeMember(policy, userId))).catch(() => {})
+    const args: Array<string | number> = [...keys, dbNowMs, force ? 1 : 0, this.#fenceMs]
+    for (const { policy, cost } of requests) args.push(cost, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
+    let reply: Array<number | string>
+    try {
+      reply = await this.bounded('decide', client.rlDecideGroup(keys.length, ...args))
+    } catch (err) {
+      this.#breaker.failure(Date.now())
+      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
+      this.#health.failed(err)
+      return REDIS_UNAVAILABLE
+    }
+    this.#breaker.success()
+    this.#health.succeeded()
+    return groupVerdict(reply, requests.length)
   }
 
   /** Gives `request.cost` tokens back to a bucket Redis charged; false when Redis could not. */

@@ -151,6 +151,76 @@ return {allowed, t, n}
 `
 
 /**
+ * DECIDE for the buckets of one request (a plan's burst, hourly and monthly limits), all or
+ * nothing: every bucket is charged, or none is. Each bucket's value is read and taken over as
+ * DECIDE does (a missing key is full, a snapshot is refilled to the database's now, "r" is
+ * Redis's own state, "m" answers "ask PostgreSQL" unless forced, "t" waits out its fence); then,
+ * only if no bucket must wait, all of them are decided at one instant of the Redis clock and
+ * every one becomes "r" (charged if all could pay; refilled but uncharged otherwise, as a refused
+ * DECIDE leaves its bucket). Before it, the buckets were decided one by one and the charged ones
+ * given back on a refusal: a concurrent request of the same caller could be refused by tokens
+ * returned a moment later, and a refund lost with Redis lost them for good.
+ * Standalone Redis (or Sentinel's master) only: the keys have different hash tags.
+ * KEYS: the buckets, each once. ARGV: dbNowMs, force, fence ms, then four per key: cost,
+ * capacity, rate per second, ttl seconds.
+ * Returns {-1} (a bucket is being handed back: ask PostgreSQL), {-2, wait ms} (a take-over's
+ * fence: ask again then; the buckets taken over now are "t"), or {1 | 0, then per key:
+ * 1 can pay | 0, tokens}.
+ */
+const DECIDE_GROUP = HELPERS + `
+local db_now, force, fence = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
+local now = now_ms()
+local n = #KEYS
+local tokens, at, take = {}, {}, {}
+local taking, wait = false, 0
+for i = 1, n do
+  local j = 3 + 4 * (i - 1)
+  local cap, rate = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+  local t, a, kind = parse(redis.call('GET', KEYS[i]))
+  take[i] = false
+  if t == nil then
+    t, a, take[i] = cap, now, true
+  elseif kind == 'm' then
+    if not force then return {-1} end
+  elseif kind == 't' then
+    if now < a + fence then wait = math.max(wait, a + fence - now) end
+  elseif kind ~= 'r' then
+    t, a, take[i] = refill(t, a, db_now, cap, rate), now, true
+  end
+  if take[i] then taking = true end
+  tokens[i], at[i] = t, a
+end
+if taking and fence > 0 then
+  for i = 1, n do
+    if take[i] then
+      local j = 3 + 4 * (i - 1)
+      store(KEYS[i], math.min(tokens[i], tonumber(ARGV[j + 2])), now, 't', ARGV[j + 4])
+    end
+  end
+  return {-2, num(fence)}
+end
+if wait > 0 then return {-2, num(wait)} end
+local all, left, stamp, pay = 1, {}, {}, {}
+for i = 1, n do
+  local j = 3 + 4 * (i - 1)
+  local w = now
+  if w < at[i] then w = at[i] end
+  left[i] = refill(tokens[i], at[i], w, tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]))
+  stamp[i] = w
+  if left[i] + 1e-9 >= tonumber(ARGV[j + 1]) then pay[i] = 1 else pay[i], all = 0, 0 end
+end
+local out = {all}
+for i = 1, n do
+  local j = 3 + 4 * (i - 1)
+  local t = left[i]
+  if all == 1 then t = t - tonumber(ARGV[j + 1]) end
+  local ts = store(KEYS[i], t, stamp[i], 'r', ARGV[j + 4])
+  out[2 * i], out[2 * i + 1] = pay[i], ts
+end
+return out
+`
+
+/**
  * A refund to a bucket Redis charged (PostgreSQL down): the tokens go back, never above
  * capacity. Only a Redis-owned bucket is refunded: one being handed back or handed back has its
  * state in PostgreSQL now (the refund is given up there: it errs towards fewer tokens), and a
@@ -378,6 +448,8 @@ export interface ScriptedRedis extends Redis {
   rlWriteMany: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<number>
   rlDecide: (key: string, cost: number, capacity: number, rate: number, ttl: number,
     dbNowMs: number, force: 0 | 1, fenceMs: number) => Reply<[number, string, string]>
+  /** DECIDE_GROUP: the key count, the keys, dbNowMs, force, fence ms, then cost, capacity, rate and ttl per key. */
+  rlDecideGroup: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlHandBack: (key: string, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string]>
   rlHandedBack: (key: string, snapshot: string, ttl: number) => Reply<number>
@@ -395,6 +467,7 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlWrite', { numberOfKeys: 1, lua: WRITE })
   client.defineCommand('rlWriteMany', { lua: WRITE_MANY })
   client.defineCommand('rlDecide', { numberOfKeys: 1, lua: DECIDE })
+  client.defineCommand('rlDecideGroup', { lua: DECIDE_GROUP })
   client.defineCommand('rlHandBack', { numberOfKeys: 1, lua: HAND_BACK })
   client.defineCommand('rlRefund', { numberOfKeys: 1, lua: REFUND })
   client.defineCommand('rlHandedBack', { numberOfKeys: 1, lua: HANDED_BACK })
