@@ -3,10 +3,8 @@
 // source, upstream status and time, request id); the caller raw or hashed.
 import t from 'tap'
 import { createHash } from 'node:crypto'
-import { spawnGateway, startTestGateway, type LogLine, type SpawnedGateway } from './helpers/gateway.ts'
+import { spawnTwoWorkers, startTestGateway, type LogLine, type SpawnedGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
-import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
-import { startUpstream } from './helpers/upstream.ts'
 
 const accessLines = (logs: LogLine[]): LogLine[] => logs.filter((l) => l.log === 'access')
 const waitForLines = async (logs: LogLine[], n: number): Promise<LogLine[]> => {
@@ -65,16 +63,7 @@ function processAccessLines (t: { fail: (message: string) => unknown }, gw: Spaw
 }
 
 t.test('a gateway process (two workers, one stdout): lines buffered yet whole, a lone line within seconds, none lost at SIGTERM', async (t) => {
-  const upstream = await startUpstream(t)
-  const gw = await spawnGateway(t, {
-    WORKERS: '2',
-    DATABASE_URL: await createTestDatabase(t),
-    REDIS_URL: TEST_REDIS_URL,
-    REDIS_KEY_PREFIX: createRedisPrefix(t),
-    UPSTREAM_URL: upstream.url,
-    ACCESS_LOG: 'true',
-    RATE_LIMIT_CAPACITY: '100000'
-  }, { startTimeoutMs: 40_000 })
+  const gw = await spawnTwoWorkers(t, { RATE_LIMIT_CAPACITY: '100000' })
   // One request and nothing after it: the buffer is not full, the periodic flush writes it.
   t.equal((await send(gw.proxyUrl + '/lone', { user: 'lone' })).status, 201)
   await waitFor(() => processAccessLines(t, gw).some((l) => l.caller === 'lone'), { timeoutMs: 5_000, what: 'the lone request\'s line, written while idle' })

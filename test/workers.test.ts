@@ -10,9 +10,9 @@ import t from 'tap'
 import { loadConfig, ConfigError } from '../src/config/load.ts'
 import { packageRoot } from '../src/core/package.ts'
 import { perWorker, workerCount } from '../src/workers/count.ts'
-import { spawnGateway, type SpawnedGateway } from './helpers/gateway.ts'
+import { spawnGateway, spawnTwoWorkers as twoWorkers, type SpawnedGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
-import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
+import { createRedisPrefix, createTestDatabase } from './helpers/stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 const main = join(packageRoot(), 'dist', 'src', 'main.js')
@@ -59,19 +59,6 @@ function sample (text: string, name: string, labels = ''): number {
 
 async function metrics (gw: SpawnedGateway): Promise<string> {
   return await (await fetch(gw.controlUrl + '/metrics')).text()
-}
-
-async function twoWorkers (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string> = {}): Promise<SpawnedGateway> {
-  const upstream = await startUpstream(t)
-  return await spawnGateway(t, {
-    WORKERS: '2',
-    DATABASE_URL: await createTestDatabase(t),
-    REDIS_URL: TEST_REDIS_URL,
-    REDIS_KEY_PREFIX: createRedisPrefix(t),
-    UPSTREAM_URL: upstream.url,
-    ACCESS_LOG: 'true',
-    ...env
-  }, { startTimeoutMs: 40_000 })
 }
 
 t.test('WORKERS and proxy.workers: parsed and validated, the field named', async (t) => {

@@ -143,3 +143,17 @@ export async function spawnGateway (t: TapLike, env: Record<string, string>, { s
   const { port, control_port: controlPort } = await ready
   return { proxyUrl: `http://127.0.0.1:${port}`, controlUrl: `http://127.0.0.1:${controlPort}`, child, output, stop }
 }
+
+/** A gateway of two worker processes (WORKERS=2) on its own database and key prefix, the access log on. */
+export async function spawnTwoWorkers (t: TapLike, env: Record<string, string> = {}): Promise<SpawnedGateway> {
+  const upstream = await startUpstream(t)
+  return await spawnGateway(t, {
+    WORKERS: '2',
+    DATABASE_URL: await createTestDatabase(t),
+    REDIS_URL: TEST_REDIS_URL,
+    REDIS_KEY_PREFIX: createRedisPrefix(t),
+    UPSTREAM_URL: upstream.url,
+    ACCESS_LOG: 'true',
+    ...env
+  }, { startTimeoutMs: 40_000 })
+}

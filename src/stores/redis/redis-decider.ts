@@ -127,24 +127,14 @@ export class RedisDecider implements RedisDeciderPort {
   }
 
   async decide (request: BucketRequest, dbNowMs: number, force: boolean): Promise<RedisVerdict> {
-    const client = this.#client
-    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return REDIS_UNAVAILABLE
+    const client = this.#deciding()
+    if (client === null) return REDIS_UNAVAILABLE
     const { policy, userId, cost } = request
-    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
     // Recorded first, or at the same time: a member without a Redis-owned bucket is harmless.
     client.sadd(this.ownedSetKey, encodeMember(policy, userId)).catch(() => {})
-    let reply: [number, string, string]
-    try {
-      reply = await this.bounded('decide', client.rlDecide(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
-        policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, this.#fenceMs))
-    } catch (err) {
-      this.#breaker.failure(Date.now())
-      this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
-      this.#health.failed(err)
-      return REDIS_UNAVAILABLE
-    }
-    this.#breaker.success()
-    this.#health.succeeded()
+    const reply = await this.#decided(client.rlDecide(bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId), cost, policy.capacity,
+      policy.refillPerSecond, fullRefillSeconds(policy), dbNowMs, force ? 1 : 0, this.#fenceMs))
+    if (reply === null) return REDIS_UNAVAILABLE
     if (reply[0] === -1) return REDIS_HANDING_BACK
     if (reply[0] === -2) return { kind: 'taking-over', waitMs: Number(reply[1]) }
     return { kind: 'decided', allowed: reply[0] === 1, tokens: Number(reply[1]) }
@@ -152,27 +142,39 @@ export class RedisDecider implements RedisDeciderPort {
 
   /** One request's buckets in one DECIDE_GROUP call (scripts.ts); null on a Cluster or when two share a key. */
   async decideGroup (requests: readonly BucketRequest[], dbNowMs: number, force: boolean): Promise<RedisGroupVerdict | null> {
-    const client = this.#client
-    if (client !== null && isCluster(client)) return null
+    if (this.#client !== null && isCluster(this.#client)) return null
     const keys = requests.map(({ policy, userId }) => bucketKey(this.#prefix, policy.cacheName ?? policy.name, userId))
     if (new Set(keys).size !== keys.length) return null
-    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return REDIS_UNAVAILABLE
-    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
+    const client = this.#deciding()
+    if (client === null) return REDIS_UNAVAILABLE
     client.sadd(this.ownedSetKey, ...requests.map(({ policy, userId }) => encodeMember(policy, userId))).catch(() => {})
     const args: Array<string | number> = [...keys, dbNowMs, force ? 1 : 0, this.#fenceMs]
     for (const { policy, cost } of requests) args.push(cost, policy.capacity, policy.refillPerSecond, fullRefillSeconds(policy))
-    let reply: Array<number | string>
+    const reply = await this.#decided(client.rlDecideGroup(keys.length, ...args))
+    return reply === null ? REDIS_UNAVAILABLE : groupVerdict(reply, requests.length)
+  }
+
+  /** The client for a decision, counted as one; null while Redis is away or the breaker is open. */
+  #deciding (): ScriptedRedis | null {
+    const client = this.#client
+    if (client === null || client.status !== 'ready' || !this.#breaker.allow(Date.now())) return null
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'decide' })
+    return client
+  }
+
+  /** A decision's reply, bounded, fed to the breaker and the health; null when it failed. */
+  async #decided<T> (work: Promise<T>): Promise<T | null> {
     try {
-      reply = await this.bounded('decide', client.rlDecideGroup(keys.length, ...args))
+      const reply = await this.bounded('decide', work)
+      this.#breaker.success()
+      this.#health.succeeded()
+      return reply
     } catch (err) {
       this.#breaker.failure(Date.now())
       this.#metrics.storeErrors.inc({ store: 'redis', operation: 'decide' })
       this.#health.failed(err)
-      return REDIS_UNAVAILABLE
+      return null
     }
-    this.#breaker.success()
-    this.#health.succeeded()
-    return groupVerdict(reply, requests.length)
   }
 
   /** Gives `request.cost` tokens back to a bucket Redis charged; false when Redis could not. */
