@@ -80,7 +80,7 @@ export function assemble (ports: LimiterPorts, options: LimiterOptions, fallback
       cache, clock, outage, overLimit, postgres, metrics, decideWriteBehind,
       decideWriteBehindGroup: writeBehind === null ? null : async (requests) => await writeBehind.decideGroup(requests),
       withoutPostgres: async (request, key) => await withoutPostgres.decide(request, key),
-      withoutPostgresTogether: async (requests, keys) => await withoutPostgres.decideGroup(requests, keys),
+      withoutPostgresTogether: async (requests) => await withoutPostgres.decideGroup(requests),
       giveBack: async (request, charged) => await refunds.giveBack(request, charged)
     }),
     decideWriteBehind,

@@ -24,7 +24,7 @@ export interface GroupSteps {
   /** Steps 4 and 5 for one bucket (the limiter's). */
   readonly withoutPostgres: (request: BucketRequest, key: string) => Promise<Decision>
   /** Step 4 for all the buckets in one atomic Redis call, charged all or none; null: one by one. */
-  readonly withoutPostgresTogether: (requests: readonly BucketRequest[], keys: readonly string[]) => Promise<Decision[] | null>
+  readonly withoutPostgresTogether: (requests: readonly BucketRequest[]) => Promise<Decision[] | null>
   /** Gives a charged bucket's tokens back to the store that charged it. */
   readonly giveBack: (request: BucketRequest, charged: Decision) => Promise<boolean>
   /** One write-behind bucket's decision (the limiter's); null: every bucket is decided strictly. */
@@ -82,7 +82,7 @@ export class GroupFlow {
    * as full.
    */
   async #withoutPostgres (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[]> {
-    const together = await this.#d.withoutPostgresTogether(requests, keys)
+    const together = await this.#d.withoutPostgresTogether(requests)
     if (together !== null) return together.every((d) => d.allowed) ? together : await this.#refusedEarly(requests, keys, together, null)
     const out: Array<Decision | null> = requests.map(() => null)
     for (let i = 0; i < requests.length; i++) {

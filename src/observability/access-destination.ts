@@ -1,7 +1,7 @@
 /**
  * Where the access log's lines go when the gateway logs to stdout: a buffer of their own.
- * Written line by line like every other log line, the access log cost one write(2) per request
- * (bench case 3A: 0.86x the throughput at 1.19x the CPU per request). Buffered, its lines leave
+ * Written line by line like every other log line, the access log cost one write(2) per request,
+ * a third of its cost (bench case 3A, docs/performance.md). Buffered, its lines leave
  * in writes of about BUFFER_BYTES, and at least every FLUSH_MS while traffic is light (nginx's
  * `access_log ... buffer= flush=`). Every other log line is still written at once: a buffered
  * start-up, warning or outage line would arrive late or, on a crash, not at all.
@@ -12,9 +12,9 @@
  */
 import { pino } from 'pino'
 
-export const BUFFER_BYTES = 2048
+const BUFFER_BYTES = 2048
 const MAX_WRITE_BYTES = 4096
-export const FLUSH_MS = 1000
+const FLUSH_MS = 1000
 
 export interface AccessDestination extends pino.DestinationStream {
   /** Writes what is buffered, now (shutdown, exit). */

@@ -59,7 +59,7 @@ export class WithoutPostgres {
    * letting it, one of them being handed back while PostgreSQL answers): the caller decides
    * them one by one (`decide`, then the fail mode).
    */
-  async decideGroup (requests: readonly BucketRequest[], keys: readonly string[]): Promise<Decision[] | null> {
+  async decideGroup (requests: readonly BucketRequest[]): Promise<Decision[] | null> {
     const d = this.#d
     if (!d.fallback().redisDecides) return null
     await d.cache.settled()
