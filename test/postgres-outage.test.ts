@@ -9,6 +9,12 @@ import { keysPerNode, startRedisCluster } from './helpers/redis-topologies.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
 import { Redis } from 'ioredis'
+import { loadConfig } from '../src/config/load.ts'
+import { createLogger } from '../src/observability/log.ts'
+import { Metrics } from '../src/observability/metrics.ts'
+import { StoreHealth } from '../src/stores/health.ts'
+import { encodeMember } from '../src/stores/owned-member.ts'
+import { RedisDecider } from '../src/stores/redis/redis-decider.ts'
 
 const CAPACITY = 20
 // Slow enough that refill during the test is a tenth of a token: counts must be exact.
@@ -199,4 +205,30 @@ t.test('started while PostgreSQL is down (requiredAtStart: false): Redis decides
   t.equal(after.status, 429, 'no refund after the hand-back')
   t.equal((await send(gw.proxyUrl + '/x', { user: 'late' })).headers.get('x-data-source'), 'new-user', 'PostgreSQL creates new callers again')
   t.equal(gw.logs.filter((l) => /does not answer at start-up/.test(l.msg)).length, 1, 'the degraded start is logged once')
+})
+
+t.test('a bucket taken over again between its hand-back and the SREM stays in the owned set (a later pass hands it back)', async (t) => {
+  const prefix = createRedisPrefix(t)
+  const config = loadConfig({ env: {}, overrides: { redis: { url: TEST_REDIS_URL, keyPrefix: prefix } } })
+  const metrics = new Metrics()
+  const decider = new RedisDecider(config.redis, 3000, new StoreHealth('redis', createLogger('silent'), metrics), metrics, 0)
+  t.teardown(() => decider.close())
+  decider.start()
+  await waitFor(() => decider.available, { what: 'the decider connected' })
+  const client = decider.client!
+  const policy = { name: 'default', capacity: 10, refillPerSecond: 0.001 }
+  const bucket = { policy: 'default', cacheName: 'default', userId: 'late-taker', capacity: 10, refillPerSecond: 0.001 }
+  const member = encodeMember(policy, 'late-taker')
+  await client.set(`${prefix}{default:late-taker}`, `4|${Date.now()}|m`)
+  await client.sadd(decider.ownedSetKey, member)
+  // Another gateway, PostgreSQL still down for it, decides the bucket right after it became a
+  // snapshot and before the SREM: its SADD is a no-op, its DECIDE takes the bucket over.
+  const srem = client.srem.bind(client) as (...args: unknown[]) => Promise<number>
+  client.srem = (async (...args: unknown[]) => {
+    t.equal((await decider.decide({ policy, userId: 'late-taker', cost: 1 }, Date.now(), false)).kind, 'decided', 'taken over again')
+    return await srem(...args)
+  }) as typeof client.srem
+  await decider.handedBack([bucket], [{ tokens: 4, atMs: Date.now() }])
+  t.match(await client.get(`${prefix}{default:late-taker}`), /\|r$/, 'Redis owns it again')
+  t.equal(await client.sismember(decider.ownedSetKey, member), 1, 'and it is in the owned set, for the next pass')
 })

@@ -27,7 +27,7 @@ import { CircuitBreaker } from '../breaker.ts'
 import { withDeadline } from '../deadline.ts'
 import type { StoreHealth } from '../health.ts'
 import { createRedisClient, isCluster } from './client.ts'
-import { defineScripts, type ScriptedRedis } from './scripts.ts'
+import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 import { bucketKey, encode } from './snapshot-cache.ts'
 import { decodeMember, encodeMember, memberOf, type OwnedMember } from '../owned-member.ts'
 
@@ -234,8 +234,15 @@ export class RedisDecider implements RedisDeciderPort {
         fullRefillSeconds({ name: b.policy, capacity: b.capacity, refillPerSecond: b.refillPerSecond }))
     })))
     // Taken back by Redis meanwhile (0): stays in the set for the next pass.
-    const finished = buckets.filter((_, i) => done[i] === 1).map(memberOf)
-    if (finished.length > 0) await this.bounded('hand-back', client.srem(this.ownedSetKey, ...finished))
+    const finished = buckets.filter((_, i) => done[i] === 1)
+    if (finished.length === 0) return
+    await this.bounded('hand-back', client.srem(this.ownedSetKey, ...finished.map(memberOf)))
+    // A gateway that still finds PostgreSQL down may have taken a bucket over again between its
+    // hand-back and the SREM; its SADD came first (a no-op then), so the SREM dropped a member
+    // whose bucket is Redis-owned again, and no pass would hand it back. Such members go back.
+    const values = await this.bounded('hand-back', Promise.all(finished.map((b) => client.get(bucketKey(this.#prefix, b.cacheName, b.userId)))))
+    const again = finished.filter((_, i) => values[i] != null && ownerOf(values[i]!) !== 'postgres')
+    if (again.length > 0) await this.bounded('hand-back', client.sadd(this.ownedSetKey, ...again.map(memberOf)))
   }
 
   #requireClient (): ScriptedRedis {
