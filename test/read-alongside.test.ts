@@ -11,7 +11,7 @@ import { Limiter } from '../src/limiter/limiter.ts'
 import { RecentlyLow } from '../src/limiter/steps/recently-low.ts'
 import { createLogger } from '../src/observability/log.ts'
 import { Metrics } from '../src/observability/metrics.ts'
-import { MemoryPostgres, MemoryRedis } from '../src/stores/memory/index.ts'
+import { MemoryPostgres, MemoryRedis, parseValue } from '../src/stores/memory/index.ts'
 import { encodeMember } from '../src/stores/owned-member.ts'
 
 const policy: Policy = { name: 'default', capacity: 10, refillPerSecond: 1 }
@@ -142,33 +142,37 @@ t.test('the read finds the bucket Redis-owned: the early answer is not used, Red
   t.equal(summary(d), 'allowed redis-fallback/redis 1.000', 'decided by Redis from its own state')
 })
 
-t.test('the early decision waited on a hand-back\'s row lock: the request is counted once, not twice', async (t) => {
-  // The interleaving of test/store-stall.test.ts's split brain: another gateway's hand-back
-  // holds the row locked, so this gateway's early decision waits behind the merge. Redis must
-  // not decide the request before that decision has landed: the merge would then hold Redis's
-  // charge and PostgreSQL would charge the same request again on the merged row.
-  const { limiter, pg, redis } = rig(t)
-  await limiter.check(policy, 'fay', 1)
-  await settle()
-  const key = redis.key(policy.name, 'fay')
-  // Redis took the bucket over and spent 4 of its 9 while PostgreSQL still says 9.
-  redis.set(key, `5|${redis.nowMs()}|r`, 60)
-  redis.sadd(encodeMember(policy, 'fay'))
-  let release!: () => void
-  const locked = new Promise<void>((resolve) => { release = resolve })
-  const decide = pg.decide.bind(pg)
-  pg.decide = async (request) => { await locked; pg.decide = decide; return await decide(request) }
-  const pending = limiter.check(policy, 'fay', 1)
-  await settle()
-  // The hand-back merges what Redis holds now, then the early decision gets the row.
-  await handBack(pg, redis.decider)
-  release()
-  const d = await pending
-  t.ok(d.allowed, `the request is allowed (${summary(d)})`)
-  let more = 0
-  while ((await limiter.check(policy, 'fay', 1)).allowed && more < 20) more++
-  t.equal(more, 4, '9 - 4 spent in Redis - this request: 4 more, the request charged once')
-})
+// The interleaving of test/store-stall.test.ts's split brain: another gateway's hand-back holds
+// the row locked, so this gateway's early decision waits behind the merge. Redis must not decide
+// the request before that decision has landed: the merge would then hold Redis's charge and
+// PostgreSQL would charge the same request again on the merged row.
+for (const [label, gapMs] of [['the same instant as the merge: Redis decides it', 0], ['after the merge: PostgreSQL\'s answer stands, the bucket stays PostgreSQL\'s', 1]] as const) {
+  t.test(`the early decision waited on a hand-back's row lock, stamped ${label}; the request is counted once`, async (t) => {
+    const { limiter, pg, redis, advance } = rig(t)
+    await limiter.check(policy, 'fay', 1)
+    await settle()
+    const key = redis.key(policy.name, 'fay')
+    // Redis took the bucket over and spent 4 of its 9 while PostgreSQL still says 9.
+    redis.set(key, `5|${redis.nowMs()}|r`, 60)
+    redis.sadd(encodeMember(policy, 'fay'))
+    let release!: () => void
+    const locked = new Promise<void>((resolve) => { release = resolve })
+    const decide = pg.decide.bind(pg)
+    pg.decide = async (request) => { await locked; pg.decide = decide; return await decide(request) }
+    const pending = limiter.check(policy, 'fay', 1)
+    await settle()
+    // The hand-back merges what Redis holds now, then the early decision gets the row.
+    await handBack(pg, redis.decider)
+    advance(gapMs)
+    release()
+    const d = await pending
+    t.ok(d.allowed, `the request is allowed (${summary(d)})`)
+    t.equal(parseValue(redis.get(key))!.kind === 'r', gapMs === 0, gapMs === 0 ? 'Redis took it over (the order of the two is not known)' : 'not taken over again')
+    let more = 0
+    while ((await limiter.check(policy, 'fay', 1)).allowed && more < 20) more++
+    t.equal(more, 4, '9 - 4 spent in Redis - this request: 4 more, the request charged once')
+  })
+}
 
 t.test('the early decision fails while the read finds the bucket Redis-owned: PostgreSQL is taken as down, Redis decides', async (t) => {
   const { limiter, pg, redis, events } = rig(t)

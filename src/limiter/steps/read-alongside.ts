@@ -19,7 +19,10 @@
  * - landed before a merge: PostgreSQL has it, Redis charges it, the merge keeps Redis's lower state;
  * - landed after a merge (it waited on the row lock of another gateway's hand-back): it is
  *   the merged row's only charge, and Redis, deciding after it, charges the merged state
- *   (the snapshot it became, or the state being merged, which is no higher).
+ *   (the snapshot it became, or the state being merged, which is no higher). Where the read
+ *   after the charge finds the snapshot the merge left, stamped before the charge (the row
+ *   lock orders the two stamps), PostgreSQL's answer is exact as it stands and is used: the
+ *   bucket is not taken into Redis again while PostgreSQL answers.
  *
  * Before this order, Redis could decide the request while the decision waited on the row lock;
  * the merge then held Redis's charge and PostgreSQL charged the merged row again: the caller

@@ -79,11 +79,17 @@ export class WithoutPostgres {
   /**
    * The bucket is Redis-owned (or being handed back), and PostgreSQL has already charged this
    * request (read-alongside.ts, an early decision): Redis decides it now that the charge has
-   * landed, taking the bucket back even from a hand-back, so the merge counts the request once.
+   * landed, taking the bucket back even from a hand-back, so the merge counts the request once;
+   * unless a merge older than the charge has handed it back already (below).
    * If Redis cannot decide, PostgreSQL's decision stands (asking it again would charge twice).
    */
   async afterCharge (request: BucketRequest, key: string, read: CacheRead, charged: StoreDecision): Promise<Decision> {
     const d = this.#d
+    // Handed back meanwhile, by a merge older than the charge: the charge is on the merged row,
+    // PostgreSQL's answer is exact, and Redis need not take the bucket over again. (A snapshot
+    // can only replace an owned value through a merge; the row lock orders the two stamps.)
+    const now = await d.cache.read(key)
+    if (now.kind === 'snapshot' && now.atMs < charged.snapshot.atMs) return d.postgres.settle(request, key, now, charged)
     if (d.fallback().redisDecides) {
       await d.cache.settled()
       const outcome = await d.redisDecides.decide(request, true)
