@@ -64,6 +64,9 @@ t.test('PostgreSQL stops answering behind one gateway: the deadline hands its re
   const ready = await send(stalled.controlUrl + '/readyz')
   t.match(ready.json(), { postgres: 'down', deciding: 'redis-fallback' }, 'readiness reports PostgreSQL down, Redis deciding')
   t.ok(stalled.limiter.postgresDown, 'the stalled gateway treats PostgreSQL as down')
+  // The stall's own lines; after the heal a 300 ms deadline on a loaded machine may expire once
+  // more (a CI run saw one early decision do so right after the heal), which is another outage.
+  const stallLogs = stalled.logs.length
   relay.heal()
   await waitFor(() => !stalled.limiter.postgresDown && stalled.limiter.mode === 'postgres', { timeoutMs: 20_000, what: 'the stalled gateway back on PostgreSQL' })
   await drive([stalled, direct], users, 2, tallies, stalled) // after healing: nothing refunded
@@ -86,8 +89,9 @@ t.test('PostgreSQL stops answering behind one gateway: the deadline hands its re
 
   const metrics = await (await fetch(stalled.controlUrl + '/metrics')).text()
   t.match(metrics, /gateway_store_deadline_expired_total\{store="postgres",operation="decide"\} [1-9]/, 'deadline expiries are counted')
-  t.equal(stalled.logs.filter((l) => l.msg === 'PostgreSQL unavailable').length, 1, 'the outage is logged once')
-  t.equal(stalled.logs.filter((l) => l.msg.startsWith('PostgreSQL unreachable: Redis decides')).length, 1, 'the switch to Redis is logged once')
+  const during = stalled.logs.slice(0, stallLogs)
+  t.equal(during.filter((l) => l.msg === 'PostgreSQL unavailable').length, 1, 'the outage is logged once')
+  t.equal(during.filter((l) => l.msg.startsWith('PostgreSQL unreachable: Redis decides')).length, 1, 'the switch to Redis is logged once')
 })
 
 t.test('Redis stops answering behind one gateway: every request costs at most the Redis timeout, PostgreSQL decides exactly', async (t) => {
