@@ -5,6 +5,7 @@ import t from 'tap'
 import { startTestGateway, type TestGateway } from './helpers/gateway.ts'
 import { send, until, waitFor } from './helpers/http.ts'
 import { startPrivatePostgres } from './helpers/private-stores.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { keysPerNode, startRedisCluster } from './helpers/redis-topologies.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 import { startUpstream } from './helpers/upstream.ts'
@@ -92,6 +93,8 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   for (const user of spent) t.equal(tallies.get(user)!.allowed, CAPACITY, `${user}: nothing more allowed while PostgreSQL is down`)
   for (const user of fresh) t.equal(tallies.get(user)!.allowed, CAPACITY, `${user}: exactly the capacity for a new caller`)
   t.ok(await redis.scard(prefix + 'redis-owned') > 0, 'the buckets Redis decided are recorded for hand-back')
+  const owned = async (gw: TestGateway): Promise<number> => await metricSum(gw.metrics, 'gateway_redis_owned_buckets', {})
+  await waitFor(async () => await owned(gateways[0]!) > 0, { what: 'gateway_redis_owned_buckets counting them while PostgreSQL is down' })
   t.same(await readiness(gateways[0]!), [503, { status: 'not ready', postgres: 'down', redis: 'up', deciding: 'redis-fallback' }],
     'default readiness: not ready while PostgreSQL is down')
   t.same(await readiness(watcher), [200, { status: 'ready', postgres: 'down', redis: 'up', deciding: 'redis-fallback' }],
@@ -104,6 +107,7 @@ t.test('Postgres stopped during load: Redis decides exactly; after restart the r
   await waitFor(async () => gateways.every((gw) => !gw.limiter.postgresDown && gw.limiter.mode === 'postgres') &&
     (await redis.scard(prefix + 'redis-owned')) === 0, { timeoutMs: 15_000, what: 'both gateways back on PostgreSQL, nothing left Redis-owned' })
   t.comment(`back on PostgreSQL ${Math.round(performance.now() - restarted)} ms after it restarted`)
+  await waitFor(async () => (await Promise.all(gateways.map(owned))).every((n) => n === 0), { what: 'gateway_redis_owned_buckets back to 0 on both gateways' })
   // Let the steady keys run dry on PostgreSQL too, then stop the load.
   await waitFor(() => steady.every((u) => tallies.get(u)!.blocked >= 4), { timeoutMs: 15_000, what: 'steady keys exhausted' })
   stopSteady = true

@@ -87,6 +87,7 @@ export class Outage {
     try {
       await store.ping()
     } catch {
+      await this.#countOwned()
       this.#schedule()
       return
     }
@@ -123,8 +124,20 @@ export class Outage {
       metrics.handedBack.inc(result.handedBack)
       if (log.isLevelEnabled('debug')) log.debug({ buckets: result.handedBack }, 'buckets handed back to PostgreSQL')
     }
+    metrics.redisOwned.set(result.remaining)
     this.#backToPostgres({ handed_back: result.handedBack, still_redis_owned: result.remaining })
     if (result.remaining > 0) this.#schedule()
+  }
+
+  /** While PostgreSQL is down: how many buckets Redis owns now (the gauge; never throws). */
+  async #countOwned (): Promise<void> {
+    const { redis, metrics } = this.#deps
+    if (!redis.available) return
+    try {
+      metrics.redisOwned.set(await redis.ownedCount())
+    } catch {
+      // Redis failing too: the fail mode's own signals say so.
+    }
   }
 
   #backToPostgres (context: Record<string, unknown>): void {

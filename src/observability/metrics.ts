@@ -196,6 +196,13 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly redisOwned = new Gauge({
+    name: 'gateway_redis_owned_buckets',
+    help: 'Buckets Redis decided and not yet handed back to PostgreSQL: the owned set, as this gateway last counted it (on each probe while PostgreSQL is down, after each hand-back pass). The same set for every gateway of a key prefix.',
+    aggregator: 'max',
+    registers: [this.registry]
+  })
+
   readonly syncFlushes = new FastCounter({
     name: 'gateway_write_behind_flushes_total',
     help: 'Write-behind flushes to PostgreSQL (one statement each), by result (ok, failed: its entries are kept and retried).',
