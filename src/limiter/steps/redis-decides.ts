@@ -27,18 +27,7 @@ export class RedisDecides {
 
   /** `force`: take the bucket back from a hand-back (PostgreSQL is down after all). */
   async decide (request: BucketRequest, force: boolean): Promise<RedisOutcome> {
-    // Before any PostgreSQL reply the estimate is only this host's clock, which may run ahead:
-    // then a taken-over snapshot is not refilled to "now" at all (0). That can refuse a caller
-    // the refill since its snapshot, never allow one twice.
-    const clock = this.#clock
-    let verdict = await this.#redis.decide(request, clock.observed ? clock.nowMs() : 0, force)
-    // Being taken over: wait out the fence (every request of the bucket does, once per take-over).
-    // Bounded: a fence that keeps being renewed (the bucket handed back and taken over again
-    // meanwhile) ends in the fail mode rather than an unbounded wait.
-    for (let round = 0; verdict.kind === 'taking-over' && round < 5; round++) {
-      await sleep(Math.ceil(verdict.waitMs) + 1)
-      verdict = await this.#redis.decide(request, clock.observed ? clock.nowMs() : 0, force)
-    }
+    const verdict = await this.#pastFence((dbNowMs) => this.#redis.decide(request, dbNowMs, force))
     if (verdict.kind !== 'decided') return verdict.kind === 'handing-back' ? 'handing-back' : null
     this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
     return makeDecision(request.policy, request.cost, verdict.allowed, verdict.tokens, 'redis-fallback', 'redis')
@@ -50,18 +39,32 @@ export class RedisDecides {
    * waits as `decide`.
    */
   async decideGroup (requests: readonly BucketRequest[], force: boolean): Promise<Decision[] | 'handing-back' | null> {
-    const clock = this.#clock
-    let verdict = await this.#redis.decideGroup(requests, clock.observed ? clock.nowMs() : 0, force)
-    for (let round = 0; verdict !== null && verdict.kind === 'taking-over' && round < 5; round++) {
-      await sleep(Math.ceil(verdict.waitMs) + 1)
-      verdict = await this.#redis.decideGroup(requests, clock.observed ? clock.nowMs() : 0, force)
-    }
+    const verdict = await this.#pastFence((dbNowMs) => this.#redis.decideGroup(requests, dbNowMs, force))
     if (verdict === null || verdict.kind !== 'decided') return verdict?.kind === 'handing-back' ? 'handing-back' : null
     this.#metrics.failModeEvents.inc({ mode: 'redis-fallback' })
     return verdict.buckets.map((b, i) => {
       const r = requests[i]!
       return makeDecision(r.policy, r.cost, b.canPay, b.tokens, 'redis-fallback', 'redis')
     })
+  }
+
+  /**
+   * Asks Redis, and again while the bucket is being taken over: waits out the fence (every
+   * request of the bucket does, once per take-over). Bounded: a fence that keeps being renewed
+   * (the bucket handed back and taken over again meanwhile) ends in the fail mode rather than
+   * an unbounded wait.
+   */
+  async #pastFence<V extends { readonly kind: string, readonly waitMs?: number } | null> (ask: (dbNowMs: number) => Promise<V>): Promise<V> {
+    // Before any PostgreSQL reply the estimate is only this host's clock, which may run ahead:
+    // then a taken-over snapshot is not refilled to "now" at all (0). That can refuse a caller
+    // the refill since its snapshot, never allow one twice.
+    const clock = this.#clock
+    let verdict = await ask(clock.observed ? clock.nowMs() : 0)
+    for (let round = 0; verdict !== null && verdict.kind === 'taking-over' && round < 5; round++) {
+      await sleep(Math.ceil(verdict.waitMs ?? 0) + 1)
+      verdict = await ask(clock.observed ? clock.nowMs() : 0)
+    }
+    return verdict
   }
 
   /** Gives a charged bucket its tokens back (false: Redis could not, or no longer owns it). */
