@@ -13,7 +13,8 @@
  * with `expire: true` (off by default: a test then sees every value until it is replaced).
  *
  * Outages: `down` (the client is disconnected: reads give `error`, or `skipped` with
- * `downReads: 'skipped'`, writes are dropped, the decider is unavailable and its hand-back
+ * `downReads: 'skipped'`, snapshot writes are kept and written when it is up again, as the real
+ * cache keeps them (unsent-snapshots.ts), the decider is unavailable and its hand-back
  * methods reject), and `lose()` (restarted empty). No timers; everything is synchronous behind
  * resolved promises.
  */
@@ -25,6 +26,7 @@ import {
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { decodeMember, encodeMember, memberOf } from '../owned-member.ts'
+import { UnsentSnapshots } from '../unsent-snapshots.ts'
 
 export interface MemoryRedisOptions {
   /** The Redis server clock (TIME), epoch milliseconds. */
@@ -81,8 +83,7 @@ export class MemoryRedis {
   readonly #data = new Map<string, Entry>()
   readonly #owned = new Set<string>()
 
-  /** Disconnected: nothing reaches the data. */
-  down = false
+  #down = false
   /** What a read gives while down: a failed command, or skipped (disconnected, circuit open). */
   downReads: 'error' | 'skipped' = 'error'
   /** Redis configured at all (false: the cache is 'disabled' and the decider not enabled). */
@@ -100,6 +101,13 @@ export class MemoryRedis {
   readonly cache: MemorySnapshotCache
   readonly decider: MemoryRedisDecider
   readonly writeBehind: MemoryWriteBehindRedis
+
+  /** Disconnected: nothing reaches the data. Back up, the cache writes what it kept meanwhile. */
+  get down (): boolean { return this.#down }
+  set down (down: boolean) {
+    this.#down = down
+    if (!down) this.cache.resend()
+  }
 
   constructor (options: MemoryRedisOptions) {
     this.#now = options.now
@@ -366,6 +374,7 @@ export class MemoryRedis {
 /** The SnapshotCache port on a MemoryRedis. */
 export class MemorySnapshotCache implements SnapshotCache {
   readonly #redis: MemoryRedis
+  readonly #unsent = new UnsentSnapshots(100_000)
 
   constructor (redis: MemoryRedis) {
     this.#redis = redis
@@ -401,14 +410,24 @@ export class MemorySnapshotCache implements SnapshotCache {
 
   write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void {
     const r = this.#redis
-    if (!r.enabled || r.down) return
+    if (!r.enabled) return
+    if (r.down) {
+      this.#unsent.add(key, snapshot, ttlSeconds, charge)
+      return
+    }
     r.writeCalls++
     r.write(key, encodeSnapshot(snapshot), ttlSeconds, charge)
+  }
+
+  /** Writes what was kept while down (MemoryRedis.down set back to false). */
+  resend (): void {
+    for (const u of this.#unsent.take()) this.write(u.key, u.snapshot, u.ttlSeconds, u.charge)
   }
 
   async remove (key: string): Promise<void> {
     const r = this.#redis
     if (!r.enabled) return
+    this.#unsent.forget(key)
     if (r.down) throw new Error('Redis is not connected (in-memory outage)')
     r.del(key)
     r.del(r.keyPrefix + 'wb' + key.slice(r.keyPrefix.length))

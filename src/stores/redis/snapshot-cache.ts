@@ -16,14 +16,18 @@ import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
+import { UnsentSnapshots } from '../unsent-snapshots.ts'
 import { withDeadline } from '../deadline.ts'
 import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 
-interface SnapshotWrite { readonly key: string, readonly value: string, readonly ttlSeconds: number, readonly charge: number }
+interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapshot, readonly value: string, readonly ttlSeconds: number, readonly charge: number }
 
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
+
+/** Most buckets whose snapshot writes are kept while Redis does not take them (unsent-snapshots.ts). */
+const MAX_UNSENT = 100_000
 
 export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
@@ -33,6 +37,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   readonly #metrics: Metrics
   #closing = false
   #lastWrite: Promise<void> = Promise.resolve()
+  readonly #unsent = new UnsentSnapshots(MAX_UNSENT)
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
@@ -67,7 +72,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     // ioredis emits 'error' on every failed reconnect; StoreHealth logs only the transition.
     // (While closing, a quit racing the last commands is not an outage.)
     this.client.on('error', (err) => { if (!this.#closing) this.health.failed(err) })
-    this.client.on('ready', () => { this.#breaker.success(); this.health.succeeded() })
+    this.client.on('ready', () => { this.#succeeded() })
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
@@ -136,14 +141,25 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** Fire and forget, never on the response's path (scripts.ts WRITE: newer wins, Redis-owned charged). */
   write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void {
     const client = this.client
-    if (client === null || client.status !== 'ready' || this.#breaker.open) return
+    if (client === null) return
+    // Kept for when Redis answers again (#succeeded): Redis may take the bucket over from it.
+    if (client.status !== 'ready' || this.#breaker.open) {
+      this.#unsent.add(key, snapshot, ttlSeconds, charge)
+      return
+    }
     if (this.#writes !== null) {
-      this.#lastWrite = this.#writes.submit({ key, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
+      this.#lastWrite = this.#writes.submit({ key, snapshot, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
-    this.#lastWrite = client.rlWrite(key, encode(snapshot), ttlSeconds, charge).then(() => {}, (err: unknown) => this.#failed('set', err))
+    this.#lastWrite = client.rlWrite(key, encode(snapshot), ttlSeconds, charge).then(() => {}, (err: unknown) => {
+      this.#unsent.add(key, snapshot, ttlSeconds, charge)
+      this.#failed('set', err)
+    })
   }
+
+  /** Snapshot writes waiting for Redis to answer again. */
+  get unsent (): number { return this.#unsent.size }
 
   /**
    * Resolves once the snapshot writes sent so far have been applied or have failed (each is
@@ -190,6 +206,9 @@ export class RedisSnapshotCache implements SnapshotCache {
         await client.rlWriteMany(n, ...args)
       }
     } catch (err) {
+      // It may have landed (a late reply): written again, a snapshot changes nothing and a
+      // charge to a Redis-owned bucket counts twice, towards fewer tokens.
+      for (const w of items) this.#unsent.add(w.key, w.snapshot, w.ttlSeconds, w.charge)
       this.#failed('set', err)
       throw err
     }
@@ -206,11 +225,13 @@ export class RedisSnapshotCache implements SnapshotCache {
   #succeeded (): void {
     this.#breaker.success()
     this.health.succeeded()
+    if (this.#unsent.size > 0) for (const u of this.#unsent.take()) this.write(u.key, u.snapshot, u.ttlSeconds, u.charge)
   }
 
   /** Removes a snapshot; used when a bucket is raised (reset), where a stale one would be wrong. */
   async remove (key: string): Promise<void> {
     if (this.client === null) return
+    this.#unsent.forget(key)
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'del' })
     try {
       // And the bucket's write-behind key (write-behind-redis.ts): same hash tag, same slot.
