@@ -19,12 +19,13 @@
 // reply a gateway does not refill a snapshot Redis takes over, so a fast clock refunds nothing):
 //   - Redis unreachable while it owns buckets and PostgreSQL answers: PostgreSQL decides
 //     without Redis's spending ("PostgreSQL is the best store left").
-//   - Redis deciding while its snapshot of a bucket is older than PostgreSQL's row (Redis was
-//     down or restarted empty while PostgreSQL decided; then PostgreSQL fails, or a gateway
-//     still believes it down from an earlier outage): Redis takes over from that past state,
-//     refunding what PostgreSQL spent meanwhile ("Redis restarted empty while PostgreSQL is
-//     down", and its stale-cache cousin). So PostgreSQL goes down, and Redis comes back or
-//     restarts empty, only where no gateway could let Redis decide on a stale snapshot.
+//   - Redis deciding while its snapshot of a bucket is older than PostgreSQL's row because Redis
+//     restarted empty while PostgreSQL decided (then PostgreSQL fails, or a gateway still
+//     believes it down from an earlier outage): Redis takes over from a full bucket, refunding
+//     what PostgreSQL spent before the restart ("Redis restarted empty"). So PostgreSQL goes
+//     down, and Redis comes back, only where no gateway could let Redis decide on a snapshot the
+//     restart left stale. Snapshots left stale by an outage (writes that did not reach Redis)
+//     are not kept out: the cache writes them when Redis is back (unsent-snapshots.ts).
 //   - Redis restarted empty while it owns buckets: what it spent is gone.
 //   - Concurrent requests on gateways that disagree about PostgreSQL (split brain), which may
 //     race a PostgreSQL decision with Redis taking the bucket over.
@@ -70,6 +71,8 @@ interface System {
   readonly allowed: Map<string, Allowed[]>
   /** Descriptions of what happened, for a failure's report. */
   readonly trace: string[]
+  /** Callers whose Redis value has been stale since Redis restarted empty (no write repairs that). */
+  readonly restartStale: Set<string>
 }
 
 // ---- the reference ----
@@ -119,16 +122,24 @@ function ownedValues (sys: System): boolean {
   return sys.redis.entries().some(([, v]) => { const kind = parseValue(v)?.kind; return kind === 'r' || kind === 'm' })
 }
 
-/** Redis's view of every caller is at least as spent as PostgreSQL's (or Redis owns it). */
+/** Redis's view of the caller is at least as spent as PostgreSQL's (or Redis owns it). */
+function fresh (sys: System, caller: string): boolean {
+  const row = sys.pg.row(policy.name, caller)
+  if (row === undefined) return true
+  const value = parseValue(sys.redis.get(sys.redis.key(policy.name, caller)))
+  if (value !== null && value.kind !== '') return true
+  const cached = value === null ? policy.capacity : tokensAt({ tokens: value.tokens, atMs: value.at }, policy, sys.now)
+  return cached <= tokensAt(row, policy, sys.now) + 1e-9
+}
+
 function cacheNotStale (sys: System): boolean {
-  return CALLERS.every((caller) => {
-    const row = sys.pg.row(policy.name, caller)
-    if (row === undefined) return true
-    const value = parseValue(sys.redis.get(sys.redis.key(policy.name, caller)))
-    if (value !== null && value.kind !== '') return true
-    const cached = value === null ? policy.capacity : tokensAt({ tokens: value.tokens, atMs: value.at }, policy, sys.now)
-    return cached <= tokensAt(row, policy, sys.now) + 1e-9
-  })
+  return CALLERS.every((caller) => fresh(sys, caller))
+}
+
+/** No caller's Redis value is stale from a restart (any other staleness is writes the cache still holds). */
+function noRestartStale (sys: System): boolean {
+  for (const caller of sys.restartStale) if (fresh(sys, caller)) sys.restartStale.delete(caller)
+  return sys.restartStale.size === 0
 }
 
 function allBelieveUp (sys: System): boolean {
@@ -227,13 +238,17 @@ const commands = [
   ...Array.from({ length: 2 }, () => fc.array(req, { minLength: 2, maxLength: 4 }).map((rs) => new Burst(rs))),
   fc.oneof(fc.integer({ min: 0, max: 50 }), fc.integer({ min: 100, max: 3_000 }), fc.double({ min: 0, max: 1_000, noNaN: true }))
     .map((ms) => cmd(`advance ${ms} ms`, () => true, (s) => { s.now += ms })),
-  fc.constant(cmd('postgres down', (s) => !s.pg.down && cacheNotStale(s), (s) => { s.pg.down = true })),
+  // With Redis down, the snapshots its outage left stale are written before Redis can decide.
+  fc.constant(cmd('postgres down', (s) => !s.pg.down && (cacheNotStale(s) || (s.redis.down && noRestartStale(s))), (s) => { s.pg.down = true })),
   fc.constant(cmd('postgres up', (s) => s.pg.down && (!s.redis.down || !ownedValues(s)), (s) => { s.pg.down = false })),
   fc.constant(cmd('redis down', (s) => !s.redis.down && (s.pg.down || !ownedValues(s)), (s) => { s.redis.down = true })),
-  // A Redis back with snapshots older than PostgreSQL's rows is safe only while no gateway lets
-  // it decide: PostgreSQL up and known to be up by all of them.
-  fc.constant(cmd('redis up', (s) => s.redis.down && (cacheNotStale(s) || (!s.pg.down && allBelieveUp(s))), (s) => { s.redis.down = false })),
-  fc.constant(cmd('redis restarted empty', (s) => !s.pg.down && allBelieveUp(s) && !ownedValues(s), (s) => { s.redis.lose() })),
+  // A Redis back with snapshots a restart left older than PostgreSQL's rows is safe only while
+  // no gateway lets it decide: PostgreSQL up and known to be up by all of them.
+  fc.constant(cmd('redis up', (s) => s.redis.down && (noRestartStale(s) || (!s.pg.down && allBelieveUp(s))), (s) => { s.redis.down = false })),
+  fc.constant(cmd('redis restarted empty', (s) => !s.pg.down && allBelieveUp(s) && !ownedValues(s), (s) => {
+    s.redis.lose()
+    for (const caller of CALLERS) s.restartStale.add(caller)
+  })),
   fc.constant(cmd('let recovery run', (s) => !s.pg.down, recover))
 ]
 
@@ -254,7 +269,8 @@ t.test('model: gateways sharing in-memory stores keep the limit and refund nothi
         redis: undefined as unknown as MemoryRedis,
         gateways: [],
         allowed: new Map(CALLERS.map((c) => [c, []])),
-        trace: []
+        trace: [],
+        restartStale: new Set()
       }
       const pg = new MemoryPostgres({ now: () => sys.now })
       const redis = new MemoryRedis({ now: () => sys.now + redisOffset })
