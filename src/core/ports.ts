@@ -111,6 +111,7 @@ export interface SnapshotCache {
    * Stores the snapshot PostgreSQL just decided, off the response path. `charge` is the cost
    * PostgreSQL granted (0 for a refusal): where Redis owns the bucket the snapshot is not
    * stored and the charge is applied to Redis's state instead, so neither store's spending is lost.
+   * A write Redis does not take now is kept and written when it answers again.
    */
   write (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void
   /**
