@@ -8,6 +8,7 @@ import { UnsentSnapshots } from '../src/stores/unsent-snapshots.ts'
 import { startTcpRelay } from './helpers/faults.ts'
 import { startTestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
+import { metricSum } from './helpers/metrics.ts'
 import { startPrivatePostgres } from './helpers/private-stores.ts'
 import { createRedisPrefix, TEST_REDIS_URL } from './helpers/stores.ts'
 
@@ -65,10 +66,12 @@ t.test('Redis cut off while PostgreSQL decides, then PostgreSQL down: Redis take
   for (let i = 0; i < 4; i++) during.push(await ask())
   t.same(during, Array(4).fill('201 postgres'), 'PostgreSQL decides while Redis is cut off (no snapshot read)')
   t.ok((await cached())! > 6.9, 'Redis still holds the state before the cut')
+  t.equal(await metricSum(gw.metrics, 'gateway_redis_unsent_snapshots', {}), 1, 'one bucket\'s write held')
 
   await relay.restore()
   // The four allowances' snapshot reaches Redis once it answers (the gateway reconnects on its own).
   await waitFor(async () => { const c = await cached(); return c !== null && c < 3.01 }, { timeoutMs: 15_000, what: 'Redis to hold the state PostgreSQL reached while it was cut off' })
+  t.equal(await metricSum(gw.metrics, 'gateway_redis_unsent_snapshots', {}), 0, 'none held once written')
 
   await pg.stop()
   const after: string[] = []

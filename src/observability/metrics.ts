@@ -203,6 +203,12 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly redisUnsent = new Gauge({
+    name: 'gateway_redis_unsent_snapshots',
+    help: 'Buckets whose latest snapshot write this gateway holds because Redis did not take it (disconnected, circuit open, or the call failed): written as soon as Redis answers again, so Redis never takes a bucket over from a state older than PostgreSQL\'s. At most 100,000 per gateway.',
+    registers: [this.registry]
+  })
+
   readonly syncFlushes = new FastCounter({
     name: 'gateway_write_behind_flushes_total',
     help: 'Write-behind flushes to PostgreSQL (one statement each), by result (ok, failed: its entries are kept and retried).',

@@ -144,7 +144,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     if (client === null) return
     // Kept for when Redis answers again (#succeeded): Redis may take the bucket over from it.
     if (client.status !== 'ready' || this.#breaker.open) {
-      this.#unsent.add(key, snapshot, ttlSeconds, charge)
+      this.#keep(key, snapshot, ttlSeconds, charge)
       return
     }
     if (this.#writes !== null) {
@@ -153,13 +153,15 @@ export class RedisSnapshotCache implements SnapshotCache {
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
     this.#lastWrite = client.rlWrite(key, encode(snapshot), ttlSeconds, charge).then(() => {}, (err: unknown) => {
-      this.#unsent.add(key, snapshot, ttlSeconds, charge)
+      this.#keep(key, snapshot, ttlSeconds, charge)
       this.#failed('set', err)
     })
   }
 
-  /** Snapshot writes waiting for Redis to answer again. */
-  get unsent (): number { return this.#unsent.size }
+  #keep (key: string, snapshot: BucketSnapshot, ttlSeconds: number, charge: number): void {
+    this.#unsent.add(key, snapshot, ttlSeconds, charge)
+    this.#metrics.redisUnsent.set(this.#unsent.size)
+  }
 
   /**
    * Resolves once the snapshot writes sent so far have been applied or have failed (each is
@@ -208,7 +210,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     } catch (err) {
       // It may have landed (a late reply): written again, a snapshot changes nothing and a
       // charge to a Redis-owned bucket counts twice, towards fewer tokens.
-      for (const w of items) this.#unsent.add(w.key, w.snapshot, w.ttlSeconds, w.charge)
+      for (const w of items) this.#keep(w.key, w.snapshot, w.ttlSeconds, w.charge)
       this.#failed('set', err)
       throw err
     }
@@ -225,13 +227,17 @@ export class RedisSnapshotCache implements SnapshotCache {
   #succeeded (): void {
     this.#breaker.success()
     this.health.succeeded()
-    if (this.#unsent.size > 0) for (const u of this.#unsent.take()) this.write(u.key, u.snapshot, u.ttlSeconds, u.charge)
+    if (this.#unsent.size === 0) return
+    const held = this.#unsent.take()
+    this.#metrics.redisUnsent.set(0)
+    for (const u of held) this.write(u.key, u.snapshot, u.ttlSeconds, u.charge)
   }
 
   /** Removes a snapshot; used when a bucket is raised (reset), where a stale one would be wrong. */
   async remove (key: string): Promise<void> {
     if (this.client === null) return
     this.#unsent.forget(key)
+    this.#metrics.redisUnsent.set(this.#unsent.size)
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'del' })
     try {
       // And the bucket's write-behind key (write-behind-redis.ts): same hash tag, same slot.
