@@ -26,7 +26,7 @@ import {
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
 import { decodeMember, encodeMember, memberOf } from '../owned-member.ts'
-import { UnsentSnapshots } from '../unsent-snapshots.ts'
+import { MAX_UNSENT, UnsentSnapshots } from '../unsent-snapshots.ts'
 
 export interface MemoryRedisOptions {
   /** The Redis server clock (TIME), epoch milliseconds. */
@@ -374,7 +374,7 @@ export class MemoryRedis {
 /** The SnapshotCache port on a MemoryRedis. */
 export class MemorySnapshotCache implements SnapshotCache {
   readonly #redis: MemoryRedis
-  readonly #unsent = new UnsentSnapshots(100_000)
+  readonly #unsent = new UnsentSnapshots(MAX_UNSENT)
 
   constructor (redis: MemoryRedis) {
     this.#redis = redis

@@ -16,7 +16,7 @@ import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
 import type { StoreHealth } from '../health.ts'
-import { UnsentSnapshots } from '../unsent-snapshots.ts'
+import { MAX_UNSENT, UnsentSnapshots } from '../unsent-snapshots.ts'
 import { withDeadline } from '../deadline.ts'
 import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
@@ -25,9 +25,6 @@ interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapsho
 
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
-
-/** Most buckets whose snapshot writes are kept while Redis does not take them (unsent-snapshots.ts). */
-const MAX_UNSENT = 100_000
 
 export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
