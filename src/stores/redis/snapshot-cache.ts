@@ -21,7 +21,7 @@ import { withDeadline } from '../deadline.ts'
 import { createRedisClient, isCluster } from './client.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 
-interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapshot, readonly value: string, readonly ttlSeconds: number, readonly charge: number }
+interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapshot, readonly ttlSeconds: number, readonly charge: number }
 
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
@@ -145,7 +145,7 @@ export class RedisSnapshotCache implements SnapshotCache {
       return
     }
     if (this.#writes !== null) {
-      this.#lastWrite = this.#writes.submit({ key, snapshot, value: encode(snapshot), ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
+      this.#lastWrite = this.#writes.submit({ key, snapshot, ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
@@ -191,14 +191,14 @@ export class RedisSnapshotCache implements SnapshotCache {
     try {
       if (items.length === 1) {
         const w = items[0]!
-        await client.rlWrite(w.key, w.value, w.ttlSeconds, w.charge)
+        await client.rlWrite(w.key, encode(w.snapshot), w.ttlSeconds, w.charge)
       } else {
         const n = items.length
         const args = new Array<string | number>(4 * n)
         for (let i = 0; i < n; i++) {
           const w = items[i]!
           args[i] = w.key
-          args[n + 3 * i] = w.value
+          args[n + 3 * i] = encode(w.snapshot)
           args[n + 3 * i + 1] = w.ttlSeconds
           args[n + 3 * i + 2] = w.charge
         }
