@@ -35,12 +35,17 @@ function stores (now: () => number): { pg: MemoryPostgres, redis: MemoryRedis } 
   return { pg: new MemoryPostgres({ now }), redis: new MemoryRedis({ now }) }
 }
 
+/** A gateway (Limiter, closed fail mode) on the stores, closed at teardown; `now` is its own clock. */
+function gatewayOn (t: { teardown: (fn: () => unknown) => void }, { pg, redis }: { pg: MemoryPostgres, redis: MemoryRedis }, now: () => number, log = createLogger('silent')): Limiter {
+  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider }, { fallback: fallback('closed'), metrics, log, now })
+  t.teardown(async () => await limiter.close())
+  return limiter
+}
+
 t.test('a bucket being handed back, met while this gateway knows PostgreSQL is down: PostgreSQL is not asked', async (t) => {
   let now = 1_700_000_000_000
   const { pg, redis } = stores(() => now)
-  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider },
-    { fallback: fallback('closed'), metrics, log: createLogger('silent'), now: () => now })
-  t.teardown(async () => await limiter.close())
+  const limiter = gatewayOn(t, { pg, redis }, () => now)
 
   t.equal((await limiter.check(policy, 'alice', 1)).source, 'new-user', 'PostgreSQL decides while it answers')
   pg.down = true
@@ -68,9 +73,7 @@ t.test('both stores down, closed: the 503 error carries the store failure, and t
   const now = 1_700_000_000_000
   const { pg, redis } = stores(() => now)
   const { log, lines } = capture()
-  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider },
-    { fallback: fallback('closed'), metrics, log, now: () => now })
-  t.teardown(async () => await limiter.close())
+  const limiter = gatewayOn(t, { pg, redis }, () => now, log)
   pg.down = true
   redis.down = true
 
@@ -162,9 +165,7 @@ t.test('a gateway whose clock runs ahead, before its first PostgreSQL reply, doe
   const key = redis.key(policy.name, 'ahead')
   redis.set(key, `0|${db}`, 60)
   pg.down = true
-  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider },
-    { fallback: fallback('closed'), metrics, log: createLogger('silent'), now: gatewayAhead })
-  t.teardown(async () => await limiter.close())
+  const limiter = gatewayOn(t, { pg, redis }, gatewayAhead)
   const d = await limiter.check(policy, 'ahead', 1)
   t.equal(d.source, 'redis-fallback', 'Redis decides (PostgreSQL down)')
   t.equal(d.allowed, false, 'no token refilled from the gateway\'s fast clock (1 s ahead would have granted one)')
@@ -175,9 +176,7 @@ t.test('a gateway whose clock runs ahead, before its first PostgreSQL reply, doe
 t.test('a plan with one bucket Redis-owned and one being handed back, PostgreSQL up: each decided by its owner, not PostgreSQL for both', async (t) => {
   const now = 1_700_000_000_000
   const { pg, redis } = stores(() => now)
-  const limiter = new Limiter({ store: pg, cache: redis.cache, redis: redis.decider },
-    { fallback: fallback('closed'), metrics, log: createLogger('silent'), now: () => now })
-  t.teardown(async () => await limiter.close())
+  const limiter = gatewayOn(t, { pg, redis }, () => now)
   const burst: Policy = { name: 'burst', capacity: 5, refillPerSecond: 0.001 }
   const hourly: Policy = { name: 'hourly', capacity: 5, refillPerSecond: 0.001 }
   // Another gateway lost PostgreSQL: Redis spent burst down to 1 (PostgreSQL's row knows
