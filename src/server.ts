@@ -3,6 +3,8 @@
  * concerns (signals, exit codes); tests use this directly. Everything started is registered
  * with the lifecycle, which closes it in reverse order on shutdown or on a failed start-up.
  */
+import { randomUUID } from 'node:crypto'
+import { hostname } from 'node:os'
 import type { AddressInfo } from 'node:net'
 import type { Server as HttpsServer } from 'node:https'
 import type { FastifyInstance } from 'fastify'
@@ -20,6 +22,7 @@ import { RedisSnapshotCache } from './stores/redis/snapshot-cache.ts'
 import { RedisWriteBehind } from './stores/redis/write-behind-redis.ts'
 import { PostgresLedger } from './stores/postgres/write-behind-ledger.ts'
 import { WriteBehindSync } from './limiter/write-behind.ts'
+import { Reseed } from './limiter/reseed.ts'
 import { RedisLeases } from './stores/redis/leases.ts'
 import { ConcurrencyLimiter } from './limiter/concurrency.ts'
 import { buildProxy, readTlsFiles } from './proxy/app.ts'
@@ -122,6 +125,16 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
         await postgres.prepare(config.postgres.migrate)
         await overrides.start()
       }, postgresMissing)
+    }
+    if (config.redis.enabled) {
+      // A Redis restarted empty gets PostgreSQL's spent buckets back before it may take one over.
+      life.add('re-seed', new Reseed(postgres, redis, {
+        policies: () => [...runtime.current.policies.policies.values()].filter((p) => p.concurrency === undefined && p.consistency !== 'write-behind'),
+        effective: (p, userId) => overrides.table.apply(p, userId),
+        owner: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
+        metrics,
+        log
+      }), (r) => { r.close() }).start()
     }
     const concurrency = life.add('concurrency slots', new ConcurrencyLimiter(new RedisLeases(redis.client, config.redis.keyPrefix, metrics),
       config.redis.leaseMs, config.fallback.localReplicas, metrics), (c) => { c.close() })

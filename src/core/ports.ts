@@ -29,6 +29,13 @@ export interface BucketPeek {
   readonly nowMs: number
 }
 
+/** A bucket PostgreSQL holds spent (not full now): what a Redis restarted empty needs again. */
+export interface SpentBucket {
+  readonly userId: string
+  /** The row as stored (database clock). */
+  readonly snapshot: BucketSnapshot
+}
+
 /** A bucket Redis decided while PostgreSQL was down, waiting to be handed back. */
 export interface OwnedBucket {
   /** The policy's name: PostgreSQL's row key. */
@@ -74,6 +81,12 @@ export interface DecidingStore {
    * snapshots, null where nothing was merged.
    */
   handBack (buckets: readonly OwnedBucket[], takeOver: (buckets: readonly OwnedBucket[]) => Promise<ReadonlyArray<number | null>>): Promise<Array<BucketSnapshot | null>>
+  /**
+   * The buckets of `policy` that are not full now (under a caller's override of its numbers
+   * where one is set), user ids after `afterUserId` in the store's order, at most `limit`: the
+   * re-seed's pages (src/limiter/reseed.ts).
+   */
+  spentBuckets (policy: Policy, afterUserId: string, limit: number): Promise<SpentBucket[]>
 }
 
 /** A read of the snapshot cache: a snapshot, or why there is none. */
@@ -124,7 +137,20 @@ export interface SnapshotCache {
   remove (key: string): Promise<void>
   /** Readiness: 'disabled' when no Redis is configured. */
   ping (): Promise<'up' | 'down' | 'disabled'>
+  /**
+   * The re-seed's claim (src/limiter/reseed.ts), `owner` naming this gateway: `seeded` when
+   * Redis's marker says it holds the fleet's snapshots since it started; `claimed` when this
+   * gateway is to write them now (for `ttlMs`; asking again renews it); `busy` when another
+   * gateway holds the claim; `unavailable` when Redis cannot be asked.
+   */
+  claimReseed (owner: string, ttlMs: number): Promise<ReseedClaim>
+  /** Ends `owner`'s claim; `done` sets the marker first. Throws when Redis fails. */
+  endReseed (owner: string, done: boolean): Promise<void>
+  /** `listener` runs each time Redis (re)connects: a restarted Redis may hold no snapshots at all. */
+  onReady (listener: () => void): void
 }
+
+export type ReseedClaim = 'seeded' | 'claimed' | 'busy' | 'unavailable'
 
 /** What Redis answered when asked to decide. */
 export type RedisVerdict = RedisDecided | RedisNotDecided | RedisTakingOver

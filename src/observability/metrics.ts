@@ -203,6 +203,19 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  readonly reseeds = new FastCounter({
+    name: 'gateway_redis_reseeds_total',
+    help: 'Re-seeds of a Redis that held no snapshots of this fleet (restarted empty, or first start): PostgreSQL\'s spent buckets written to it again, by result (done, failed). One gateway of a key prefix does each.',
+    labelNames: ['result'] as const,
+    registers: [this.registry]
+  })
+
+  readonly reseededBuckets = new FastCounter({
+    name: 'gateway_redis_reseeded_buckets_total',
+    help: 'Snapshots a re-seed wrote to Redis: PostgreSQL\'s buckets that were not full.',
+    registers: [this.registry]
+  })
+
   readonly redisUnsent = new Gauge({
     name: 'gateway_redis_unsent_snapshots',
     help: 'Buckets whose latest snapshot write this gateway holds because Redis did not take it (disconnected, circuit open, or the call failed): written as soon as Redis answers again, so Redis never takes a bucket over from a state older than PostgreSQL\'s. At most 100,000 per gateway.',

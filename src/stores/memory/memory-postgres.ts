@@ -10,9 +10,9 @@
  * `SELECT ... FOR UPDATE` does). `down` models an outage: every method rejects with
  * StoreFailure, and a hand-back whose store goes down before it commits rolls back.
  */
-import type { BucketSnapshot } from '../../core/domain.ts'
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import { StoreFailure } from '../../core/errors.ts'
-import type { BucketLedger, BucketPeek, BucketRequest, DecidingStore, OwnedBucket, StoreDecision, SyncEntry } from '../../core/ports.ts'
+import type { BucketLedger, BucketPeek, BucketRequest, DecidingStore, OwnedBucket, SpentBucket, StoreDecision, SyncEntry } from '../../core/ports.ts'
 import { EPSILON } from '../../core/token-bucket.ts'
 import { mergeLower } from '../../core/write-behind-merge.ts'
 
@@ -174,6 +174,19 @@ export class MemoryPostgres implements DecidingStore {
     if (this.down) throw this.#fail('peek')
     const row = this.#rows.get(rowKey(policy, userId))
     return { snapshot: row === undefined ? null : { tokens: row.tokens, atMs: row.atMs }, nowMs: this.#now() }
+  }
+
+  /** The rows not full now, in user id order (this twin keeps no overrides: the policy's numbers). */
+  async spentBuckets (policy: Policy, afterUserId: string, limit: number): Promise<SpentBucket[]> {
+    if (this.down) throw this.#fail('re-seed')
+    const now = this.#now()
+    const out: SpentBucket[] = []
+    for (const [key, row] of this.#rows) {
+      const [name, userId] = key.split('\n') as [string, string]
+      if (name !== policy.name || userId <= afterUserId) continue
+      if (refill(row, policy.capacity, policy.refillPerSecond, now).tokens < policy.capacity) out.push({ userId, snapshot: { tokens: row.tokens, atMs: row.atMs } })
+    }
+    return out.sort((a, b) => a.userId < b.userId ? -1 : 1).slice(0, limit)
   }
 
   async reset (policy: string, userId: string): Promise<boolean> {

@@ -21,7 +21,7 @@
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import {
   CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE, WB_MISS, WB_UNAVAILABLE,
-  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisGroupVerdict, type RedisVerdict, type SnapshotCache,
+  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisGroupVerdict, type RedisVerdict, type ReseedClaim, type SnapshotCache,
   type WriteBehindGroupVerdict, type WriteBehindRedis, type WriteBehindVerdict
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
@@ -105,8 +105,10 @@ export class MemoryRedis {
   /** Disconnected: nothing reaches the data. Back up, the cache writes what it kept meanwhile. */
   get down (): boolean { return this.#down }
   set down (down: boolean) {
+    const reconnected = this.#down && !down
     this.#down = down
     if (!down) this.cache.resend()
+    if (reconnected) this.cache.reconnected()
   }
 
   constructor (options: MemoryRedisOptions) {
@@ -375,6 +377,7 @@ export class MemoryRedis {
 export class MemorySnapshotCache implements SnapshotCache {
   readonly #redis: MemoryRedis
   readonly #unsent = new UnsentSnapshots(MAX_UNSENT)
+  readonly #readyListeners: Array<() => void> = []
 
   constructor (redis: MemoryRedis) {
     this.#redis = redis
@@ -436,6 +439,36 @@ export class MemorySnapshotCache implements SnapshotCache {
   async ping (): Promise<'up' | 'down' | 'disabled'> {
     const r = this.#redis
     return !r.enabled ? 'disabled' : r.down ? 'down' : 'up'
+  }
+
+  onReady (listener: () => void): void {
+    this.#readyListeners.push(listener)
+  }
+
+  /** Up again after `down` (snapshot-cache.ts: ioredis's 'ready'). */
+  reconnected (): void {
+    for (const listener of this.#readyListeners) listener()
+  }
+
+  /** RESEED_CLAIM of scripts.ts. */
+  async claimReseed (owner: string, ttlMs: number): Promise<ReseedClaim> {
+    const r = this.#redis
+    if (!r.enabled || r.down) return 'unavailable'
+    if (r.get(r.keyPrefix + 'seeded{reseed}') !== undefined) return 'seeded'
+    const claim = r.keyPrefix + 'seeding{reseed}'
+    const holder = r.get(claim)
+    if (holder !== undefined && holder !== owner) return 'busy'
+    r.set(claim, owner, ttlMs / 1000)
+    return 'claimed'
+  }
+
+  /** RESEED_END of scripts.ts. */
+  async endReseed (owner: string, done: boolean): Promise<void> {
+    const r = this.#redis
+    if (!r.enabled) return
+    if (r.down) throw new Error('Redis is not connected (in-memory outage)')
+    if (done) r.set(r.keyPrefix + 'seeded{reseed}', '1', Infinity)
+    if (r.get(r.keyPrefix + 'seeding{reseed}') === owner) r.del(r.keyPrefix + 'seeding{reseed}')
   }
 }
 

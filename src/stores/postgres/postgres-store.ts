@@ -7,9 +7,9 @@
  */
 import postgres, { type Options, type Sql } from 'postgres'
 import type { Config } from '../../config/schema.ts'
-import type { BucketSnapshot } from '../../core/domain.ts'
+import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import { StoreFailure } from '../../core/errors.ts'
-import type { BucketPeek, BucketRequest, DecidingStore, OwnedBucket, StoreDecision } from '../../core/ports.ts'
+import type { BucketPeek, BucketRequest, DecidingStore, OwnedBucket, SpentBucket, StoreDecision } from '../../core/ports.ts'
 import type { Logger } from '../../observability/log.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
@@ -290,6 +290,21 @@ export class PostgresStore implements DecidingStore {
       for (const r of rows) merged[idx[r.o_idx - 1]!] = { tokens: r.o_tokens, atMs: Number(r.o_at_ms) }
     }))
     return merged
+  }
+
+  /**
+   * One page of the re-seed: a range scan of the primary key (policy, user_id) from the cursor,
+   * keeping the rows not full now under the caller's override or else the policy's numbers.
+   */
+  async spentBuckets (policy: Policy, afterUserId: string, limit: number): Promise<SpentBucket[]> {
+    const rows = await this.#counted('reseed', async () => await this.sql<Array<{ user_id: string, tokens: number, at_ms: number }>>`
+      SELECT r.user_id, r.tokens, extract(epoch FROM r.last_refill_time) * 1000 AS at_ms
+      FROM rate_limits r LEFT JOIN rate_limit_overrides o ON o.policy = r.policy AND o.user_id = r.user_id
+      WHERE r.policy = ${policy.name} AND r.user_id > ${afterUserId}
+        AND r.tokens + greatest(0, extract(epoch FROM clock_timestamp() - r.last_refill_time))
+          * coalesce(o.refill_per_second, ${policy.refillPerSecond}::float8) < coalesce(o.capacity, ${policy.capacity}::float8)
+      ORDER BY r.user_id LIMIT ${limit}`.execute())
+    return rows.map((r) => ({ userId: r.user_id, snapshot: { tokens: r.tokens, atMs: Number(r.at_ms) } }))
   }
 
   /** Any round trip off the request path (admin, hand-back, overrides), bounded by the statement timeout. */

@@ -439,6 +439,32 @@ local t, n = store(KEYS[1], tokens, now, 'w', ARGV[4])
 return {1, t, n}
 `
 
+/**
+ * The re-seed's claim (src/limiter/reseed.ts). KEYS: the marker, the claim (one hash tag: one
+ * slot); ARGV: owner, ttl ms. 0: the marker is set (seeded); 1: the claim is the owner's (taken
+ * now, or renewed); 2: another gateway holds it.
+ */
+const RESEED_CLAIM = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder == false then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 2
+`
+
+/** Ends the owner's claim (ARGV: owner, '1' done); done sets the marker, without expiry. */
+const RESEED_END = `
+if ARGV[2] == '1' then redis.call('SET', KEYS[1], '1') end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+`
+
 type Reply<T> = Promise<T>
 
 /** The client with the scripts defined (EVALSHA, falling back to EVAL after a restart). */
@@ -461,6 +487,8 @@ export interface ScriptedRedis extends Redis {
   rlWbDecideGroups: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
   rlWbRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string, string]>
+  rlReseedClaim: (marker: string, claim: string, owner: string, ttlMs: number) => Reply<number>
+  rlReseedEnd: (marker: string, claim: string, owner: string, done: '0' | '1') => Reply<number>
 }
 
 export function defineScripts (client: Redis): ScriptedRedis {
@@ -476,6 +504,8 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlWbDecideGroups', { lua: WB_DECIDE_GROUPS })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })
+  client.defineCommand('rlReseedClaim', { numberOfKeys: 2, lua: RESEED_CLAIM })
+  client.defineCommand('rlReseedEnd', { numberOfKeys: 2, lua: RESEED_END })
   return client as ScriptedRedis
 }
 

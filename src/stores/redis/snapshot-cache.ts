@@ -11,7 +11,7 @@
  */
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot } from '../../core/domain.ts'
-import { CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type CachedSnapshot, type CacheRead, type SnapshotCache } from '../../core/ports.ts'
+import { CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type CachedSnapshot, type CacheRead, type ReseedClaim, type SnapshotCache } from '../../core/ports.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
@@ -33,6 +33,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   readonly #prefix: string
   readonly #metrics: Metrics
   #closing = false
+  readonly #readyListeners: Array<() => void> = []
   #lastWrite: Promise<void> = Promise.resolve()
   readonly #unsent = new UnsentSnapshots(MAX_UNSENT)
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
@@ -69,7 +70,10 @@ export class RedisSnapshotCache implements SnapshotCache {
     // ioredis emits 'error' on every failed reconnect; StoreHealth logs only the transition.
     // (While closing, a quit racing the last commands is not an outage.)
     this.client.on('error', (err) => { if (!this.#closing) this.health.failed(err) })
-    this.client.on('ready', () => { this.#succeeded() })
+    this.client.on('ready', () => {
+      this.#succeeded()
+      for (const listener of this.#readyListeners) listener()
+    })
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
@@ -258,6 +262,35 @@ export class RedisSnapshotCache implements SnapshotCache {
     }
   }
 
+  onReady (listener: () => void): void {
+    this.#readyListeners.push(listener)
+  }
+
+  async claimReseed (owner: string, ttlMs: number): Promise<ReseedClaim> {
+    const client = this.#usable()
+    if (client === null) return 'unavailable'
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'reseed' })
+    try {
+      const status = await client.rlReseedClaim(reseedMarker(this.#prefix), reseedClaimKey(this.#prefix), owner, ttlMs)
+      return status === 0 ? 'seeded' : status === 1 ? 'claimed' : 'busy'
+    } catch (err) {
+      this.#failed('reseed', err)
+      return 'unavailable'
+    }
+  }
+
+  async endReseed (owner: string, done: boolean): Promise<void> {
+    const client = this.client
+    if (client === null) return
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'reseed' })
+    try {
+      await client.rlReseedEnd(reseedMarker(this.#prefix), reseedClaimKey(this.#prefix), owner, done ? '1' : '0')
+    } catch (err) {
+      this.#failed('reseed', err)
+      throw err
+    }
+  }
+
   #failed (operation: string, err: unknown): void {
     this.#metrics.storeErrors.inc({ store: 'redis', operation })
     this.#breaker.failure(Date.now())
@@ -288,6 +321,13 @@ export function decode (value: string): CachedSnapshot | null {
   const atMs = Number(value.slice(bar + 1))
   return Number.isFinite(tokens) && Number.isFinite(atMs) ? { kind: 'snapshot', tokens, atMs } : null
 }
+
+/**
+ * The re-seed's marker and claim (src/limiter/reseed.ts): one hash tag, one Cluster slot. Not
+ * `<prefix>{`, the buckets' own shape.
+ */
+export function reseedMarker (prefix: string): string { return `${prefix}seeded{reseed}` }
+export function reseedClaimKey (prefix: string): string { return `${prefix}seeding{reseed}` }
 
 /** One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot. */
 export function bucketKey (prefix: string, cacheName: string, userId: string): string {
