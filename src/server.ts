@@ -64,6 +64,9 @@ export interface Gateway {
   close: () => Promise<void>
 }
 
+/** The longest start-up waits for a re-seed of Redis (src/limiter/reseed.ts). */
+const RESEED_WAIT_MS = 5_000
+
 const RESTART_ONLY = (Object.keys(RELOAD) as Array<keyof Config>).filter((section) => RELOAD[section] === 'restart')
 
 /** fallback.takeoverFenceMs, or the longest a PostgreSQL allowance takes from cache read to snapshot write: the wait for a batch slot and the answer (each at most the decision deadline), then the write. */
@@ -128,13 +131,18 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
     }
     if (config.redis.enabled) {
       // A Redis restarted empty gets PostgreSQL's spent buckets back before it may take one over.
-      life.add('re-seed', new Reseed(postgres, redis, {
+      // Start-up waits for the first check (one Redis call when the marker is there) and a
+      // re-seed it starts, for RESEED_WAIT_MS at most; a longer one finishes while serving.
+      const reseed = life.add('re-seed', new Reseed(postgres, redis, {
         policies: () => [...runtime.current.policies.policies.values()].filter((p) => p.concurrency === undefined && p.consistency !== 'write-behind'),
         effective: (p, userId) => overrides.table.apply(p, userId),
         owner: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
         metrics,
         log
-      }), (r) => { r.close() }).start()
+      }), (r) => { r.close() })
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([reseed.start(), new Promise<void>((resolve) => { timer = setTimeout(resolve, RESEED_WAIT_MS) })])
+      clearTimeout(timer)
     }
     const concurrency = life.add('concurrency slots', new ConcurrencyLimiter(new RedisLeases(redis.client, config.redis.keyPrefix, metrics),
       config.redis.leaseMs, config.fallback.localReplicas, metrics), (c) => { c.close() })

@@ -66,6 +66,11 @@ t.test('after a known sequence of requests /metrics shows exactly these counts',
     'gateway_store_operations_total{store="postgres",operation="ping"}': 1, // start-up check
     'gateway_store_operations_total{store="redis",operation="get"}': 6,
     'gateway_store_operations_total{store="redis",operation="set"}': 5,
+    // Start-up: Redis's marker absent (a new key prefix), the re-seed claims it, reads one page
+    // (nothing spent yet) and sets it; finished before the gateway listens.
+    'gateway_store_operations_total{store="redis",operation="reseed"}': 2,
+    'gateway_store_operations_total{store="postgres",operation="reseed"}': 1,
+    'gateway_redis_reseeds_total{result="done"}': 1,
     'gateway_proxied_responses_total{status_class="2xx"}': 4,
     'gateway_proxied_responses_total{status_class="5xx"}': 1,
     'gateway_rejected_requests_total{reason="missing"}': 1

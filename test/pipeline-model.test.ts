@@ -20,12 +20,14 @@
 //   - Redis unreachable while it owns buckets and PostgreSQL answers: PostgreSQL decides
 //     without Redis's spending ("PostgreSQL is the best store left").
 //   - Redis deciding while its snapshot of a bucket is older than PostgreSQL's row because Redis
-//     restarted empty while PostgreSQL decided (then PostgreSQL fails, or a gateway still
+//     restarted empty while PostgreSQL decided, before the re-seed has run (src/limiter/reseed.ts:
+//     PostgreSQL's spent buckets written back; then PostgreSQL fails, or a gateway still
 //     believes it down from an earlier outage): Redis takes over from a full bucket, refunding
 //     what PostgreSQL spent before the restart ("Redis restarted empty"). So PostgreSQL goes
 //     down, and Redis comes back, only where no gateway could let Redis decide on a snapshot the
-//     restart left stale. Snapshots left stale by an outage (writes that did not reach Redis)
-//     are not kept out: the cache writes them when Redis is back (unsent-snapshots.ts).
+//     restart left stale; a done re-seed clears that (if it wrote too little, Redis decides from
+//     a full bucket and (a) fails). Snapshots left stale by an outage (writes that did not reach
+//     Redis) are not kept out: the cache writes them when Redis is back (unsent-snapshots.ts).
 //   - Redis restarted empty while it owns buckets: what it spent is gone.
 //   - Concurrent requests on gateways that disagree about PostgreSQL (split brain), which may
 //     race a PostgreSQL decision with Redis taking the bucket over.
@@ -37,6 +39,7 @@ import { StoreUnavailableError } from '../src/core/errors.ts'
 import { tokensAt } from '../src/core/token-bucket.ts'
 import { handBack } from '../src/limiter/hand-back.ts'
 import { Limiter } from '../src/limiter/limiter.ts'
+import { Reseed } from '../src/limiter/reseed.ts'
 import { createLogger } from '../src/observability/log.ts'
 import { Metrics } from '../src/observability/metrics.ts'
 import { MemoryPostgres, MemoryRedis, parseValue } from '../src/stores/memory/index.ts'
@@ -71,8 +74,9 @@ interface System {
   readonly allowed: Map<string, Allowed[]>
   /** Descriptions of what happened, for a failure's report. */
   readonly trace: string[]
-  /** Callers whose Redis value has been stale since Redis restarted empty (no write repairs that). */
+  /** Callers whose Redis value may be stale since Redis restarted empty, until a re-seed or a write repairs it. */
   readonly restartStale: Set<string>
+  readonly reseed: Reseed<Policy>
 }
 
 // ---- the reference ----
@@ -249,6 +253,13 @@ const commands = [
     s.redis.lose()
     for (const caller of CALLERS) s.restartStale.add(caller)
   })),
+  // What a reconnection starts (reseed.ts); trusted once done: if it wrote too little, a later
+  // take-over starts a spent caller full and (a) fails.
+  fc.constant(cmd('re-seed', (s) => !s.pg.down && !s.redis.down, async (s) => {
+    const outcome = await s.reseed.run()
+    s.trace.push(`  -> ${outcome}`)
+    if (outcome === 'done' || outcome === 'seeded') s.restartStale.clear()
+  })),
   fc.constant(cmd('let recovery run', (s) => !s.pg.down, recover))
 ]
 
@@ -270,11 +281,13 @@ t.test('model: gateways sharing in-memory stores keep the limit and refund nothi
         gateways: [],
         allowed: new Map(CALLERS.map((c) => [c, []])),
         trace: [],
-        restartStale: new Set()
+        restartStale: new Set(),
+        reseed: undefined as unknown as Reseed<Policy>
       }
       const pg = new MemoryPostgres({ now: () => sys.now })
       const redis = new MemoryRedis({ now: () => sys.now + redisOffset })
-      Object.assign(sys, { pg, redis })
+      const reseed = new Reseed(pg, redis.cache, { policies: () => [policy], effective: (p) => p, owner: 'model', metrics, log, retryMs: 3_600_000 })
+      Object.assign(sys, { pg, redis, reseed })
       for (let i = 0; i < n; i++) {
         const offset = gatewayOffsets[i]!
         sys.gateways.push(new Limiter({ store: pg, cache: redis.cache, redis: redis.decider }, {
@@ -297,6 +310,7 @@ t.test('model: gateways sharing in-memory stores keep the limit and refund nothi
         throw err
       } finally {
         await Promise.all(sys.gateways.map(async (g) => await g.close()))
+        reseed.close()
       }
     }
   ), {

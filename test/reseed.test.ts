@@ -73,7 +73,7 @@ t.test('one gateway at a time; a failed one frees the claim; a reconnection star
   t.equal(await other.run(), 'failed', 'the claim was freed: the other gateway may try')
   pg.down = false
 
-  reseed.start() // listens for reconnections (and checks once now)
+  void reseed.start() // listens for reconnections (and checks once now)
   await waitFor(() => snapshotOf(redis, 'a') !== undefined, { timeoutMs: 2_000, what: 'the re-seed started by start()' })
   redis.down = true
   redis.lose()

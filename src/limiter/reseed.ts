@@ -58,10 +58,10 @@ export class Reseed<P extends Policy> {
     this.#retryMs = options.retryMs ?? 5_000
   }
 
-  /** Starts listening for reconnections and checks once now. */
-  start (): void {
+  /** Starts listening for reconnections and checks once now: that check's outcome. */
+  async start (): Promise<ReseedOutcome> {
     this.#cache.onReady(() => { void this.run() })
-    void this.run()
+    return await this.run()
   }
 
   /**
@@ -101,7 +101,6 @@ export class Reseed<P extends Policy> {
     const claim = await this.#cache.claimReseed(owner, this.#claimMs)
     if (claim !== 'claimed') return claim
     const started = Date.now()
-    log.info('Redis holds no snapshots of this fleet (restarted empty, or never seeded): writing PostgreSQL\'s spent buckets to it')
     let written = 0
     try {
       for (const policy of this.#o.policies()) {
@@ -134,7 +133,9 @@ export class Reseed<P extends Policy> {
     }
     this.#failing = false
     metrics.reseeds.inc({ result: 'done' })
-    log.info({ buckets: written, ms: Date.now() - started }, 'Redis re-seeded from PostgreSQL')
+    // A first start on an empty Redis writes nothing: not worth a line.
+    log[written > 0 ? 'info' : 'debug']({ buckets: written, ms: Date.now() - started },
+      'Redis held no snapshots of this fleet (restarted empty, or never seeded): re-seeded from PostgreSQL\'s spent buckets')
     return 'done'
   }
 
