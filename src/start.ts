@@ -6,6 +6,7 @@ import { redactUrl } from './config/redact.ts'
 import type { Config } from './config/schema.ts'
 import { packageRoot, packageVersion } from './core/package.ts'
 import { isUnreachable } from './stores/postgres/postgres-store.ts'
+import { isConnectionFault } from './stores/postgres/connection-faults.ts'
 import { prepareFirstRun, type FirstRun } from './first-run.ts'
 import { bufferedStdout } from './observability/access-destination.ts'
 import { createLogger } from './observability/log.ts'
@@ -71,6 +72,13 @@ export async function runGateway (): Promise<void> {
     ? c
     : perWorker(link.migrated ? { ...c, postgres: { ...c.postgres, migrate: false } } : c, link.count)
 
+  // A lost PostgreSQL connection's rejection that postgres.js leaves unhandled (connection-faults.ts)
+  // is logged, and the gateway serves on; any other is a defect, rethrown as an uncaught exception
+  // (close-with-grace, below, then shuts down with exit code 1).
+  process.on('unhandledRejection', (reason) => {
+    if (!isConnectionFault(reason)) throw reason
+    log.warn({ err: reason }, 'a PostgreSQL connection failed while it was opening (a rejection postgres.js leaves unhandled): serving on')
+  })
   let gateway: Awaited<ReturnType<typeof startGateway>> | undefined
   let firstRun: FirstRun | undefined
   // SIGHUP reloads the configuration (the default action would end the process).
@@ -104,7 +112,7 @@ export async function runGateway (): Promise<void> {
   // closeWithGrace would take a second signal (the primary's order after the terminal's) as
   // "exit now" and cut the in-flight requests off.
   const workerSignals = ['SIGINT', 'SIGTERM'] as const
-  const graceful = closeWithGrace({ delay: 25_000, skip: link === null ? ['SIGHUP' as const] : ['SIGHUP' as const, ...workerSignals] }, async ({ signal, err }) => {
+  const graceful = closeWithGrace({ delay: 25_000, skip: link === null ? ['SIGHUP' as const, 'unhandledRejection' as const] : ['SIGHUP' as const, 'unhandledRejection' as const, ...workerSignals] }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal: signal ?? 'primary' }, 'shutting down: finishing in-flight requests')
     await running.close()

@@ -1,12 +1,15 @@
 // The gateway as a process: several sharing the stores, signals, start-up failures.
 import { execFile, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { promisify } from 'node:util'
 import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import postgres from 'postgres'
 import t from 'tap'
 import { packageRoot } from '../src/core/package.ts'
+import { isConnectionFault } from '../src/stores/postgres/connection-faults.ts'
 import { spawnGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { createRedisPrefix, createTestDatabase, TEST_REDIS_URL } from './helpers/stores.ts'
@@ -122,4 +125,31 @@ t.test('start-up failures exit non-zero with a message that says why', async (t)
   t.equal(noDb.status, 1, 'PostgreSQL unreachable: exit 1')
   t.match(noDb.stdout, /could not start.*ECONNREFUSED/, 'says what failed')
   t.match(noDb.stdout, /DATABASE_REQUIRED_AT_START=false/, 'and how to start without PostgreSQL')
+})
+
+// postgres.js drops the promise of a new connection's first query (src/stores/postgres/connection-faults.ts):
+// a connection that dies then rejects it unhandled. The fixture raises such a rejection on SIGWINCH.
+for (const [kind, what] of [['connection', 'a lost connection: logged, the gateway serves on'], ['defect', 'anything else: a graceful shutdown, exit 1']] as const) t.test(`a rejection nobody handles, ${what}`, async (t) => {
+  const fixture = pathToFileURL(join(packageRoot(), 'test', 'fixtures', 'unhandled-rejection.mjs')).href
+  const gw = await spawnGateway(t, { DATABASE_URL: await createTestDatabase(t), REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: createRedisPrefix(t), NODE_OPTIONS: `--import=${fixture}`, REJECT_WITH: kind })
+  t.equal((await send(gw.proxyUrl + '/x', { user: 'before' })).status, 200)
+  gw.child.kill('SIGWINCH')
+  if (kind === 'connection') {
+    await waitFor(() => gw.output.some((l) => l.includes('a rejection postgres.js leaves unhandled')), { timeoutMs: 5_000, what: 'the warning' })
+    t.equal((await send(gw.proxyUrl + '/x', { user: 'after' })).status, 200, 'still serving')
+    t.equal(gw.child.exitCode, null, 'still running')
+  } else {
+    const [code] = await once(gw.child, 'exit') as [number | null]
+    t.equal(code, 1)
+    t.ok(gw.output.some((l) => l.includes('shutting down after an error') && l.includes('a defect')), 'logged as the reason for the shutdown')
+  }
+})
+
+t.test('which rejections are a lost connection', async (t) => {
+  const pgError = (code: string): Error => Object.assign(new postgres.PostgresError({ message: code } as never), { code })
+  for (const err of [Object.assign(new Error('refused'), { code: 'ECONNREFUSED' }), Object.assign(new Error('closed'), { code: 'CONNECTION_CLOSED' }),
+    pgError('57P01'), pgError('57014'), pgError('08006'), pgError('53300')]) t.ok(isConnectionFault(err), (err as Error & { code: string }).code)
+  for (const err of [new Error('no code'), Object.assign(new Error('enoent'), { code: 'ENOENT' }), pgError('23505'), pgError('42P01'), 'a string', null]) {
+    t.notOk(isConnectionFault(err), String((err as { code?: string } | null)?.code ?? err))
+  }
 })
