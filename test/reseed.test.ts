@@ -82,6 +82,18 @@ t.test('one gateway at a time; a failed one frees the claim; a reconnection star
   t.equal(await redis.cache.claimReseed('x', 1), 'seeded')
 })
 
+t.test('a Redis that lost its data without dropping the connection (FLUSHALL) is re-seeded at the next check', async (t) => {
+  const now = 1_000_000
+  const pg = new MemoryPostgres({ now: () => now })
+  const redis = new MemoryRedis({ now: () => now })
+  const reseed = new Reseed(pg, redis.cache, { policies: () => [policy], effective: (p) => p, owner: 'me', metrics: new Metrics(), log: createLogger('silent'), checkMs: 20 })
+  t.teardown(() => { reseed.close() })
+  await pg.decide({ policy, userId: 'a', cost: 3 })
+  t.equal(await reseed.start(), 'done')
+  redis.lose() // no reconnection
+  await waitFor(() => snapshotOf(redis, 'a') !== undefined, { timeoutMs: 2_000, what: 'the periodic check to re-seed' })
+})
+
 t.test('Redis down: nothing is claimed, nothing written', async (t) => {
   const { redis, reseed } = rig(() => 1_000_000)
   t.teardown(() => { reseed.close() })

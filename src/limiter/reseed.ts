@@ -32,6 +32,11 @@ export interface ReseedOptions<P extends Policy> {
   readonly claimMs?: number
   /** The next try after a failure, or while another gateway holds the claim. Default 5 s. */
   readonly retryMs?: number
+  /**
+   * The next check after one that found the marker (or set it): a Redis that lost its data
+   * without dropping the connection (FLUSHALL, the marker evicted) is noticed within it. Default 30 s.
+   */
+  readonly checkMs?: number
 }
 
 export type ReseedOutcome = 'done' | 'seeded' | 'busy' | 'unavailable' | 'failed'
@@ -43,6 +48,7 @@ export class Reseed<P extends Policy> {
   readonly #pageSize: number
   readonly #claimMs: number
   readonly #retryMs: number
+  readonly #checkMs: number
   #running: Promise<ReseedOutcome> | null = null
   #again = false
   #retry: NodeJS.Timeout | null = null
@@ -56,6 +62,7 @@ export class Reseed<P extends Policy> {
     this.#pageSize = options.pageSize ?? 1_000
     this.#claimMs = options.claimMs ?? 30_000
     this.#retryMs = options.retryMs ?? 5_000
+    this.#checkMs = options.checkMs ?? 30_000
   }
 
   /** Starts listening for reconnections and checks once now: that check's outcome. */
@@ -89,10 +96,9 @@ export class Reseed<P extends Policy> {
     }
     // A claim held elsewhere may be a dead gateway's; 'unavailable' may be the circuit breaker
     // on a connection that never drops (no reconnection to wait for).
-    if (outcome === 'failed' || outcome === 'busy' || outcome === 'unavailable') {
-      this.#retry = setTimeout(() => { void this.run() }, this.#retryMs)
-      this.#retry.unref()
-    }
+    const next = outcome === 'failed' || outcome === 'busy' || outcome === 'unavailable' ? this.#retryMs : this.#checkMs
+    this.#retry = setTimeout(() => { void this.run() }, next)
+    this.#retry.unref()
     return outcome
   }
 
