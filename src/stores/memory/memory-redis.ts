@@ -69,6 +69,11 @@ export function encodeSnapshot (s: BucketSnapshot): string {
   return `${s.tokens}|${s.atMs}`
 }
 
+/** The re-seed's marker and claim, as snapshot-cache.ts names them. */
+function reseedKeys (prefix: string): { marker: string, claim: string } {
+  return { marker: `${prefix}seeded{reseed}`, claim: `${prefix}seeding{reseed}` }
+}
+
 /** The real adapters' key: one hash tag per bucket. */
 export function memoryBucketKey (prefix: string, cacheName: string, userId: string): string {
   return `${prefix}{${cacheName}:${userId}}`
@@ -454,8 +459,8 @@ export class MemorySnapshotCache implements SnapshotCache {
   async claimReseed (owner: string, ttlMs: number): Promise<ReseedClaim> {
     const r = this.#redis
     if (!r.enabled || r.down) return 'unavailable'
-    if (r.get(r.keyPrefix + 'seeded{reseed}') !== undefined) return 'seeded'
-    const claim = r.keyPrefix + 'seeding{reseed}'
+    const { marker, claim } = reseedKeys(r.keyPrefix)
+    if (r.get(marker) !== undefined) return 'seeded'
     const holder = r.get(claim)
     if (holder !== undefined && holder !== owner) return 'busy'
     r.set(claim, owner, ttlMs / 1000)
@@ -467,8 +472,9 @@ export class MemorySnapshotCache implements SnapshotCache {
     const r = this.#redis
     if (!r.enabled) return
     if (r.down) throw new Error('Redis is not connected (in-memory outage)')
-    if (done) r.set(r.keyPrefix + 'seeded{reseed}', '1', Infinity)
-    if (r.get(r.keyPrefix + 'seeding{reseed}') === owner) r.del(r.keyPrefix + 'seeding{reseed}')
+    const { marker, claim } = reseedKeys(r.keyPrefix)
+    if (done) r.set(marker, '1', Infinity)
+    if (r.get(claim) === owner) r.del(claim)
   }
 }
 
