@@ -112,7 +112,7 @@ export async function runGateway (): Promise<void> {
   // closeWithGrace would take a second signal (the primary's order after the terminal's) as
   // "exit now" and cut the in-flight requests off.
   const workerSignals = ['SIGINT', 'SIGTERM'] as const
-  const graceful = closeWithGrace({ delay: 25_000, skip: link === null ? ['SIGHUP' as const, 'unhandledRejection' as const] : ['SIGHUP' as const, 'unhandledRejection' as const, ...workerSignals] }, async ({ signal, err }) => {
+  const graceful = closeWithGrace({ delay: 25_000, skip: ['SIGHUP' as const, 'unhandledRejection' as const, ...(link === null ? [] : workerSignals)] }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal: signal ?? 'primary' }, 'shutting down: finishing in-flight requests')
     await running.close()
