@@ -93,7 +93,10 @@ t.test('write-behind: Redis decides every request, PostgreSQL is written behind'
       okStatements: await counter(gw, 'gateway_store_operations_total', { store: 'postgres', operation: 'wb-sync' }) -
         await counter(gw, 'gateway_store_errors_total', { store: 'postgres', operation: 'wb-sync' })
     })
-    const before = await counts()
+    // The earlier subtests' last flush may be between its statement and its commit: start
+    // from a settled moment, or that flush's statement falls before and its commit after.
+    let before = await counts()
+    await waitFor(async () => { before = await counts(); return before.okStatements === before.okFlushes }, { what: 'no flush in flight' })
     await Promise.all(Array.from({ length: 30 }, async (_, i) => await send(gw.proxyUrl + '/x', { user: `many-${i}` })))
     await waitFor(async () => {
       const rows = await sql`SELECT count(*)::int AS n FROM rate_limits WHERE user_id LIKE 'many-%'`
