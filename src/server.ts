@@ -137,6 +137,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
         policies: () => [...runtime.current.policies.policies.values()].filter((p) => p.concurrency === undefined && p.consistency !== 'write-behind'),
         effective: (p, userId) => overrides.table.apply(p, userId),
         owner: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
+        checkMs: config.redis.reseedCheckMs,
         metrics,
         log
       }), (r) => { r.close() })

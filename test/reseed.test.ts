@@ -1,6 +1,8 @@
 // A Redis restarted empty is given PostgreSQL's spent buckets again (src/limiter/reseed.ts).
 // Without that, Redis takes every caller not decided since the restart over full the next time
 // PostgreSQL fails, and admits again what PostgreSQL had granted.
+import calculateSlot from 'cluster-key-slot'
+import { Redis } from 'ioredis'
 import t from 'tap'
 import type { Policy } from '../src/core/domain.ts'
 import { Reseed } from '../src/limiter/reseed.ts'
@@ -11,6 +13,7 @@ import { startTestGateway } from './helpers/gateway.ts'
 import { send, waitFor } from './helpers/http.ts'
 import { metricSum } from './helpers/metrics.ts'
 import { startPrivatePostgres, startPrivateRedis } from './helpers/private-stores.ts'
+import { startRedisCluster } from './helpers/redis-topologies.ts'
 
 const policy: Policy = { name: 'p', capacity: 3, refillPerSecond: 0.001, cacheName: 'p@3/0.001' }
 
@@ -82,6 +85,39 @@ t.test('one gateway at a time; a failed one frees the claim; a reconnection star
   t.equal(await redis.cache.claimReseed('x', 1), 'seeded')
 })
 
+t.test('Redis losing its data during a run fails the run (no marker); the next run writes every bucket again', async (t) => {
+  const now = 1_000_000
+  const { pg, redis, metrics } = rig(() => now)
+  for (const user of ['a', 'b', 'c', 'd', 'e']) await pg.decide({ policy, userId: user, cost: 3 })
+  // Redis restarts empty while the second page is read: the first page's snapshots are gone.
+  let pages = 0
+  const losing = { spentBuckets: async (...args: Parameters<MemoryPostgres['spentBuckets']>) => {
+    if (pages++ === 1) redis.lose()
+    return await pg.spentBuckets(...args)
+  } } as unknown as MemoryPostgres
+  const reseed = new Reseed(losing, redis.cache, { policies: () => [policy], effective: (p) => p, owner: 'me', metrics, log: createLogger('silent'), pageSize: 2, retryMs: 60_000 })
+  t.teardown(() => { reseed.close() })
+  t.equal(await reseed.run(), 'failed', 'the claim was lost with the data: the run fails')
+  t.equal(snapshotOf(redis, 'a'), undefined, 'the first page is gone')
+  t.equal(await redis.cache.claimReseed('x', 1), 'claimed', 'no marker was set')
+  await redis.cache.endReseed('x', false)
+  t.equal(await reseed.run(), 'done')
+  for (const user of ['a', 'b', 'c', 'd', 'e']) t.ok(snapshotOf(redis, user) !== undefined, `${user} written`)
+
+  // Lost after the last page, before the marker: the end finds the run's record gone.
+  redis.lose()
+  const cache = redis.cache
+  const endLosing = new Proxy(cache, {
+    get: (target, prop) => prop === 'endReseed'
+      ? async (owner: string, done: boolean) => { if (done) redis.lose(); return await target.endReseed(owner, done) }
+      : (typeof Reflect.get(target, prop) === 'function' ? (Reflect.get(target, prop) as (...a: unknown[]) => unknown).bind(target) : Reflect.get(target, prop))
+  })
+  const ending = new Reseed(pg, endLosing, { policies: () => [policy], effective: (p) => p, owner: 'me', metrics, log: createLogger('silent'), retryMs: 60_000 })
+  t.teardown(() => { ending.close() })
+  t.equal(await ending.run(), 'failed', 'lost before the marker: failed')
+  t.equal(await redis.cache.claimReseed('x', 1), 'claimed', 'and no marker')
+})
+
 t.test('a Redis that lost its data without dropping the connection (FLUSHALL) is re-seeded at the next check', async (t) => {
   const now = 1_000_000
   const pg = new MemoryPostgres({ now: () => now })
@@ -139,4 +175,45 @@ t.test('through the gateway: Redis restarted empty, then PostgreSQL down: spent 
   t.same(await statuses('vip', 1), ['429'], 'the overridden caller too (its own cache name)')
   t.same(await statuses('partly', 3), ['201', '201', '429'], 'two left of three')
   t.same(await ask('fresh'), '201 redis-fallback', 'a caller PostgreSQL never saw starts full in Redis')
+})
+
+t.test('a Redis Cluster: a shard that lost its data is re-seeded, though the other shards kept theirs', async (t) => {
+  const pg = await startPrivatePostgres(t)
+  const cluster = await startRedisCluster(t, 3)
+  const config = { limits: { capacity: 3, refillPerSecond: 0.001 }, fallback: { probeIntervalMs: 100, redisTimeoutMs: 3000 }, redis: { reseedCheckMs: 200 } }
+  const gw = await startTestGateway(t, { databaseUrl: pg.url, redisUrl: cluster.url, redisPrefix: 'rlc:', config })
+  await waitFor(async () => (await gw.redis.ping()) === 'up', { timeoutMs: 15_000, what: 'the cluster client to be ready' })
+  const done = async (): Promise<number> => await metricSum(gw.metrics, 'gateway_redis_reseeds_total', { result: 'done' })
+  await waitFor(async () => await done() >= 1, { timeoutMs: 10_000, what: 'the first check to mark every shard' })
+
+  const users = Array.from({ length: 12 }, (_, i) => `shard-${i}`)
+  const statuses: number[] = []
+  for (const user of users) for (let i = 0; i < 3; i++) statuses.push((await send(gw.proxyUrl + '/x', { user })).status)
+  t.same(statuses, Array(3 * users.length).fill(201), 'every caller spends its 3 tokens')
+  const key = (user: string): string => `rlc:{default@3/0.001:${user}}`
+  // Which node serves which slot (CLUSTER SLOTS from any node: they agree).
+  const admin = new Redis({ port: cluster.ports[0]!, host: '127.0.0.1', maxRetriesPerRequest: 0 })
+  t.teardown(() => { admin.disconnect() })
+  const ranges = await admin.cluster('SLOTS')
+  const portOf = (k: string): number => { const slot = calculateSlot(k); return ranges.find(([from, to]) => slot >= from && slot <= to)![2]![1] }
+  const onNode = async (port: number): Promise<string[]> => {
+    const c = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0 })
+    try { return await c.keys('rlc:{*') } finally { c.disconnect() }
+  }
+  await waitFor(async () => (await Promise.all(cluster.ports.map(onNode))).flat().length === users.length, { timeoutMs: 5_000, what: 'every snapshot written' })
+  // A node that does not hold the slot of `{reseed}` (where a single marker would live) but holds buckets.
+  const victim = cluster.ports.find((p) => p !== portOf('rlc:seeded{reseed}') && users.some((u) => portOf(key(u)) === p))!
+  const lost = users.filter((u) => portOf(key(u)) === victim)
+  t.ok(lost.length > 0, `${lost.length} callers' buckets on node ${victim}`)
+
+  const flushed = new Redis({ port: victim, host: '127.0.0.1', maxRetriesPerRequest: 0 })
+  await flushed.flushall()
+  flushed.disconnect()
+  await waitFor(async () => await done() >= 2, { timeoutMs: 10_000, what: 'the periodic check to find the shard unmarked and re-seed' })
+  t.same((await onNode(victim)).sort(), lost.map(key).sort(), 'the flushed shard holds its callers\' snapshots again')
+
+  await pg.stop()
+  const after: number[] = []
+  for (const user of users) after.push((await send(gw.proxyUrl + '/x', { user })).status)
+  t.same(after, Array(users.length).fill(429), 'PostgreSQL down: every caller still spent when Redis decides')
 })

@@ -57,6 +57,7 @@ export const ENVIRONMENT: ReadonlyArray<readonly [string, string, Kind]> = [
   ['REDIS_ENABLED', 'redis.enabled', 'boolean'],
   ['REDIS_KEY_PREFIX', 'redis.keyPrefix', 'string'],
   ['CONCURRENCY_LEASE_MS', 'redis.leaseMs', 'int'],
+  ['REDIS_RESEED_CHECK_MS', 'redis.reseedCheckMs', 'int'],
   ['REDIS_TIMEOUT_MS', 'redis.commandTimeoutMs', 'int'],
   ['FAIL_MODE', 'fallback.mode', 'string'],
   ['FAIL_LOCAL_REPLICAS', 'fallback.localReplicas', 'int'],

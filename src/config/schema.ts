@@ -176,6 +176,12 @@ const redis = z.strictObject({
    * the longest a gateway that died holding slots can block its callers.
    */
   leaseMs: z.number().int().min(300).default(10_000),
+  /**
+   * How often each gateway checks that every Redis shard still holds the fleet's snapshots
+   * (src/limiter/reseed.ts): a shard that lost its data without a reconnection (FLUSHALL, an
+   * evicted marker, a Cluster node restarted empty) is re-seeded within it.
+   */
+  reseedCheckMs: z.number().int().min(100).default(30_000),
   /** A Redis read slower than this is treated as a miss. */
   commandTimeoutMs: z.number().int().positive().default(50),
   connectTimeoutMs: z.number().int().positive().default(1_000)

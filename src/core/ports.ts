@@ -139,18 +139,34 @@ export interface SnapshotCache {
   ping (): Promise<'up' | 'down' | 'disabled'>
   /**
    * The re-seed's claim (src/limiter/reseed.ts), `owner` naming this gateway: `seeded` when
-   * Redis's marker says it holds the fleet's snapshots since it started; `claimed` when this
-   * gateway is to write them now (for `ttlMs`; asking again renews it); `busy` when another
-   * gateway holds the claim; `unavailable` when Redis cannot be asked.
+   * every shard's marker says it holds the fleet's snapshots since it started; `claimed` when
+   * this gateway is to write them now (for `ttlMs`); `busy` when another gateway holds the
+   * claim; `unavailable` when Redis cannot be asked.
    */
   claimReseed (owner: string, ttlMs: number): Promise<ReseedClaim>
-  /** Ends `owner`'s claim; `done` sets the marker first. Throws when Redis fails. */
-  endReseed (owner: string, done: boolean): Promise<void>
+  /**
+   * Extends `owner`'s claim by `ttlMs` between pages: `lost` when the claim, or a shard's record
+   * that the re-seed is writing there, is gone (Redis lost data meanwhile: what was written may
+   * be gone too, so the run must start again).
+   */
+  renewReseed (owner: string, ttlMs: number): Promise<ReseedRenewal>
+  /** Writes the re-seed's snapshots (newer wins, as `write`); resolves once all are applied, rejects when any failed. */
+  seed (snapshots: readonly SeedSnapshot[]): Promise<void>
+  /**
+   * Ends `owner`'s claim. `done`: sets each shard's marker, where the shard still records this
+   * re-seed; false when one did not (it lost its data meanwhile: the run must start again).
+   * Throws when Redis fails.
+   */
+  endReseed (owner: string, done: boolean): Promise<boolean>
   /** `listener` runs each time Redis (re)connects: a restarted Redis may hold no snapshots at all. */
   onReady (listener: () => void): void
 }
 
 export type ReseedClaim = 'seeded' | 'claimed' | 'busy' | 'unavailable'
+export type ReseedRenewal = 'claimed' | 'lost' | 'unavailable'
+
+/** A bucket's snapshot written by the re-seed. */
+export interface SeedSnapshot { readonly key: string, readonly snapshot: BucketSnapshot, readonly ttlSeconds: number }
 
 /** What Redis answered when asked to decide. */
 export type RedisVerdict = RedisDecided | RedisNotDecided | RedisTakingOver

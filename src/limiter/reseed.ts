@@ -7,6 +7,9 @@
  * snapshot for every bucket PostgreSQL holds spent (full ones need none: a miss starts full),
  * then sets the marker.
  *
+ * Redis losing data during a run (a restart, a Cluster shard's) fails it: each shard records the
+ * run while it writes, and gets its marker only if that record survived (stores/redis/reseed-marks.ts).
+ *
  * Safe against decisions running meanwhile: a snapshot carries its row's stamp and Redis keeps
  * the newer one (scripts.ts WRITE), so a page read before a decision cannot overwrite it; a
  * bucket Redis owns by then is charged nothing.
@@ -113,22 +116,22 @@ export class Reseed<P extends Policy> {
         let after = ''
         for (;;) {
           const page = await this.#store.spentBuckets(policy, after, this.#pageSize)
-          for (const { userId, snapshot } of page) {
-            const p = this.#o.effective(policy, userId)
-            this.#cache.write(this.#cache.key(p.cacheName ?? p.name, userId), snapshot, fullRefillSeconds(p), 0)
+          // One page in Redis before the next is read: memory stays one page.
+          if (page.length > 0) {
+            await this.#cache.seed(page.map(({ userId, snapshot }) => {
+              const p = this.#o.effective(policy, userId)
+              return { key: this.#cache.key(p.cacheName ?? p.name, userId), snapshot, ttlSeconds: fullRefillSeconds(p) }
+            }))
           }
           written += page.length
           metrics.reseededBuckets.inc(page.length)
-          // One page in Redis before the next is read: memory stays one page.
-          await this.#cache.settled()
           if (page.length < this.#pageSize) break
           after = page[page.length - 1]!.userId
-          const renewed = await this.#cache.claimReseed(owner, this.#claimMs)
-          if (renewed === 'seeded') return 'seeded'
-          if (renewed !== 'claimed') throw new Error(`lost the re-seed's claim (${renewed})`)
+          const renewed = await this.#cache.renewReseed(owner, this.#claimMs)
+          if (renewed !== 'claimed') throw new Error(`lost the re-seed's claim (${renewed}): Redis may have lost what was written`)
         }
       }
-      await this.#cache.endReseed(owner, true)
+      if (!await this.#cache.endReseed(owner, true)) throw new Error('a Redis shard lost its data during the re-seed')
     } catch (err) {
       metrics.reseeds.inc({ result: 'failed' })
       await this.#cache.endReseed(owner, false).catch(() => {})

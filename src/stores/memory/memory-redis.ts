@@ -21,7 +21,7 @@
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
 import {
   CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_HANDING_BACK, REDIS_OWNED, REDIS_UNAVAILABLE, WB_MISS, WB_UNAVAILABLE,
-  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisGroupVerdict, type RedisVerdict, type ReseedClaim, type SnapshotCache,
+  type BucketRequest, type CacheRead, type OwnedBucket, type RedisDecider, type RedisGroupVerdict, type RedisVerdict, type ReseedClaim, type ReseedRenewal, type SeedSnapshot, type SnapshotCache,
   type WriteBehindGroupVerdict, type WriteBehindRedis, type WriteBehindVerdict
 } from '../../core/ports.ts'
 import { fullRefillSeconds } from '../../core/token-bucket.ts'
@@ -69,9 +69,9 @@ export function encodeSnapshot (s: BucketSnapshot): string {
   return `${s.tokens}|${s.atMs}`
 }
 
-/** The re-seed's marker and claim, as snapshot-cache.ts names them. */
-function reseedKeys (prefix: string): { marker: string, claim: string } {
-  return { marker: `${prefix}seeded{reseed}`, claim: `${prefix}seeding{reseed}` }
+/** The re-seed's keys on one server, as reseed-marks.ts names them: the claim, the marker, the progress key. */
+function reseedKeys (prefix: string): { claim: string, marker: string, progress: string } {
+  return { claim: `${prefix}seeding{reseed}`, marker: `${prefix}seeded{reseed}`, progress: `${prefix}reseeding{reseed}` }
 }
 
 /** The real adapters' key: one hash tag per bucket. */
@@ -455,26 +455,50 @@ export class MemorySnapshotCache implements SnapshotCache {
     for (const listener of this.#readyListeners) listener()
   }
 
-  /** RESEED_CLAIM of scripts.ts. */
+  /** RESEED_CLAIM and RESEED_SHARD of scripts.ts, on one shard. */
   async claimReseed (owner: string, ttlMs: number): Promise<ReseedClaim> {
     const r = this.#redis
     if (!r.enabled || r.down) return 'unavailable'
-    const { marker, claim } = reseedKeys(r.keyPrefix)
+    const { claim, marker, progress } = reseedKeys(r.keyPrefix)
     if (r.get(marker) !== undefined) return 'seeded'
     const holder = r.get(claim)
     if (holder !== undefined && holder !== owner) return 'busy'
     r.set(claim, owner, ttlMs / 1000)
+    r.set(progress, owner, ttlMs / 1000)
     return 'claimed'
   }
 
-  /** RESEED_END of scripts.ts. */
-  async endReseed (owner: string, done: boolean): Promise<void> {
+  async renewReseed (owner: string, ttlMs: number): Promise<ReseedRenewal> {
     const r = this.#redis
-    if (!r.enabled) return
+    if (!r.enabled || r.down) return 'unavailable'
+    const { claim, progress } = reseedKeys(r.keyPrefix)
+    if (r.get(claim) !== owner || r.get(progress) !== owner) return 'lost'
+    r.set(claim, owner, ttlMs / 1000)
+    r.set(progress, owner, ttlMs / 1000)
+    return 'claimed'
+  }
+
+  async seed (snapshots: readonly SeedSnapshot[]): Promise<void> {
+    const r = this.#redis
+    if (!r.enabled || r.down) throw new Error('Redis is not connected (in-memory outage)')
+    for (const w of snapshots) {
+      r.writeCalls++
+      r.write(w.key, encodeSnapshot(w.snapshot), w.ttlSeconds, 0)
+    }
+  }
+
+  async endReseed (owner: string, done: boolean): Promise<boolean> {
+    const r = this.#redis
+    if (!r.enabled) return false
     if (r.down) throw new Error('Redis is not connected (in-memory outage)')
-    const { marker, claim } = reseedKeys(r.keyPrefix)
-    if (done) r.set(marker, '1', Infinity)
+    const { claim, marker, progress } = reseedKeys(r.keyPrefix)
+    const held = r.get(progress) === owner
+    if (held) {
+      if (done) r.set(marker, '1', Infinity)
+      r.del(progress)
+    }
     if (r.get(claim) === owner) r.del(claim)
+    return done && held
   }
 }
 

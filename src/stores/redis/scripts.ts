@@ -440,28 +440,47 @@ return {1, t, n}
 `
 
 /**
- * The re-seed's claim (src/limiter/reseed.ts). KEYS: the marker, the claim (one hash tag: one
- * slot); ARGV: owner, ttl ms. 0: the marker is set (seeded); 1: the claim is the owner's (taken
- * now, or renewed); 2: another gateway holds it.
+ * The re-seed's claim (src/limiter/reseed.ts, reseed-marks.ts). KEYS: the claim; ARGV: owner,
+ * ttl ms, step. `take`: 1 when the claim is the owner's (taken now, or renewed), 2 when another
+ * gateway holds it. `renew`: 1, or 3 when the claim is gone or not the owner's (Redis lost it,
+ * or it expired). `release`: deletes the owner's claim.
  */
 const RESEED_CLAIM = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local holder = redis.call('GET', KEYS[2])
-if holder == false then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if ARGV[3] == 'release' then
+  if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
   return 1
 end
 if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if ARGV[3] == 'renew' then return 3 end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
 return 2
 `
 
-/** Ends the owner's claim (ARGV: owner, '1' done); done sets the marker, without expiry. */
-const RESEED_END = `
-if ARGV[2] == '1' then redis.call('SET', KEYS[1], '1') end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+/**
+ * One shard's step of a re-seed (reseed-marks.ts). KEYS: the shard's marker, its progress key
+ * (one hash tag); ARGV: owner, ttl ms, step. `begin` sets the progress key; the others act only
+ * where it is still the owner's (0 otherwise: the shard lost it): `renew` extends it, `end` sets
+ * the marker (no expiry) and removes it, `abort` removes it.
+ */
+const RESEED_SHARD = `
+if ARGV[3] == 'begin' then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[3] == 'renew' then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+if ARGV[3] == 'end' then redis.call('SET', KEYS[1], '1') end
+redis.call('DEL', KEYS[2])
 return 1
 `
 
@@ -487,8 +506,8 @@ export interface ScriptedRedis extends Redis {
   rlWbDecideGroups: (keyCount: number, ...keysThenArgs: Array<string | number>) => Reply<Array<number | string>>
   rlWbLower: (key: string, tokens: number, capacity: number, rate: number, ttl: number) => Reply<number>
   rlWbRefund: (key: string, amount: number, capacity: number, rate: number, ttl: number) => Reply<[number, string, string]>
-  rlReseedClaim: (marker: string, claim: string, owner: string, ttlMs: number) => Reply<number>
-  rlReseedEnd: (marker: string, claim: string, owner: string, done: '0' | '1') => Reply<number>
+  rlReseedClaim: (claim: string, owner: string, ttlMs: number, step: 'take' | 'renew' | 'release') => Reply<number>
+  rlReseedShard: (marker: string, progress: string, owner: string, ttlMs: number, step: 'begin' | 'renew' | 'end' | 'abort') => Reply<number>
 }
 
 export function defineScripts (client: Redis): ScriptedRedis {
@@ -504,8 +523,8 @@ export function defineScripts (client: Redis): ScriptedRedis {
   client.defineCommand('rlWbDecideGroups', { lua: WB_DECIDE_GROUPS })
   client.defineCommand('rlWbLower', { numberOfKeys: 1, lua: WB_LOWER })
   client.defineCommand('rlWbRefund', { numberOfKeys: 1, lua: WB_REFUND })
-  client.defineCommand('rlReseedClaim', { numberOfKeys: 2, lua: RESEED_CLAIM })
-  client.defineCommand('rlReseedEnd', { numberOfKeys: 2, lua: RESEED_END })
+  client.defineCommand('rlReseedClaim', { numberOfKeys: 1, lua: RESEED_CLAIM })
+  client.defineCommand('rlReseedShard', { numberOfKeys: 2, lua: RESEED_SHARD })
   return client as ScriptedRedis
 }
 

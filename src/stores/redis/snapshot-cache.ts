@@ -11,7 +11,7 @@
  */
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot } from '../../core/domain.ts'
-import { CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type CachedSnapshot, type CacheRead, type ReseedClaim, type SnapshotCache } from '../../core/ports.ts'
+import { CACHE_ERROR, CACHE_MISS, CACHE_SKIPPED, HANDING_BACK, REDIS_OWNED, type CachedSnapshot, type CacheRead, type ReseedClaim, type ReseedRenewal, type SeedSnapshot, type SnapshotCache } from '../../core/ports.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { CircuitBreaker } from '../breaker.ts'
@@ -19,6 +19,7 @@ import type { StoreHealth } from '../health.ts'
 import { MAX_UNSENT, UnsentSnapshots } from '../unsent-snapshots.ts'
 import { withDeadline } from '../deadline.ts'
 import { createRedisClient, isCluster } from './client.ts'
+import { allSeeded, claim, onShards, releaseClaim, reseedShards, type ReseedShard } from './reseed-marks.ts'
 import { defineScripts, ownerOf, type ScriptedRedis } from './scripts.ts'
 
 interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapshot, readonly ttlSeconds: number, readonly charge: number }
@@ -40,6 +41,8 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
   readonly #writes: Batcher<SnapshotWrite, void> | null = null
+  /** The shards of the re-seed this gateway holds the claim of (reseed-marks.ts). */
+  #reseedShards: ReseedShard[] | null = null
 
   /** `health` is shared with the Redis decider: one outage, logged once. */
   constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics) {
@@ -271,20 +274,73 @@ export class RedisSnapshotCache implements SnapshotCache {
     if (client === null) return 'unavailable'
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'reseed' })
     try {
-      const status = await client.rlReseedClaim(reseedMarker(this.#prefix), reseedClaimKey(this.#prefix), owner, ttlMs)
-      return status === 0 ? 'seeded' : status === 1 ? 'claimed' : 'busy'
+      const shards = reseedShards(client, this.#prefix)
+      if (shards === null) return 'unavailable'
+      if (await allSeeded(client, shards)) return 'seeded'
+      const taken = await claim(client, this.#prefix, owner, ttlMs, false)
+      if (taken !== 'claimed') return 'busy'
+      // The shards as they are now: a master added later is found unmarked by the next check.
+      this.#reseedShards = shards
+      await onShards(client, shards, owner, ttlMs, 'begin')
+      return 'claimed'
     } catch (err) {
       this.#failed('reseed', err)
       return 'unavailable'
     }
   }
 
-  async endReseed (owner: string, done: boolean): Promise<void> {
-    const client = this.client
-    if (client === null) return
+  async renewReseed (owner: string, ttlMs: number): Promise<ReseedRenewal> {
+    const client = this.#usable()
+    if (client === null || this.#reseedShards === null) return 'unavailable'
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'reseed' })
     try {
-      await client.rlReseedEnd(reseedMarker(this.#prefix), reseedClaimKey(this.#prefix), owner, done ? '1' : '0')
+      if (await claim(client, this.#prefix, owner, ttlMs, true) !== 'claimed') return 'lost'
+      return await onShards(client, this.#reseedShards, owner, ttlMs, 'renew') ? 'claimed' : 'lost'
+    } catch (err) {
+      this.#failed('reseed', err)
+      return 'unavailable'
+    }
+  }
+
+  async seed (snapshots: readonly SeedSnapshot[]): Promise<void> {
+    const client = this.#usable()
+    if (client === null) throw new Error('Redis is not usable now')
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
+    try {
+      if (this.#writes === null) {
+        // A Cluster: one slot per call, pipelined per node by ioredis.
+        await Promise.all(snapshots.map(async (w) => await client.rlWrite(w.key, encode(w.snapshot), w.ttlSeconds, 0)))
+        return
+      }
+      for (let from = 0; from < snapshots.length; from += MAX_KEYS_PER_COMMAND) {
+        const part = snapshots.slice(from, from + MAX_KEYS_PER_COMMAND)
+        const n = part.length
+        const args = new Array<string | number>(4 * n)
+        for (let i = 0; i < n; i++) {
+          const w = part[i]!
+          args[i] = w.key
+          args[n + 3 * i] = encode(w.snapshot)
+          args[n + 3 * i + 1] = w.ttlSeconds
+          args[n + 3 * i + 2] = 0
+        }
+        await client.rlWriteMany(n, ...args)
+      }
+    } catch (err) {
+      this.#failed('set', err)
+      throw err
+    }
+  }
+
+  async endReseed (owner: string, done: boolean): Promise<boolean> {
+    const client = this.client
+    const shards = this.#reseedShards
+    if (client === null || shards === null) return false
+    this.#reseedShards = null
+    this.#metrics.storeOperations.inc({ store: 'redis', operation: 'reseed' })
+    try {
+      const marked = await onShards(client, shards, owner, 0, done ? 'end' : 'abort')
+      await releaseClaim(client, this.#prefix, owner)
+      return done && marked
     } catch (err) {
       this.#failed('reseed', err)
       throw err
@@ -321,13 +377,6 @@ export function decode (value: string): CachedSnapshot | null {
   const atMs = Number(value.slice(bar + 1))
   return Number.isFinite(tokens) && Number.isFinite(atMs) ? { kind: 'snapshot', tokens, atMs } : null
 }
-
-/**
- * The re-seed's marker and claim (src/limiter/reseed.ts): one hash tag, one Cluster slot. Not
- * `<prefix>{`, the buckets' own shape.
- */
-export function reseedMarker (prefix: string): string { return `${prefix}seeded{reseed}` }
-export function reseedClaimKey (prefix: string): string { return `${prefix}seeding{reseed}` }
 
 /** One hash tag per bucket: every key of a bucket lives in one Redis Cluster slot. */
 export function bucketKey (prefix: string, cacheName: string, userId: string): string {
