@@ -101,7 +101,7 @@ export async function runCli (argv: readonly string[], io: Io = STDIO, env: Node
 export async function runMigrate (io: Io = STDIO, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   try {
     const { config } = loadConfigWithSources({ env })
-    const sql = postgres(config.postgres.url, { max: 1, prepare: config.postgres.prepare, connect_timeout: config.postgres.connectTimeoutSeconds, onnotice: () => {} })
+    const sql = postgres(config.postgres.url, { max: 1, prepare: config.postgres.prepare, fetch_types: false, connect_timeout: config.postgres.connectTimeoutSeconds, onnotice: () => {} })
     try {
       const applied = await migrate(sql)
       io.out(applied.length > 0 ? `applied: ${applied.join(', ')}\n` : 'already up to date\n')

@@ -3,7 +3,9 @@
  * types, `fetch_types`) is started and dropped (porsager/postgres#1192, #1223, open for 3.4.9).
  * A connection that dies at that moment (PostgreSQL stopping, failing over, a terminated
  * backend) rejects it with nobody listening, and the process would stop on a store fault that
- * the queries waiting on that connection already report. start.ts keeps serving on these.
+ * the queries waiting on that connection already report. The gateway's pools no longer send
+ * that query (arrays.ts); start.ts still keeps serving on such a rejection, should the driver
+ * drop another.
  */
 import postgres from 'postgres'
 

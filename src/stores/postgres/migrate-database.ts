@@ -10,7 +10,7 @@ import { migrate } from './migrate.ts'
 
 /** Applies pending migrations; resolves with the versions applied. Throws like PostgresStore.start. */
 export async function migrateDatabase (config: Config['postgres']): Promise<string[]> {
-  const sql = postgres(config.url, { max: 1, prepare: config.prepare, connect_timeout: config.connectTimeoutSeconds, onnotice: () => {} })
+  const sql = postgres(config.url, { max: 1, prepare: config.prepare, fetch_types: false, connect_timeout: config.connectTimeoutSeconds, onnotice: () => {} })
   try {
     return await withDeadline(migrate(sql), config.startTimeoutMs, 'postgres',
       'migrations (postgres.startTimeoutMs, DATABASE_START_TIMEOUT_MS; another gateway may hold the migration lock)', () => {})

@@ -14,15 +14,10 @@ import type { Logger } from '../../observability/log.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
 import { withDeadline } from '../deadline.ts'
+import { float8Array, int4Array, textArray } from './arrays.ts'
 import { PoolSockets } from './sockets.ts'
 import { StoreHealth } from '../health.ts'
 import { migrate } from './migrate.ts'
-
-/** Type oids for sql.array: without them it guesses from the first element. */
-const TEXT = 25
-const FLOAT8 = 701
-
-const INT4 = 23
 
 /**
  * Batches of at least this many items are decided by migrations/007's set-based statements
@@ -80,6 +75,8 @@ export class PostgresStore implements DecidingStore {
       // Supported by postgres.js (src/connection.js createSocket), absent from its types.
       ...({ socket: this.#sockets.create } as object),
       prepare: config.prepare,
+      // No array-type query on each new connection: arrays.ts builds the array parameters.
+      fetch_types: false,
       onnotice: () => {},
       // Bounded server-side too (a slow statement), besides the client-side deadlines here
       // (a server that does not answer at all).
@@ -92,8 +89,7 @@ export class PostgresStore implements DecidingStore {
     // poolSize in all: the decisions' connections, and the rest for everything else.
     this.sql = postgres(config.url, { ...options, max: config.poolSize - (own ? slots : 0) })
     // Each a pool of one on the pool's own parsed options (as postgres.js makes its LISTEN
-    // connection): they share its fetched array types, which a connection that first opened
-    // after an outage would otherwise lack (an int[] parameter sent as int).
+    // connection): the same socket factory, connection parameters and types.
     this.#deciders = own ? Array.from({ length: slots }, () => postgres({ ...this.sql.options, max: 1 } as unknown as Options<Record<string, never>>)) : [this.sql]
     this.#idle = [...this.#deciders].reverse()
     this.#batcher = new Batcher((items) => this.#decideBatch(items), {
@@ -234,8 +230,8 @@ export class PostgresStore implements DecidingStore {
         i++
       }
     }
-    const [gs, p, u, c, cap, r] = [sql.array(groupIds, INT4), sql.array(policies, TEXT), sql.array(users, TEXT),
-      sql.array(costs, FLOAT8), sql.array(capacities, FLOAT8), sql.array(rates, FLOAT8)]
+    const [gs, p, u, c, cap, r] = [int4Array(sql, groupIds), textArray(sql, policies), textArray(sql, users),
+      float8Array(sql, costs), float8Array(sql, capacities), float8Array(sql, rates)]
     return n >= SET_BASED_FROM
       ? sql<DecideRow[]>`SELECT o_idx, o_allowed, o_can_pay, o_tokens, o_at_ms, o_created
           FROM rate_limit_decide_batch(${gs}::int[], ${p}::text[], ${u}::text[], ${c}::float8[], ${cap}::float8[], ${r}::float8[])`
@@ -247,9 +243,9 @@ export class PostgresStore implements DecidingStore {
   async refund (requests: readonly BucketRequest[]): Promise<BucketSnapshot[]> {
     const rows = await this.#counted('refund', async () => await this.sql<Array<{ o_idx: number, o_tokens: number, o_at_ms: number }>>`
       SELECT o_idx, o_tokens, o_at_ms FROM rate_limit_refund(
-        ${this.sql.array(requests.map((r) => r.policy.name), TEXT)}::text[], ${this.sql.array(requests.map((r) => r.userId), TEXT)}::text[],
-        ${this.sql.array(requests.map((r) => r.cost), FLOAT8)}::float8[], ${this.sql.array(requests.map((r) => r.policy.capacity), FLOAT8)}::float8[],
-        ${this.sql.array(requests.map((r) => r.policy.refillPerSecond), FLOAT8)}::float8[])`.execute())
+        ${textArray(this.sql, requests.map((r) => r.policy.name))}::text[], ${textArray(this.sql, requests.map((r) => r.userId))}::text[],
+        ${float8Array(this.sql, requests.map((r) => r.cost))}::float8[], ${float8Array(this.sql, requests.map((r) => r.policy.capacity))}::float8[],
+        ${float8Array(this.sql, requests.map((r) => r.policy.refillPerSecond))}::float8[])`.execute())
     const out = new Array<BucketSnapshot>(requests.length)
     for (const r of rows) out[r.o_idx - 1] = { tokens: r.o_tokens, atMs: Number(r.o_at_ms) }
     return out
@@ -277,16 +273,16 @@ export class PostgresStore implements DecidingStore {
     const capacities = buckets.map((b) => b.capacity)
     const merged = new Array<BucketSnapshot | null>(buckets.length).fill(null)
     await this.bounded('hand-back', this.sql.begin(async (tx) => {
-      await tx`SELECT rate_limit_lock(${tx.array(policies, TEXT)}::text[], ${tx.array(users, TEXT)}::text[], ${tx.array(capacities, FLOAT8)}::float8[])`
+      await tx`SELECT rate_limit_lock(${textArray(tx, policies)}::text[], ${textArray(tx, users)}::text[], ${float8Array(tx, capacities)}::float8[])`
       const tokens = await takeOver(buckets)
       const idx: number[] = []
       for (let i = 0; i < buckets.length; i++) if (tokens[i] !== null) idx.push(i)
       if (idx.length === 0) return
       const rows = await tx<Array<{ o_idx: number, o_tokens: number, o_at_ms: number }>>`
         SELECT o_idx, o_tokens, o_at_ms FROM rate_limit_merge(
-          ${tx.array(idx.map((i) => policies[i]!), TEXT)}::text[], ${tx.array(idx.map((i) => users[i]!), TEXT)}::text[],
-          ${tx.array(idx.map((i) => capacities[i]!), FLOAT8)}::float8[], ${tx.array(idx.map((i) => buckets[i]!.refillPerSecond), FLOAT8)}::float8[],
-          ${tx.array(idx.map((i) => tokens[i]!), FLOAT8)}::float8[])`
+          ${textArray(tx, idx.map((i) => policies[i]!))}::text[], ${textArray(tx, idx.map((i) => users[i]!))}::text[],
+          ${float8Array(tx, idx.map((i) => capacities[i]!))}::float8[], ${float8Array(tx, idx.map((i) => buckets[i]!.refillPerSecond))}::float8[],
+          ${float8Array(tx, idx.map((i) => tokens[i]!))}::float8[])`
       for (const r of rows) merged[idx[r.o_idx - 1]!] = { tokens: r.o_tokens, atMs: Number(r.o_at_ms) }
     }))
     return merged

@@ -14,10 +14,8 @@ import { StoreFailure } from '../../core/errors.ts'
 import type { BucketLedger, BucketRequest, SyncEntry } from '../../core/ports.ts'
 import type { Metrics } from '../../observability/metrics.ts'
 import { Batcher } from '../batcher.ts'
+import { float8Array, textArray } from './arrays.ts'
 import type { PostgresStore } from './postgres-store.ts'
-
-const TEXT = 25
-const FLOAT8 = 701
 
 /**
  * The flush. Each state is stamped `clock_timestamp() - age`: the gateway measured the age
@@ -35,9 +33,9 @@ export function syncStatement (sql: Sql, e: readonly SyncEntry[]): PendingQuery<
   return sql`
 WITH s AS MATERIALIZED (
   SELECT x.p, x.u, least(x.cap, x.t) AS t, clock_timestamp() - x.a * interval '1 millisecond' AS at, x.cap, x.rate
-  FROM unnest(${sql.array(e.map((x) => x.policy.name), TEXT)}::text[], ${sql.array(e.map((x) => x.userId), TEXT)}::text[],
-    ${sql.array(e.map((x) => x.tokens), FLOAT8)}::float8[], ${sql.array(e.map((x) => Math.max(0, x.ageMs)), FLOAT8)}::float8[],
-    ${sql.array(e.map((x) => x.policy.capacity), FLOAT8)}::float8[], ${sql.array(e.map((x) => x.policy.refillPerSecond), FLOAT8)}::float8[]) AS x(p, u, t, a, cap, rate)
+  FROM unnest(${textArray(sql, e.map((x) => x.policy.name))}::text[], ${textArray(sql, e.map((x) => x.userId))}::text[],
+    ${float8Array(sql, e.map((x) => x.tokens))}::float8[], ${float8Array(sql, e.map((x) => Math.max(0, x.ageMs)))}::float8[],
+    ${float8Array(sql, e.map((x) => x.policy.capacity))}::float8[], ${float8Array(sql, e.map((x) => x.policy.refillPerSecond))}::float8[]) AS x(p, u, t, a, cap, rate)
 ), locked AS MATERIALIZED (
   SELECT l.policy, l.user_id FROM (SELECT s.p, s.u FROM s ORDER BY s.p, s.u) AS o
   CROSS JOIN LATERAL (SELECT r.policy, r.user_id FROM rate_limits r WHERE r.policy = o.p AND r.user_id = o.u FOR UPDATE) AS l
@@ -67,8 +65,8 @@ SELECT x.n::int AS o_idx,
   -- least() skips NULLs: a missing row must stay NULL (a new caller), not read as full.
   CASE WHEN r.tokens IS NULL THEN NULL
     ELSE least(x.cap, r.tokens + greatest(0, extract(epoch FROM (clock_timestamp() - r.last_refill_time))) * x.rate) END AS o_tokens
-FROM unnest(${sql.array(q.map((r) => r.policy.name), TEXT)}::text[], ${sql.array(q.map((r) => r.userId), TEXT)}::text[],
-  ${sql.array(q.map((r) => r.policy.capacity), FLOAT8)}::float8[], ${sql.array(q.map((r) => r.policy.refillPerSecond), FLOAT8)}::float8[]) WITH ORDINALITY AS x(p, u, cap, rate, n)
+FROM unnest(${textArray(sql, q.map((r) => r.policy.name))}::text[], ${textArray(sql, q.map((r) => r.userId))}::text[],
+  ${float8Array(sql, q.map((r) => r.policy.capacity))}::float8[], ${float8Array(sql, q.map((r) => r.policy.refillPerSecond))}::float8[]) WITH ORDINALITY AS x(p, u, cap, rate, n)
 LEFT JOIN LATERAL (SELECT r.tokens, r.last_refill_time FROM rate_limits r WHERE r.policy = x.p AND r.user_id = x.u LIMIT 1) AS r ON true`
 }
 
