@@ -200,16 +200,7 @@ export class RedisSnapshotCache implements SnapshotCache {
         const w = items[0]!
         await client.rlWrite(w.key, encode(w.snapshot), w.ttlSeconds, w.charge)
       } else {
-        const n = items.length
-        const args = new Array<string | number>(4 * n)
-        for (let i = 0; i < n; i++) {
-          const w = items[i]!
-          args[i] = w.key
-          args[n + 3 * i] = encode(w.snapshot)
-          args[n + 3 * i + 1] = w.ttlSeconds
-          args[n + 3 * i + 2] = w.charge
-        }
-        await client.rlWriteMany(n, ...args)
+        await client.rlWriteMany(items.length, ...writeManyArgs(items))
       }
     } catch (err) {
       // It may have landed (a late reply): written again, a snapshot changes nothing and a
@@ -313,17 +304,8 @@ export class RedisSnapshotCache implements SnapshotCache {
         return
       }
       for (let from = 0; from < snapshots.length; from += MAX_KEYS_PER_COMMAND) {
-        const part = snapshots.slice(from, from + MAX_KEYS_PER_COMMAND)
-        const n = part.length
-        const args = new Array<string | number>(4 * n)
-        for (let i = 0; i < n; i++) {
-          const w = part[i]!
-          args[i] = w.key
-          args[n + 3 * i] = encode(w.snapshot)
-          args[n + 3 * i + 1] = w.ttlSeconds
-          args[n + 3 * i + 2] = 0
-        }
-        await client.rlWriteMany(n, ...args)
+        const part = snapshots.slice(from, from + MAX_KEYS_PER_COMMAND).map((w) => ({ ...w, charge: 0 }))
+        await client.rlWriteMany(part.length, ...writeManyArgs(part))
       }
     } catch (err) {
       this.#failed('set', err)
@@ -364,6 +346,20 @@ export class RedisSnapshotCache implements SnapshotCache {
       this.client.disconnect()
     }
   }
+}
+
+/** WRITE_MANY's arguments after the key count: the keys, then snapshot, ttl and charge per key. */
+function writeManyArgs (items: readonly SnapshotWrite[]): Array<string | number> {
+  const n = items.length
+  const args = new Array<string | number>(4 * n)
+  for (let i = 0; i < n; i++) {
+    const w = items[i]!
+    args[i] = w.key
+    args[n + 3 * i] = encode(w.snapshot)
+    args[n + 3 * i + 1] = w.ttlSeconds
+    args[n + 3 * i + 2] = w.charge
+  }
+  return args
 }
 
 export function encode (s: BucketSnapshot): string {
