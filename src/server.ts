@@ -52,6 +52,8 @@ export interface Gateway {
   readonly metrics: Metrics
   readonly postgres: PostgresStore
   readonly redis: RedisSnapshotCache
+  /** Redis deciding while PostgreSQL is down: a connection of its own. */
+  readonly decider: RedisDecider
   readonly limiter: Limiter
   /** The live configuration; swapped whole by reload(). */
   readonly runtime: Holder<Runtime>
@@ -220,6 +222,7 @@ export async function startGateway (config: Config, log: Logger, options: Gatewa
       metrics,
       postgres,
       redis,
+      decider,
       limiter,
       runtime,
       overrides,

@@ -71,6 +71,8 @@ t.test('Redis cut off while PostgreSQL decides, then PostgreSQL down: Redis take
   // The four allowances' snapshot reaches Redis once it answers (the gateway reconnects on its own).
   await waitFor(async () => { const c = await cached(); return c !== null && c < 3.01 }, { timeoutMs: 15_000, what: 'Redis to hold the state PostgreSQL reached while it was cut off' })
   t.equal(await metricSum(gw.metrics, 'gateway_redis_unsent_snapshots', {}), 0, 'none held once written')
+  // The decider reconnects on its own connection and backoff: until it has, the fail mode decides.
+  await waitFor(() => gw.decider.available, { timeoutMs: 15_000, what: 'the Redis decider to reconnect' })
 
   await pg.stop()
   const after: string[] = []
