@@ -184,7 +184,7 @@ t.test('a Redis Cluster: a shard that lost its data is re-seeded, though the oth
   const gw = await startTestGateway(t, { databaseUrl: pg.url, redisUrl: cluster.url, redisPrefix: 'rlc:', config })
   await waitFor(async () => (await gw.redis.ping()) === 'up', { timeoutMs: 15_000, what: 'the cluster client to be ready' })
   const done = async (): Promise<number> => await metricSum(gw.metrics, 'gateway_redis_reseeds_total', { result: 'done' })
-  await waitFor(async () => await done() >= 1, { timeoutMs: 10_000, what: 'the first check to mark every shard' })
+  await waitFor(async () => await done() >= 1, { timeoutMs: 20_000, what: 'the first check to mark every shard' })
 
   const users = Array.from({ length: 12 }, (_, i) => `shard-${i}`)
   const statuses: number[] = []
@@ -209,7 +209,7 @@ t.test('a Redis Cluster: a shard that lost its data is re-seeded, though the oth
   const flushed = new Redis({ port: victim, host: '127.0.0.1', maxRetriesPerRequest: 0 })
   await flushed.flushall()
   flushed.disconnect()
-  await waitFor(async () => await done() >= 2, { timeoutMs: 10_000, what: 'the periodic check to find the shard unmarked and re-seed' })
+  await waitFor(async () => await done() >= 2, { timeoutMs: 15_000, what: 'the periodic check to find the shard unmarked and re-seed' })
   t.same((await onNode(victim)).sort(), lost.map(key).sort(), 'the flushed shard holds its callers\' snapshots again')
 
   await pg.stop()
