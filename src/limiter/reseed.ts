@@ -144,7 +144,7 @@ export class Reseed<P extends Policy> {
     metrics.reseeds.inc({ result: 'done' })
     // A first start on an empty Redis writes nothing: not worth a line.
     log[written > 0 ? 'info' : 'debug']({ buckets: written, ms: Date.now() - started },
-      'Redis held no snapshots of this fleet (restarted empty, or never seeded): re-seeded from PostgreSQL\'s spent buckets')
+      'Redis, or one of its Cluster shards, held no snapshots of this fleet (restarted empty, flushed, or never seeded): re-seeded from PostgreSQL\'s spent buckets')
     return 'done'
   }
 

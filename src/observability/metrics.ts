@@ -205,7 +205,7 @@ export class Metrics {
 
   readonly reseeds = new FastCounter({
     name: 'gateway_redis_reseeds_total',
-    help: 'Re-seeds of a Redis that held no snapshots of this fleet (restarted empty, or first start): PostgreSQL\'s spent buckets written to it again, by result (done, failed). One gateway of a key prefix does each.',
+    help: 'Re-seeds of a Redis, or of one of its Cluster shards, that held no snapshots of this fleet (restarted empty, flushed, or first start): PostgreSQL\'s spent buckets written to it again, by result (done, failed). One gateway of a key prefix does each.',
     labelNames: ['result'] as const,
     registers: [this.registry]
   })
