@@ -3,15 +3,17 @@
 // distinct, repeated and new keys and groups of several buckets, give the same results; and
 // concurrent batches from two pools on overlapping keys (one pool also on the old function, as
 // during a rolling upgrade) never over-admit and never deadlock. The one-bucket function (008,
-// rate_limit_decide_one) against 006 for batches of one, the same way.
+// rate_limit_decide_one) against 006 for batches of one, and the distinct-keys loop (009,
+// rate_limit_decide_distinct) against 006 for batches of one bucket per request, no key twice.
 import t from 'tap'
 import postgres from 'postgres'
+import { distinctKeys } from '../src/stores/postgres/postgres-store.ts'
 import { migrate } from '../src/stores/postgres/migrate.ts'
 import { createTestDatabase } from './helpers/stores.ts'
 
 interface Row { o_idx: number, o_allowed: boolean, o_can_pay: boolean, o_tokens: number, o_at_ms: number, o_created: boolean }
 interface Item { group: number, policy: string, user: string, cost: number, capacity: number, rate: number }
-type Fn = 'rate_limit_decide_batch' | 'rate_limit_decide_groups' | 'rate_limit_decide_one'
+type Fn = 'rate_limit_decide_batch' | 'rate_limit_decide_groups' | 'rate_limit_decide_one' | 'rate_limit_decide_distinct'
 
 async function database (t: { teardown: (fn: () => unknown) => void }): Promise<postgres.Sql> {
   const sql = postgres(await createTestDatabase(t, 'gwbatch'), { max: 6, onnotice: () => {} })
@@ -22,6 +24,11 @@ async function database (t: { teardown: (fn: () => unknown) => void }): Promise<
 
 async function decide (sql: postgres.Sql, fn: Fn, items: readonly Item[]): Promise<Row[]> {
   if (fn === 'rate_limit_decide_one') return await decideOne(sql, items)
+  if (fn === 'rate_limit_decide_distinct') {
+    const rows = await sql.unsafe<Row[]>('SELECT * FROM rate_limit_decide_distinct($1::text[], $2::text[], $3::float8[], $4::float8[], $5::float8[])',
+      [items.map((i) => i.policy), items.map((i) => i.user), items.map((i) => i.cost), items.map((i) => i.capacity), items.map((i) => i.rate)] as never)
+    return rows.slice().sort((a, b) => a.o_idx - b.o_idx)
+  }
   const rows = await sql.unsafe<Row[]>(`SELECT * FROM ${fn}($1::int[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])`,
     [items.map((i) => i.group), items.map((i) => i.policy), items.map((i) => i.user), items.map((i) => i.cost), items.map((i) => i.capacity), items.map((i) => i.rate)] as never)
   return rows.slice().sort((a, b) => a.o_idx - b.o_idx)
@@ -283,4 +290,109 @@ t.test('one bucket, concurrently: callers on a handful of keys from two pools, b
   t.same([...allowed].filter(([, n]) => n !== capacity), [], `every key allowed exactly its capacity of ${capacity} (demand: 630 over 5 keys)`)
   const rows = await pools[0]!<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'c'`
   t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
+})
+
+/** One bucket per request and no key twice: what PostgresStore sends to 009 (groups numbered 1..n). */
+function distinctBatch (rand: () => number, round: number): Item[] {
+  const seen = new Set<string>()
+  return batch(rand, round)
+    .filter((i) => !seen.has(i.policy + ' ' + i.user) && seen.add(i.policy + ' ' + i.user) !== undefined)
+    .map((i, n) => ({ ...i, group: n + 1 }))
+}
+
+t.test('distinct keys: rate_limit_decide_distinct gives what 006 gives, allowed, refused and new', async (t) => {
+  const [loop, distinct] = await Promise.all([database(t), database(t)])
+  const rand = prng(20261207)
+  let created = 0
+  let refused = 0
+  let allowed = 0
+  for (let round = 0; round < 80; round++) {
+    const items = distinctBatch(rand, round)
+    const [a, b] = await Promise.all([decide(loop, 'rate_limit_decide_groups', items), decide(distinct, 'rate_limit_decide_distinct', items)])
+    t.equal(b.length, items.length, `round ${round}: one row per item`)
+    for (let i = 0; i < items.length; i++) {
+      const x = a[i]!
+      const y = b[i]!
+      if (!sameDecision(x, y, items[i]!)) {
+        t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): 006 ${JSON.stringify(x)}, 009 ${JSON.stringify(y)}`)
+        return
+      }
+      if (y.o_created) created++
+      if (y.o_allowed) allowed++
+      else refused++
+    }
+  }
+  const [ra, rb] = await Promise.all([rows(loop), rows(distinct)])
+  t.same(rb.map((r) => [r.policy, r.user_id]), ra.map((r) => [r.policy, r.user_id]), 'the same rows exist')
+  t.ok(rb.every((r, i) => Math.abs(r.tokens - ra[i]!.tokens) < 0.01), 'with the same balances')
+  t.ok(created > 50 && refused > 50 && allowed > 200, `the decisions covered the cases: ${created} keys created, ${allowed} allowed, ${refused} refused`)
+})
+
+t.test('distinct keys: refilled on the database clock, a timestamp ahead kept, a refusal writes nothing', async (t) => {
+  const sql = await database(t)
+  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES
+    ('p', 'past', 0.5, clock_timestamp() - interval '2.25 seconds'),
+    ('p', 'future', 1, clock_timestamp() + interval '1 hour'),
+    ('p', 'empty', 0.25, clock_timestamp() - interval '1 minute'),
+    ('p', 'refills', 0, clock_timestamp() - interval '3 seconds')`
+  const before = Date.now()
+  const [past, future, empty, fresh, refills] = await decide(sql, 'rate_limit_decide_distinct', [
+    { group: 1, policy: 'p', user: 'past', cost: 1, capacity: 10, rate: 2 },
+    { group: 2, policy: 'p', user: 'future', cost: 1, capacity: 10, rate: 2 },
+    { group: 3, policy: 'p', user: 'empty', cost: 1, capacity: 10, rate: 0 },
+    { group: 4, policy: 'p', user: 'fresh', cost: 3, capacity: 10, rate: 1 },
+    { group: 5, policy: 'p', user: 'refills', cost: 2, capacity: 10, rate: 1 }
+  ])
+  // 0.5 + 2.25 s x 2/s (plus the time the statement took) - 1
+  t.ok(past!.o_allowed && past!.o_tokens >= 4 && past!.o_tokens < 4.2, `refilled, charged: ${past!.o_tokens}`)
+  t.ok(past!.o_at_ms >= before - 1000 && past!.o_at_ms < Date.now() + 1000, 'stamped now on the database clock')
+  t.ok(future!.o_allowed && future!.o_tokens === 0 && future!.o_at_ms > Date.now() + 3_000_000, 'a timestamp ahead of the clock is kept, not moved back, and adds nothing')
+  t.ok(!empty!.o_allowed && !empty!.o_can_pay && empty!.o_tokens === 0.25, 'refused: it holds less than the cost')
+  t.ok(fresh!.o_created && fresh!.o_allowed && fresh!.o_tokens === 7, 'a new caller starts full and is charged')
+  // 0 + 3 s x 1/s - 2: paid from the refill alone, so the UPDATE's own refill decided it.
+  t.ok(refills!.o_allowed && refills!.o_tokens >= 1 && refills!.o_tokens < 1.2 && !refills!.o_created, `refilled from empty, charged: ${refills!.o_tokens}`)
+  const [row] = await sql<Array<{ tokens: number, stale: boolean }>>`SELECT tokens, last_refill_time < clock_timestamp() - interval '50 seconds' AS stale FROM rate_limits WHERE user_id = 'empty'`
+  t.ok(row!.tokens === 0.25 && row!.stale, 'the refusal wrote nothing')
+  const stored = await sql<Array<{ user_id: string, tokens: number, at_ms: number }>>`SELECT user_id, tokens, extract(epoch FROM last_refill_time) * 1000 AS at_ms FROM rate_limits WHERE user_id IN ('past', 'refills') ORDER BY user_id`
+  t.same(stored.map((r) => [r.user_id, r.tokens, Number(r.at_ms)]), [['past', past!.o_tokens, past!.o_at_ms], ['refills', refills!.o_tokens, refills!.o_at_ms]],
+    'each returned state is the row as written')
+})
+
+t.test('distinct keys, concurrently: batches from two pools on a handful of keys, beside 006 batches and 008, never over-admitted', async (t) => {
+  const pools = await twoPools(t, 6, 4)
+  // Deadlocks are detected after deadlock_timeout (1 s by default): any would fail a batch here.
+  const capacity = 40
+  const keys = Array.from({ length: 8 }, (_, i) => `k${i}`)
+  const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
+  const rand = prng(13)
+  const failures: unknown[] = []
+  const count = (items: readonly Item[], rows: readonly Row[]): void => {
+    rows.forEach((r, i) => { if (r.o_allowed) allowed.set(items[i]!.user, allowed.get(items[i]!.user)! + 1) })
+  }
+  const shuffled = (): string[] => keys.map((k) => [rand(), k] as const).sort((a, b) => a[0] - b[0]).map(([, k]) => k)
+  const run = async (pool: postgres.Sql, fn: Fn, rounds: number): Promise<void> => {
+    for (let n = 0; n < rounds; n++) {
+      // Five of the eight keys, in a random order: batches overlap, and lock in key order anyway.
+      const items = (fn === 'rate_limit_decide_one' ? shuffled().slice(0, 1) : shuffled().slice(0, 5))
+        .map((user, g) => ({ group: g + 1, policy: 'c', user, cost: 1, capacity, rate: 0 }))
+      try { count(items, await decide(pool, fn, items)) } catch (err) { failures.push(err) }
+    }
+  }
+  await Promise.all([
+    ...Array.from({ length: 5 }, async () => await run(pools[0]!, 'rate_limit_decide_distinct', 20)),
+    ...Array.from({ length: 2 }, async () => await run(pools[1]!, 'rate_limit_decide_distinct', 20)),
+    run(pools[1]!, 'rate_limit_decide_groups', 10),
+    run(pools[0]!, 'rate_limit_decide_one', 40)
+  ])
+  t.same(failures.map((e) => String(e)), [], 'no decision failed (no deadlock)')
+  t.same([...allowed].filter(([, n]) => n !== capacity), [], `every key allowed exactly its capacity of ${capacity} (demand: 790 over 8 keys)`)
+  const rows = await pools[0]!<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'c'`
+  t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
+})
+
+t.test('distinctKeys: a small batch goes to 009 only when no bucket occurs twice', async (t) => {
+  t.ok(distinctKeys([], []), 'empty')
+  t.ok(distinctKeys(['p', 'p', 'q'], ['a', 'b', 'a']), 'the same user under two policies is two buckets')
+  t.notOk(distinctKeys(['p', 'q', 'p'], ['a', 'b', 'a']), 'a bucket twice, apart')
+  t.notOk(distinctKeys(['p', 'p'], ['a', 'a']), 'a bucket twice, adjacent')
 })
