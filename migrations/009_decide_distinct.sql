@@ -4,8 +4,8 @@
 -- UPDATE ... WHERE <it can pay> RETURNING, where 006 takes a SELECT ... FOR UPDATE (a row lock,
 -- written to the WAL) and then an UPDATE: measured here at batches of 12, 40 against 52 µs of
 -- PostgreSQL CPU per decision (docs/performance.md). An item the UPDATE does not charge (a
--- missing row, or one that cannot pay) takes 006's path for one key: lock, create if missing,
--- refill after the lock, decide.
+-- missing row, or one that cannot pay) is decided by rate_limit_decide_one (008, 006's steps for
+-- one key: lock, create if missing, refill after the lock, decide).
 --
 -- Same arguments as 006 without the group ids (each item is its own group), same results.
 -- Keys are visited in the one global (policy, user_id) order, as every decision and hand-back
@@ -25,7 +25,6 @@ DECLARE
   i int;
   v_tokens float8;
   v_at timestamptz;
-  v_now timestamptz;
 BEGIN
   FOR i IN
     SELECT s.n FROM unnest(p_policies, p_users) WITH ORDINALITY AS s(p, u, n) ORDER BY s.p, s.u, s.n
@@ -43,27 +42,10 @@ BEGIN
       o_tokens := v_tokens;
       o_at_ms := extract(epoch FROM v_at) * 1000;
     ELSE
-      -- 006's path for one key: missing (created full) or refused on the row the UPDATE saw.
-      SELECT r.tokens, r.last_refill_time INTO v_tokens, v_at
-        FROM rate_limits r WHERE r.policy = p_policies[i] AND r.user_id = p_users[i] FOR UPDATE;
-      IF NOT FOUND THEN
-        INSERT INTO rate_limits AS r (policy, user_id, tokens, last_refill_time)
-          VALUES (p_policies[i], p_users[i], p_capacities[i], clock_timestamp())
-          ON CONFLICT DO NOTHING;
-        o_created := FOUND;
-        SELECT r.tokens, r.last_refill_time INTO v_tokens, v_at
-          FROM rate_limits r WHERE r.policy = p_policies[i] AND r.user_id = p_users[i] FOR UPDATE;
-      END IF;
-      v_now := greatest(clock_timestamp(), v_at);
-      v_tokens := least(p_capacities[i], v_tokens + extract(epoch FROM (v_now - v_at)) * p_rates[i]);
-      o_allowed := v_tokens + 1e-9 >= p_costs[i];
-      IF o_allowed THEN
-        v_tokens := v_tokens - p_costs[i];
-        UPDATE rate_limits r SET tokens = v_tokens, last_refill_time = v_now
-          WHERE r.policy = p_policies[i] AND r.user_id = p_users[i];
-      END IF;
-      o_tokens := v_tokens;
-      o_at_ms := extract(epoch FROM v_now) * 1000;
+      -- Missing (created full) or refused on the row the UPDATE saw: 006's steps for one key,
+      -- as 008 takes them (lock, create if missing, refill after the lock, decide).
+      SELECT d.o_allowed, d.o_tokens, d.o_at_ms, d.o_created INTO o_allowed, o_tokens, o_at_ms, o_created
+        FROM rate_limit_decide_one(p_policies[i], p_users[i], p_costs[i], p_capacities[i], p_rates[i]) AS d;
     END IF;
     o_can_pay := o_allowed;
     RETURN NEXT;

@@ -62,6 +62,40 @@ function sameDecision (x: Row, y: Row, item: Item): boolean {
     (item.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
 }
 
+/** The assertions exactlyCapacity makes. */
+interface Asserts { same: (found: unknown, wanted: unknown, message: string) => unknown, ok: (value: unknown, message: string) => unknown }
+
+/** One caller of exactlyCapacity: `rounds` calls of `fn` on `pool`, each on `size` distinct keys in a random order. */
+interface Spender { pool: 0 | 1, fn: Fn, rounds: number, size: number }
+
+/**
+ * The spenders at once on `keyCount` keys of `capacity` (no refill), demand well above it: no
+ * call fails (a deadlock would, after deadlock_timeout), every key is allowed exactly its
+ * capacity, and every row ends spent to zero.
+ */
+async function exactlyCapacity (t: Asserts, pools: [postgres.Sql, postgres.Sql], keyCount: number, capacity: number, rand: () => number, spenders: readonly Spender[]): Promise<void> {
+  const keys = Array.from({ length: keyCount }, (_, i) => `k${i}`)
+  const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
+  const failures: unknown[] = []
+  const pick = (size: number): string[] => keys.map((k) => [rand(), k] as const).sort((a, b) => a[0] - b[0]).slice(0, size).map(([, k]) => k)
+  await Promise.all(spenders.map(async ({ pool, fn, rounds, size }) => {
+    for (let n = 0; n < rounds; n++) {
+      const items = pick(size).map((user, g) => ({ group: g + 1, policy: 'c', user, cost: 1, capacity, rate: 0 }))
+      try {
+        const rows = await decide(pools[pool], fn, items)
+        rows.forEach((r, i) => { if (r.o_allowed) allowed.set(items[i]!.user, allowed.get(items[i]!.user)! + 1) })
+      } catch (err) {
+        failures.push(err)
+      }
+    }
+  }))
+  const demand = spenders.reduce((sum, s) => sum + s.rounds * s.size, 0)
+  t.same(failures.map((e) => String(e)), [], 'no decision failed (no deadlock)')
+  t.same([...allowed].filter(([, n]) => n !== capacity), [], `every key allowed exactly its capacity of ${capacity} (demand: ${demand} over ${keyCount} keys)`)
+  const rows = await pools[0]<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'c'`
+  t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
+}
+
 /** Every bucket row, in key order. */
 async function rows (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> {
   return await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
@@ -261,35 +295,11 @@ t.test('one bucket: refilled on the database clock, a timestamp ahead kept, a re
 
 t.test('one bucket, concurrently: callers on a handful of keys from two pools, beside 006 batches, never over-admitted', async (t) => {
   const pools = await twoPools(t, 6, 4)
-  const capacity = 30
-  const keys = Array.from({ length: 5 }, (_, i) => `k${i}`)
-  const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
-  const rand = prng(11)
-  const failures: unknown[] = []
-  const count = (items: readonly Item[], rows: readonly Row[]): void => {
-    rows.forEach((r, i) => { if (r.o_allowed) allowed.set(items[i]!.user, allowed.get(items[i]!.user)! + 1) })
-  }
-  const single = async (pool: postgres.Sql): Promise<void> => {
-    for (let n = 0; n < 60; n++) {
-      const item = { group: 1, policy: 'c', user: keys[Math.floor(rand() * keys.length)]!, cost: 1, capacity, rate: 0 }
-      try { count([item], await decide(pool, 'rate_limit_decide_one', [item])) } catch (err) { failures.push(err) }
-    }
-  }
-  const batches = async (pool: postgres.Sql): Promise<void> => {
-    for (let n = 0; n < 15; n++) {
-      const items = keys.map((user, g) => ({ group: g + 1, policy: 'c', user, cost: 1, capacity, rate: 0 }))
-      try { count(items, await decide(pool, 'rate_limit_decide_groups', items)) } catch (err) { failures.push(err) }
-    }
-  }
-  await Promise.all([
-    ...Array.from({ length: 6 }, async () => await single(pools[0]!)),
-    ...Array.from({ length: 2 }, async () => await single(pools[1]!)),
-    batches(pools[1]!), batches(pools[1]!)
+  await exactlyCapacity(t, pools, 5, 30, prng(11), [
+    ...Array.from({ length: 6 }, () => ({ pool: 0, fn: 'rate_limit_decide_one', rounds: 60, size: 1 }) as const),
+    ...Array.from({ length: 2 }, () => ({ pool: 1, fn: 'rate_limit_decide_one', rounds: 60, size: 1 }) as const),
+    ...Array.from({ length: 2 }, () => ({ pool: 1, fn: 'rate_limit_decide_groups', rounds: 15, size: 5 }) as const)
   ])
-  t.same(failures.map((e) => String(e)), [], 'no decision failed (no deadlock)')
-  t.same([...allowed].filter(([, n]) => n !== capacity), [], `every key allowed exactly its capacity of ${capacity} (demand: 630 over 5 keys)`)
-  const rows = await pools[0]!<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'c'`
-  t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
 })
 
 /** One bucket per request and no key twice: what PostgresStore sends to 009 (groups numbered 1..n). */
@@ -360,34 +370,12 @@ t.test('distinct keys: refilled on the database clock, a timestamp ahead kept, a
 
 t.test('distinct keys, concurrently: batches from two pools on a handful of keys, beside 006 batches and 008, never over-admitted', async (t) => {
   const pools = await twoPools(t, 6, 4)
-  // Deadlocks are detected after deadlock_timeout (1 s by default): any would fail a batch here.
-  const capacity = 40
-  const keys = Array.from({ length: 8 }, (_, i) => `k${i}`)
-  const allowed = new Map<string, number>(keys.map((k) => [k, 0]))
-  const rand = prng(13)
-  const failures: unknown[] = []
-  const count = (items: readonly Item[], rows: readonly Row[]): void => {
-    rows.forEach((r, i) => { if (r.o_allowed) allowed.set(items[i]!.user, allowed.get(items[i]!.user)! + 1) })
-  }
-  const shuffled = (): string[] => keys.map((k) => [rand(), k] as const).sort((a, b) => a[0] - b[0]).map(([, k]) => k)
-  const run = async (pool: postgres.Sql, fn: Fn, rounds: number): Promise<void> => {
-    for (let n = 0; n < rounds; n++) {
-      // Five of the eight keys, in a random order: batches overlap, and lock in key order anyway.
-      const items = (fn === 'rate_limit_decide_one' ? shuffled().slice(0, 1) : shuffled().slice(0, 5))
-        .map((user, g) => ({ group: g + 1, policy: 'c', user, cost: 1, capacity, rate: 0 }))
-      try { count(items, await decide(pool, fn, items)) } catch (err) { failures.push(err) }
-    }
-  }
-  await Promise.all([
-    ...Array.from({ length: 5 }, async () => await run(pools[0]!, 'rate_limit_decide_distinct', 20)),
-    ...Array.from({ length: 2 }, async () => await run(pools[1]!, 'rate_limit_decide_distinct', 20)),
-    run(pools[1]!, 'rate_limit_decide_groups', 10),
-    run(pools[0]!, 'rate_limit_decide_one', 40)
+  await exactlyCapacity(t, pools, 8, 40, prng(13), [
+    ...Array.from({ length: 5 }, () => ({ pool: 0, fn: 'rate_limit_decide_distinct', rounds: 20, size: 5 }) as const),
+    ...Array.from({ length: 2 }, () => ({ pool: 1, fn: 'rate_limit_decide_distinct', rounds: 20, size: 5 }) as const),
+    { pool: 1, fn: 'rate_limit_decide_groups', rounds: 10, size: 5 },
+    { pool: 0, fn: 'rate_limit_decide_one', rounds: 40, size: 1 }
   ])
-  t.same(failures.map((e) => String(e)), [], 'no decision failed (no deadlock)')
-  t.same([...allowed].filter(([, n]) => n !== capacity), [], `every key allowed exactly its capacity of ${capacity} (demand: 790 over 8 keys)`)
-  const rows = await pools[0]!<Array<{ tokens: number }>>`SELECT tokens FROM rate_limits WHERE policy = 'c'`
-  t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
 })
 
 t.test('distinctKeys: a small batch goes to 009 only when no bucket occurs twice', async (t) => {
