@@ -364,8 +364,41 @@ t.test('distinct keys: refilled on the database clock, a timestamp ahead kept, a
   const [row] = await sql<Array<{ tokens: number, stale: boolean }>>`SELECT tokens, last_refill_time < clock_timestamp() - interval '50 seconds' AS stale FROM rate_limits WHERE user_id = 'empty'`
   t.ok(row!.tokens === 0.25 && row!.stale, 'the refusal wrote nothing')
   const stored = await sql<Array<{ user_id: string, tokens: number, at_ms: number }>>`SELECT user_id, tokens, extract(epoch FROM last_refill_time) * 1000 AS at_ms FROM rate_limits WHERE user_id IN ('past', 'refills') ORDER BY user_id`
-  t.same(stored.map((r) => [r.user_id, r.tokens, Number(r.at_ms)]), [['past', past!.o_tokens, past!.o_at_ms], ['refills', refills!.o_tokens, refills!.o_at_ms]],
-    'each returned state is the row as written')
+  for (const [row, result, rate] of [[stored[0]!, past!, 2], [stored[1]!, refills!, 1]] as const) {
+    const atMs = Number(row.at_ms)
+    t.ok(result.o_at_ms >= atMs && Math.abs(result.o_tokens - (row.tokens + (result.o_at_ms - atMs) / 1000 * rate)) < 1e-6,
+      `${row.user_id}: the result is the row as written, refilled to the result's later stamp`)
+  }
+})
+
+t.test('distinct keys: a refusal that held the row while the UPDATE waited cannot stamp a later snapshot without the charge', async (t) => {
+  // A transaction that only locks the row (a refusal) between the UPDATE's clock read and its
+  // lock answers with the row refilled to its own clock. The UPDATE's answer, which holds the
+  // charge, must be stamped later, or the cache (newer wins) keeps the refusal's and Redis could
+  // take the bucket over without the charge.
+  const pools = await twoPools(t, 2, 2)
+  await pools[0]`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES ('p', 'held', 5, clock_timestamp())`
+  let refusalStampMs = 0
+  let decision: Promise<Row[]> | null = null
+  await pools[1].begin(async (tx) => {
+    await tx`SELECT 1 FROM rate_limits WHERE policy = 'p' AND user_id = 'held' FOR UPDATE`
+    decision = decide(pools[0], 'rate_limit_decide_distinct', [{ group: 1, policy: 'p', user: 'held', cost: 1, capacity: 10, rate: 1 }])
+    // The UPDATE has read its clock and waits for this transaction's lock.
+    const deadline = Date.now() + 10_000
+    for (;;) {
+      const [w] = await pools[0]<Array<{ n: number }>>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+      if (w!.n > 0) break
+      if (Date.now() > deadline) throw new Error('the decision never waited for the lock')
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    const [c] = await tx<Array<{ ms: number }>>`SELECT extract(epoch FROM clock_timestamp()) * 1000 AS ms`
+    refusalStampMs = Number(c!.ms)
+  })
+  const [row] = await decision!
+  t.ok(row!.o_allowed, 'allowed once the lock was released')
+  t.ok(row!.o_at_ms > refusalStampMs, `stamped after the lock holder's clock (${row!.o_at_ms} > ${refusalStampMs})`)
+  const [stored] = await pools[0]<Array<{ tokens: number, at_ms: number }>>`SELECT tokens, extract(epoch FROM last_refill_time) * 1000 AS at_ms FROM rate_limits WHERE user_id = 'held'`
+  t.ok(Math.abs(row!.o_tokens - (stored!.tokens + (row!.o_at_ms - Number(stored!.at_ms)) / 1000)) < 1e-6, 'and is the row as written, refilled to that stamp')
 })
 
 t.test('distinct keys, concurrently: batches from two pools on a handful of keys, beside 006 batches and 008, never over-admitted', async (t) => {
