@@ -1,15 +1,19 @@
 /**
  * PostgreSQL CPU per decision of the batch decision: 006's plpgsql loop
- * (rate_limit_decide_groups) against 007's set-based statements (rate_limit_decide_batch), the
- * same batches on the same rows, measured from the backends' CPU in /proc/<pid>/stat around N
- * decisions (docs/performance.md, "One set-based statement per batch"). The two functions take
- * turns, so a machine shared with other work loads both alike; every turn is one sample.
+ * (rate_limit_decide_groups) against 007's set-based statements (rate_limit_decide_batch) and
+ * 009's one UPDATE per allowance (rate_limit_decide_distinct: every key once, one bucket per
+ * request, as these batches are), the same batches on the same rows, measured from the backends'
+ * CPU in /proc/<pid>/stat around N decisions (docs/performance.md, "One set-based statement per
+ * batch", "One UPDATE per allowance"). The functions take turns, so a machine shared with other
+ * work loads them alike; every turn is one sample.
  *
  *   npm run build && node dist/bench/decide-cpu.js
  *
  * DECIDE_BATCH (sizes, default 64,256), DECIDE_CONNECTIONS (batches in flight, default 4),
  * DECIDE_DECISIONS (per sample, default 40000), DECIDE_ROUNDS (samples per function, default 5),
- * DECIDE_MIX (distinct | mixed: a tenth of the items on a repeated key, a twentieth new).
+ * DECIDE_MIX (distinct | mixed: a tenth of the items on a repeated key, a twentieth new; 009
+ * takes distinct keys only, so it is left out of a mixed run), DECIDE_FNS (a subset, by
+ * migration number: e.g. 006,009 for the batch sizes that go to 009).
  */
 import postgres from 'postgres'
 import { randomBytes } from 'node:crypto'
@@ -24,7 +28,12 @@ const perSample = Number(process.env.DECIDE_DECISIONS ?? 40_000)
 const rounds = Number(process.env.DECIDE_ROUNDS ?? 5)
 const mix = process.env.DECIDE_MIX ?? 'distinct'
 const KEYS = 50_000
-const FNS = ['rate_limit_decide_groups', 'rate_limit_decide_batch'] as const
+const ALL = { '006': 'rate_limit_decide_groups', '007': 'rate_limit_decide_batch', '009': 'rate_limit_decide_distinct' } as const
+const FNS = (process.env.DECIDE_FNS ?? (mix === 'distinct' ? '006,007,009' : '006,007')).split(',').map((v) => {
+  const fn = ALL[v as keyof typeof ALL]
+  if (fn === undefined) throw new Error(`DECIDE_FNS: ${v} is none of ${Object.keys(ALL).join(', ')}`)
+  return fn
+})
 
 async function main (): Promise<void> {
   const name = `bench_decide_${process.pid}_${randomBytes(3).toString('hex')}`
@@ -68,8 +77,13 @@ async function main (): Promise<void> {
       await Promise.all(Array.from({ length: connections }, async () => {
         while (left-- > 0) {
           const { users, groups } = batchOf(size)
-          await sql.unsafe(`SELECT count(*) FROM ${fn}($1::int[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])`,
-            [groups, policies, users, costs, caps, rates] as never)
+          if (fn === 'rate_limit_decide_distinct') {
+            await sql.unsafe(`SELECT count(*) FROM ${fn}($1::text[], $2::text[], $3::float8[], $4::float8[], $5::float8[])`,
+              [policies, users, costs, caps, rates] as never)
+          } else {
+            await sql.unsafe(`SELECT count(*) FROM ${fn}($1::int[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])`,
+              [groups, policies, users, costs, caps, rates] as never)
+          }
         }
       }))
       return (cpu() - before) * 1e6 / (batches * size)
@@ -82,10 +96,11 @@ async function main (): Promise<void> {
         for (const fn of r % 2 === 0 ? FNS : [...FNS].reverse()) samples[fn]!.push(await run(fn, size, perSample))
       }
       const line = (fn: string): string => { const v = samples[fn]!; return `median ${median(v).toFixed(1)} (min ${Math.min(...v).toFixed(1)}, max ${Math.max(...v).toFixed(1)}; ${v.map((x) => x.toFixed(1)).join(' ')})` }
-      const saved = samples[FNS[0]]!.map((a, i) => 1 - samples[FNS[1]]![i]! / a)
-      console.log(`batch ${size}: loop (006) ${line(FNS[0])}`)
-      console.log(`batch ${size}: set (007)  ${line(FNS[1])}`)
-      console.log(`batch ${size}: saved per paired sample ${saved.map((s) => (100 * s).toFixed(0) + '%').join(' ')}; median ${(100 * median(saved)).toFixed(0)}%`)
+      for (const fn of FNS) console.log(`batch ${size}: ${fn} ${line(fn)}`)
+      for (const fn of FNS.slice(1)) {
+        const saved = samples[FNS[0]!]!.map((a, i) => 1 - samples[fn]![i]! / a)
+        console.log(`batch ${size}: ${fn} against ${FNS[0]}, saved per paired sample ${saved.map((s) => (100 * s).toFixed(0) + '%').join(' ')}; median ${(100 * median(saved)).toFixed(0)}%`)
+      }
     }
   } finally {
     await sql.end()
