@@ -96,6 +96,39 @@ async function exactlyCapacity (t: Asserts, pools: [postgres.Sql, postgres.Sql],
   t.ok(rows.length === keys.length && rows.every((r) => Math.abs(r.tokens) < 1e-9), 'each row spent to zero')
 }
 
+/**
+ * One bucket per request on the database clock, for the functions that decide each bucket alone
+ * (008, 009): a row refilled from the past, one stamped ahead of the clock, one that cannot pay
+ * (refused, nothing written), a new caller, and one paid from its refill alone. Returns the
+ * allowances whose stored rows a caller may check further.
+ */
+async function clockCases (t: Asserts, sql: postgres.Sql, fn: Fn): Promise<{ past: Row, refills: Row }> {
+  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES
+    ('p', 'past', 0.5, clock_timestamp() - interval '2.25 seconds'),
+    ('p', 'future', 1, clock_timestamp() + interval '1 hour'),
+    ('p', 'empty', 0.25, clock_timestamp() - interval '1 minute'),
+    ('p', 'refills', 0, clock_timestamp() - interval '3 seconds')`
+  const before = Date.now()
+  const [past, future, empty, fresh, refills] = await decide(sql, fn, [
+    { group: 1, policy: 'p', user: 'past', cost: 1, capacity: 10, rate: 2 },
+    { group: 2, policy: 'p', user: 'future', cost: 1, capacity: 10, rate: 2 },
+    { group: 3, policy: 'p', user: 'empty', cost: 1, capacity: 10, rate: 0 },
+    { group: 4, policy: 'p', user: 'fresh', cost: 3, capacity: 10, rate: 1 },
+    { group: 5, policy: 'p', user: 'refills', cost: 2, capacity: 10, rate: 1 }
+  ])
+  // 0.5 + 2.25 s x 2/s (plus the time the statement took) - 1
+  t.ok(past!.o_allowed && past!.o_tokens >= 4 && past!.o_tokens < 4.2, `refilled, charged: ${past!.o_tokens}`)
+  t.ok(past!.o_at_ms >= before - 1000 && past!.o_at_ms < Date.now() + 1000, 'stamped now on the database clock')
+  t.ok(future!.o_allowed && future!.o_tokens === 0 && future!.o_at_ms > Date.now() + 3_000_000, 'a timestamp ahead of the clock is kept, not moved back, and adds nothing')
+  t.ok(!empty!.o_allowed && !empty!.o_can_pay && empty!.o_tokens === 0.25, 'refused: it holds less than the cost')
+  t.ok(fresh!.o_created && fresh!.o_allowed && fresh!.o_tokens === 7, 'a new caller starts full and is charged')
+  // 0 + 3 s x 1/s - 2: paid from the refill alone (in 009, the UPDATE's own refill decided it).
+  t.ok(refills!.o_allowed && refills!.o_tokens >= 1 && refills!.o_tokens < 1.2 && !refills!.o_created, `refilled from empty, charged: ${refills!.o_tokens}`)
+  const [row] = await sql<Array<{ tokens: number, stale: boolean }>>`SELECT tokens, last_refill_time < clock_timestamp() - interval '50 seconds' AS stale FROM rate_limits WHERE user_id = 'empty'`
+  t.ok(row!.tokens === 0.25 && row!.stale, 'the refusal wrote nothing')
+  return { past: past!, refills: refills! }
+}
+
 /** Every bucket row, in key order. */
 async function rows (sql: postgres.Sql): Promise<Array<{ policy: string, user_id: string, tokens: number }>> {
   return await sql`SELECT policy, user_id, tokens FROM rate_limits ORDER BY policy, user_id`
@@ -272,25 +305,7 @@ t.test('one bucket: rate_limit_decide_one gives what 006 gives for a batch of on
 })
 
 t.test('one bucket: refilled on the database clock, a timestamp ahead kept, a refusal writes nothing', async (t) => {
-  const sql = await database(t)
-  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES
-    ('p', 'past', 0.5, clock_timestamp() - interval '2.25 seconds'),
-    ('p', 'future', 1, clock_timestamp() + interval '1 hour'),
-    ('p', 'empty', 0.25, clock_timestamp() - interval '1 minute')`
-  const before = Date.now()
-  const [past, future, empty, fresh] = await decide(sql, 'rate_limit_decide_one', [
-    { group: 1, policy: 'p', user: 'past', cost: 1, capacity: 10, rate: 2 },
-    { group: 1, policy: 'p', user: 'future', cost: 1, capacity: 10, rate: 2 },
-    { group: 1, policy: 'p', user: 'empty', cost: 1, capacity: 10, rate: 0 },
-    { group: 1, policy: 'p', user: 'fresh', cost: 3, capacity: 10, rate: 1 }
-  ])
-  t.ok(past!.o_allowed && past!.o_tokens >= 4 && past!.o_tokens < 4.2, `refilled, charged: ${past!.o_tokens}`)
-  t.ok(past!.o_at_ms >= before - 1000 && past!.o_at_ms < Date.now() + 1000, 'stamped now on the database clock')
-  t.ok(future!.o_allowed && future!.o_tokens === 0 && future!.o_at_ms > Date.now() + 3_000_000, 'a timestamp ahead of the clock is kept, not moved back, and adds nothing')
-  t.ok(!empty!.o_allowed && empty!.o_tokens === 0.25, 'refused: it holds less than the cost')
-  t.ok(fresh!.o_created && fresh!.o_allowed && fresh!.o_tokens === 7, 'a new caller starts full and is charged')
-  const [row] = await sql<Array<{ tokens: number, stale: boolean }>>`SELECT tokens, last_refill_time < clock_timestamp() - interval '50 seconds' AS stale FROM rate_limits WHERE user_id = 'empty'`
-  t.ok(row!.tokens === 0.25 && row!.stale, 'the refusal wrote nothing')
+  await clockCases(t, await database(t), 'rate_limit_decide_one')
 })
 
 t.test('one bucket, concurrently: callers on a handful of keys from two pools, beside 006 batches, never over-admitted', async (t) => {
@@ -340,31 +355,9 @@ t.test('distinct keys: rate_limit_decide_distinct gives what 006 gives, allowed,
 
 t.test('distinct keys: refilled on the database clock, a timestamp ahead kept, a refusal writes nothing', async (t) => {
   const sql = await database(t)
-  await sql`INSERT INTO rate_limits (policy, user_id, tokens, last_refill_time) VALUES
-    ('p', 'past', 0.5, clock_timestamp() - interval '2.25 seconds'),
-    ('p', 'future', 1, clock_timestamp() + interval '1 hour'),
-    ('p', 'empty', 0.25, clock_timestamp() - interval '1 minute'),
-    ('p', 'refills', 0, clock_timestamp() - interval '3 seconds')`
-  const before = Date.now()
-  const [past, future, empty, fresh, refills] = await decide(sql, 'rate_limit_decide_distinct', [
-    { group: 1, policy: 'p', user: 'past', cost: 1, capacity: 10, rate: 2 },
-    { group: 2, policy: 'p', user: 'future', cost: 1, capacity: 10, rate: 2 },
-    { group: 3, policy: 'p', user: 'empty', cost: 1, capacity: 10, rate: 0 },
-    { group: 4, policy: 'p', user: 'fresh', cost: 3, capacity: 10, rate: 1 },
-    { group: 5, policy: 'p', user: 'refills', cost: 2, capacity: 10, rate: 1 }
-  ])
-  // 0.5 + 2.25 s x 2/s (plus the time the statement took) - 1
-  t.ok(past!.o_allowed && past!.o_tokens >= 4 && past!.o_tokens < 4.2, `refilled, charged: ${past!.o_tokens}`)
-  t.ok(past!.o_at_ms >= before - 1000 && past!.o_at_ms < Date.now() + 1000, 'stamped now on the database clock')
-  t.ok(future!.o_allowed && future!.o_tokens === 0 && future!.o_at_ms > Date.now() + 3_000_000, 'a timestamp ahead of the clock is kept, not moved back, and adds nothing')
-  t.ok(!empty!.o_allowed && !empty!.o_can_pay && empty!.o_tokens === 0.25, 'refused: it holds less than the cost')
-  t.ok(fresh!.o_created && fresh!.o_allowed && fresh!.o_tokens === 7, 'a new caller starts full and is charged')
-  // 0 + 3 s x 1/s - 2: paid from the refill alone, so the UPDATE's own refill decided it.
-  t.ok(refills!.o_allowed && refills!.o_tokens >= 1 && refills!.o_tokens < 1.2 && !refills!.o_created, `refilled from empty, charged: ${refills!.o_tokens}`)
-  const [row] = await sql<Array<{ tokens: number, stale: boolean }>>`SELECT tokens, last_refill_time < clock_timestamp() - interval '50 seconds' AS stale FROM rate_limits WHERE user_id = 'empty'`
-  t.ok(row!.tokens === 0.25 && row!.stale, 'the refusal wrote nothing')
+  const { past, refills } = await clockCases(t, sql, 'rate_limit_decide_distinct')
   const stored = await sql<Array<{ user_id: string, tokens: number, at_ms: number }>>`SELECT user_id, tokens, extract(epoch FROM last_refill_time) * 1000 AS at_ms FROM rate_limits WHERE user_id IN ('past', 'refills') ORDER BY user_id`
-  for (const [row, result, rate] of [[stored[0]!, past!, 2], [stored[1]!, refills!, 1]] as const) {
+  for (const [row, result, rate] of [[stored[0]!, past, 2], [stored[1]!, refills, 1]] as const) {
     const atMs = Number(row.at_ms)
     t.ok(result.o_at_ms >= atMs && Math.abs(result.o_tokens - (row.tokens + (result.o_at_ms - atMs) / 1000 * rate)) < 1e-6,
       `${row.user_id}: the result is the row as written, refilled to the result's later stamp`)
