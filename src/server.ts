@@ -18,7 +18,7 @@ import { isUnreachable, PostgresStore } from './stores/postgres/postgres-store.t
 import { OverrideStore } from './stores/postgres/override-store.ts'
 import { StoreHealth } from './stores/health.ts'
 import { RedisDecider } from './stores/redis/redis-decider.ts'
-import { RedisSnapshotCache } from './stores/redis/snapshot-cache.ts'
+import { RedisSnapshotCache, SNAPSHOT_WRITE_HOLD_MS } from './stores/redis/snapshot-cache.ts'
 import { RedisWriteBehind } from './stores/redis/write-behind-redis.ts'
 import { PostgresLedger } from './stores/postgres/write-behind-ledger.ts'
 import { WriteBehindSync } from './limiter/write-behind.ts'
@@ -71,9 +71,9 @@ const RESEED_WAIT_MS = 5_000
 
 const RESTART_ONLY = (Object.keys(RELOAD) as Array<keyof Config>).filter((section) => RELOAD[section] === 'restart')
 
-/** fallback.takeoverFenceMs, or the longest a PostgreSQL allowance takes from cache read to snapshot write: the wait for a batch slot and the answer (each at most the decision deadline), then the write. */
+/** fallback.takeoverFenceMs, or the longest a PostgreSQL allowance takes from cache read to snapshot write: the wait for a batch slot and the answer (each at most the decision deadline), then the write (its wait for a read to travel with, and its round trip). */
 function takeoverFence (config: Config): number {
-  return config.fallback.takeoverFenceMs ?? 2 * config.postgres.decisionTimeoutMs + config.redis.commandTimeoutMs + 100
+  return config.fallback.takeoverFenceMs ?? 2 * config.postgres.decisionTimeoutMs + SNAPSHOT_WRITE_HOLD_MS + config.redis.commandTimeoutMs + 100
 }
 
 export async function startGateway (config: Config, log: Logger, options: GatewayOptions = {}): Promise<Gateway> {

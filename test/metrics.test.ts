@@ -47,12 +47,16 @@ t.test('after a known sequence of requests /metrics shows exactly these counts',
   const sources = [await get('alice'), await get('alice')] // miss → new-user; hit → Postgres decides (redis)
   const redis = new Redis(gw.config.redis.url)
   t.teardown(() => redis.disconnect())
-  await redis.del(gw.redis.key(gw.runtime.current.policies.defaultPolicy.cacheName, 'alice')) // the next lookup misses: Postgres decides for a known row
+  // The next lookup misses: Postgres decides for a known row. (Alice's last snapshot write
+  // first: it may still be waiting to travel with the next read.)
+  await gw.redis.settled()
+  await redis.del(gw.redis.key(gw.runtime.current.policies.defaultPolicy.cacheName, 'alice'))
   sources.push(await get('alice'), await get('alice'), await get('bob')) // postgres (last token); redis denies; new-user
   t.same(sources, ['new-user', 'redis', 'postgres', 'redis', 'new-user'])
   t.equal((await send(gw.proxyUrl + '/m')).status, 400, 'no caller id')
   t.equal((await send(gw.proxyUrl + '/status/503', { user: 'bob' })).status, 503, 'an upstream 503 passes through')
 
+  await gw.redis.settled() // the last snapshot write, counted below, may still wait for a read
   const text = await (await fetch(gw.controlUrl + '/metrics')).text()
   const series = parseExposition(text)
   const expected: Record<string, number> = {

@@ -27,6 +27,8 @@ export class Batcher<I, O> {
   #queue: Array<Pending<I, O>> = []
   #inFlight = 0
   #scheduled = false
+  /** The window's timer, while one is set (windowMs >= 1). */
+  #timer: NodeJS.Timeout | null = null
 
   constructor (send: (items: I[]) => Promise<O[]>, options: BatcherOptions) {
     this.#send = send
@@ -43,14 +45,24 @@ export class Batcher<I, O> {
 
   get pending (): number { return this.#queue.length }
 
+  /** Sends what is queued now, as far as slots allow, without waiting for the window. */
+  flushNow (): void {
+    this.#flush()
+    if (this.#queue.length === 0 && this.#timer !== null) {
+      clearTimeout(this.#timer)
+      this.#timer = null
+      this.#scheduled = false
+    }
+  }
+
   /** Every slot is in flight: an item submitted now waits for one. */
   get saturated (): boolean { return this.#inFlight >= this.#options.maxInFlight }
 
   #schedule (): void {
     if (this.#scheduled) return
     this.#scheduled = true
-    const run = (): void => { this.#scheduled = false; this.#flush() }
-    if (this.#options.windowMs >= 1) setTimeout(run, this.#options.windowMs)
+    const run = (): void => { this.#scheduled = false; this.#timer = null; this.#flush() }
+    if (this.#options.windowMs >= 1) this.#timer = setTimeout(run, this.#options.windowMs)
     else setImmediate(run)
   }
 

@@ -27,6 +27,16 @@ interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapsho
 /** Most keys in one MGET or one WRITE_MANY call. */
 const MAX_KEYS_PER_COMMAND = 256
 
+/**
+ * How long a snapshot write waits for the next read (single server), to travel in the same
+ * pipeline: one request at a time otherwise costs two Redis round trips, the read alongside
+ * PostgreSQL's decision and the write after it, each a wake-up of Redis and of the gateway.
+ * Under load a read leaves every turn of the loop and the writes go with it, as before. A
+ * write waits at most this long when no read comes; the take-over fence counts it
+ * (server.ts), and `settled()` sends what waits at once.
+ */
+export const SNAPSHOT_WRITE_HOLD_MS = 5
+
 export class RedisSnapshotCache implements SnapshotCache {
   readonly client: ScriptedRedis | null
   readonly health: StoreHealth
@@ -44,8 +54,8 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** The shards of the re-seed this gateway holds the claim of (reseed-marks.ts). */
   #reseedShards: ReseedShard[] | null = null
 
-  /** `health` is shared with the Redis decider: one outage, logged once. */
-  constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics) {
+  /** `health` is shared with the Redis decider: one outage, logged once. `writeHoldMs`: tests. */
+  constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics, writeHoldMs = SNAPSHOT_WRITE_HOLD_MS) {
     this.#prefix = config.keyPrefix
     this.#metrics = metrics
     this.#connectTimeoutMs = config.connectTimeoutMs
@@ -80,7 +90,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
-      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
+      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: writeHoldMs })
     }
   }
 
@@ -168,17 +178,20 @@ export class RedisSnapshotCache implements SnapshotCache {
   }
 
   /**
-   * Resolves once the snapshot writes sent so far have been applied or have failed (each is
-   * bounded by the command timeout). On one server they travel in order on one connection, so
+   * Resolves once the snapshot writes made so far have been applied or have failed (each is
+   * bounded by the command timeout; one waiting for a read is sent now). On one server they travel in order on one connection, so
    * the last one answering means all have; on a Cluster this waits for the last one only.
    */
   async settled (): Promise<void> {
+    this.#writes?.flushNow()
     await this.#lastWrite
   }
 
   /** One round trip for every read waiting (single server). */
   async #readMany (keys: string[]): Promise<Array<string | null>> {
     const client = this.client!
+    // The writes waiting go first, in the same pipeline (SNAPSHOT_WRITE_HOLD_MS).
+    this.#writes!.flushNow()
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'get' })
     let values: Array<string | null>
     try {
