@@ -1,6 +1,7 @@
 // The gateway as a process: several sharing the stores, signals, start-up failures.
 import { execFile, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
+import { createServer, type AddressInfo } from 'node:net'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { promisify } from 'node:util'
@@ -125,6 +126,16 @@ t.test('start-up failures exit non-zero with a message that says why', async (t)
   t.equal(noDb.status, 1, 'PostgreSQL unreachable: exit 1')
   t.match(noDb.stdout, /could not start.*ECONNREFUSED/, 'says what failed')
   t.match(noDb.stdout, /DATABASE_REQUIRED_AT_START=false/, 'and how to start without PostgreSQL')
+
+  // A failure that is not PostgreSQL's is not blamed on it: the proxy's port already taken.
+  const taken = createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => taken.close())
+  const port = String((taken.address() as AddressInfo).port)
+  const busy = spawnSync(process.execPath, [main], { env: { ...env, PORT: port, HOST: '127.0.0.1', DATABASE_URL: await createTestDatabase(t), REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: createRedisPrefix(t) }, encoding: 'utf8', timeout: 30_000 })
+  t.equal(busy.status, 1, 'port in use: exit 1')
+  t.match(busy.stdout, /could not start.*EADDRINUSE/, 'says what failed')
+  t.notMatch(busy.stdout, /PostgreSQL does not answer/, 'and does not blame PostgreSQL')
 })
 
 // postgres.js drops the promise of a new connection's first query (src/stores/postgres/connection-faults.ts):

@@ -42,9 +42,27 @@ export function distinctKeys (policies: readonly string[], users: readonly strin
   return true
 }
 
-/** PostgreSQL did not answer (as opposed to answering with an error: auth, missing database, SQL). */
+/** Connection-level failures: Node's socket and resolver errors, postgres.js's connection errors. */
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ETIMEDOUT', 'EPIPE',
+  'ENOTFOUND', 'EAI_AGAIN', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_DESTROYED', 'CONNECTION_ENDED'])
+
+/**
+ * PostgreSQL did not answer: a connection refused, lost or never made, or no answer within a
+ * deadline (as opposed to answering with an error: auth, missing database, SQL). Anything else
+ * (a port in use, a file missing) is not, so start-up does not blame PostgreSQL for it.
+ */
 export function isUnreachable (err: unknown): boolean {
-  return err instanceof Error && !(err instanceof postgres.PostgresError)
+  let e: unknown = err
+  for (let depth = 0; e instanceof Error && depth < 4; depth++) {
+    if (e instanceof postgres.PostgresError) return false
+    if (e instanceof StoreFailure) return e.store === 'postgres'
+    // Several addresses tried (localhost: ::1 and 127.0.0.1), each refused.
+    if (e instanceof AggregateError) return e.errors.some(isUnreachable)
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string' && UNREACHABLE_CODES.has(code)) return true
+    e = e.cause
+  }
+  return false
 }
 
 export class PostgresStore implements DecidingStore {
