@@ -46,6 +46,24 @@ t.test('Batcher: one call per batch, results matched to callers in order', async
   t.same(calls, [[1, 2, 3, 4], [5, 6]], 'a full batch leaves at once, the rest together')
 })
 
+t.test('Batcher: an item held for a window leaves early with one that may not wait, or when told to', async (t) => {
+  const calls: number[][] = []
+  const batcher = new Batcher<number, number>(async (items) => { calls.push(items); return items }, { maxSize: 8, maxInFlight: 2, windowMs: 0 })
+  // Held for a minute: only the item after it, or flushNow, can send it within the test's timeout.
+  const held = batcher.submit(1, 60_000)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(calls, [], 'held, not sent on the next turn')
+  t.equal(batcher.idle, false)
+  t.same(await Promise.all([held, batcher.submit(2)]), [1, 2])
+  t.same(calls, [[1, 2]], 'one batch, on the next turn')
+  const again = batcher.submit(3, 60_000)
+  batcher.flushNow()
+  t.equal(await again, 3)
+  t.same(calls, [[1, 2], [3]])
+  await new Promise((resolve) => setImmediate(resolve)) // its slot is given back after its callers resolve
+  t.equal(batcher.idle, true)
+})
+
 t.test('Batcher: a failed round trip fails exactly its own callers', async (t) => {
   let n = 0
   const batcher = new Batcher<number, number>(async (items) => { if (n++ === 0) throw new Error('boom'); return items }, { maxSize: 2, maxInFlight: 2, windowMs: 0 })

@@ -35,15 +35,19 @@ export class Batcher<I, O> {
     this.#options = options
   }
 
-  submit (item: I): Promise<O> {
+  /** `windowMs`: this item's window, when not the batcher's (an item that may wait longer, or not at all). */
+  submit (item: I, windowMs = this.#options.windowMs): Promise<O> {
     return new Promise<O>((resolve, reject) => {
       this.#queue.push({ item, resolve, reject, at: this.#options.maxWaitMs === undefined ? 0 : performance.now() })
       if (this.#queue.length >= this.#options.maxSize) this.#flush()
-      else this.#schedule()
+      else this.#schedule(windowMs)
     })
   }
 
   get pending (): number { return this.#queue.length }
+
+  /** Nothing queued, nothing in flight. */
+  get idle (): boolean { return this.#queue.length === 0 && this.#inFlight === 0 }
 
   /** Sends what is queued now, as far as slots allow, without waiting for the window. */
   flushNow (): void {
@@ -58,11 +62,16 @@ export class Batcher<I, O> {
   /** Every slot is in flight: an item submitted now waits for one. */
   get saturated (): boolean { return this.#inFlight >= this.#options.maxInFlight }
 
-  #schedule (): void {
-    if (this.#scheduled) return
+  #schedule (windowMs: number): void {
+    if (this.#scheduled) {
+      // Already leaving as soon, or an item that may not wait joins a batch held for a window.
+      if (windowMs >= 1 || this.#timer === null) return
+      clearTimeout(this.#timer)
+      this.#timer = null
+    }
     this.#scheduled = true
     const run = (): void => { this.#scheduled = false; this.#timer = null; this.#flush() }
-    if (this.#options.windowMs >= 1) this.#timer = setTimeout(run, this.#options.windowMs)
+    if (windowMs >= 1) this.#timer = setTimeout(run, windowMs)
     else setImmediate(run)
   }
 

@@ -28,12 +28,12 @@ interface SnapshotWrite { readonly key: string, readonly snapshot: BucketSnapsho
 const MAX_KEYS_PER_COMMAND = 256
 
 /**
- * How long a snapshot write waits for the next read (single server), to travel in the same
- * pipeline: one request at a time otherwise costs two Redis round trips, the read alongside
- * PostgreSQL's decision and the write after it, each a wake-up of Redis and of the gateway.
- * Under load a read leaves every turn of the loop and the writes go with it, as before. A
- * write waits at most this long when no read comes; the take-over fence counts it
- * (server.ts), and `settled()` sends what waits at once.
+ * How long a snapshot write made while no read is queued or in flight (one request at a time)
+ * waits for the next read (single server), to travel in its pipeline: otherwise a lone request
+ * costs two Redis round trips, the read alongside PostgreSQL's decision and the write after it,
+ * each a wake-up of Redis and of the gateway. Under load, writes leave on the next turn of the
+ * loop as before. A write waits at most this long when no read comes; the take-over fence
+ * counts it (server.ts), and `settled()` sends what waits at once.
  */
 export const SNAPSHOT_WRITE_HOLD_MS = 5
 
@@ -48,6 +48,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   #lastWrite: Promise<void> = Promise.resolve()
   readonly #unsent = new UnsentSnapshots(MAX_UNSENT)
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
+  readonly #writeHoldMs: number
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
   readonly #writes: Batcher<SnapshotWrite, void> | null = null
@@ -57,6 +58,7 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** `health` is shared with the Redis decider: one outage, logged once. `writeHoldMs`: tests. */
   constructor (config: Config['redis'], health: StoreHealth, metrics: Metrics, writeHoldMs = SNAPSHOT_WRITE_HOLD_MS) {
     this.#prefix = config.keyPrefix
+    this.#writeHoldMs = writeHoldMs
     this.#metrics = metrics
     this.#connectTimeoutMs = config.connectTimeoutMs
     this.health = health
@@ -90,7 +92,7 @@ export class RedisSnapshotCache implements SnapshotCache {
     this.client.on('end', () => { if (!this.#closing) this.health.failed(new Error('connection closed')) })
     if (!isCluster(this.client)) {
       this.#reads = new Batcher((keys) => this.#readMany(keys), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 4, windowMs: 0 })
-      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: writeHoldMs })
+      this.#writes = new Batcher((items) => this.#writeMany(items), { maxSize: MAX_KEYS_PER_COMMAND, maxInFlight: 2, windowMs: 0 })
     }
   }
 
@@ -162,7 +164,8 @@ export class RedisSnapshotCache implements SnapshotCache {
       return
     }
     if (this.#writes !== null) {
-      this.#lastWrite = this.#writes.submit({ key, snapshot, ttlSeconds, charge }).catch(() => {}) // recorded in #writeMany
+      const hold = this.#reads!.idle ? this.#writeHoldMs : 0
+      this.#lastWrite = this.#writes.submit({ key, snapshot, ttlSeconds, charge }, hold).catch(() => {}) // recorded in #writeMany
       return
     }
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
