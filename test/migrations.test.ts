@@ -2,7 +2,10 @@
 // of the original service's table. Plus the decision function itself, called directly.
 import t from 'tap'
 import postgres from 'postgres'
-import { migrate, readMigrations } from '../src/stores/postgres/migrate.ts'
+import { MigrationsMissing } from '../src/core/errors.ts'
+import { migrate, pendingMigrations, readMigrations } from '../src/stores/postgres/migrate.ts'
+import { startTestGateway } from './helpers/gateway.ts'
+import { send } from './helpers/http.ts'
 import { createTestDatabase } from './helpers/stores.ts'
 
 type Tap = { teardown: (fn: () => unknown) => void }
@@ -62,4 +65,25 @@ t.test('rate_limit_decide: batches charge each key in arrival order, fractions c
   t.ok(half!.o_tokens >= 2.5 && half!.o_tokens < 2.6, `2.5 s at 1/s gives 2.5 tokens (got ${half!.o_tokens})`)
   const [stored] = await sql`SELECT tokens FROM rate_limits WHERE user_id = 'a'`
   t.equal(stored!.tokens, 0, 'a refusal writes nothing')
+})
+
+t.test('postgres.migrate false: start-up checks that this version\'s migrations were applied, and names what is missing', async (t) => {
+  const url = await createTestDatabase(t)
+  const sql = await connect(t, url)
+  const versions = readMigrations().map((m) => m.version)
+  t.same(await pendingMigrations(sql), versions, 'a new database lacks them all')
+  await migrate(sql)
+  t.same(await pendingMigrations(sql), [])
+  // An older schema: the newest migration not applied (as before an upgrade's migrate step).
+  const newest = versions[versions.length - 1]!
+  await sql`DELETE FROM schema_migrations WHERE version = ${newest}`
+  const refused = await startTestGateway(t, { databaseUrl: url, config: { postgres: { migrate: false } } }).then(() => null, (err: unknown) => err)
+  t.type(refused, MigrationsMissing, 'the gateway does not start')
+  t.match((refused as Error).message, new RegExp(`lacks migration ${newest} .*npm run migrate`), 'says which, and what to run')
+  t.same(await pendingMigrations(sql), [newest], 'and applies nothing itself')
+
+  await migrate(sql)
+  const gw = await startTestGateway(t, { databaseUrl: url, config: { postgres: { migrate: false } } })
+  const res = await send(gw.proxyUrl + '/x', { user: 'after-migrate' })
+  t.equal(res.headers.get('x-data-source'), 'new-user', 'migrated: it starts and decides')
 })

@@ -32,6 +32,22 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/**
+ * `postgres.migrate` is false and the database lacks migrations this version needs (their
+ * functions decide every request): the gateway does not start, rather than fail each decision.
+ */
+export class MigrationsMissing extends Error {
+  override name = 'MigrationsMissing'
+  readonly code = 'GW_MIGRATIONS_MISSING'
+  readonly missing: readonly string[]
+
+  constructor (missing: readonly string[]) {
+    super(`the database lacks migration${missing.length === 1 ? '' : 's'} ${missing.join(', ')} and postgres.migrate is false: ` +
+      'apply them first (npm run migrate, or ratelimit-gateway migrate), or let the gateway apply them (postgres.migrate: true, the default)')
+    this.missing = missing
+  }
+}
+
 /** A request to the control API that cannot be served as asked (400, with the reason). */
 export class BadRequest extends Error {
   override name = 'BadRequest'

@@ -20,6 +20,13 @@ export function readMigrations (dir = join(packageRoot(), 'migrations')): Migrat
     .map((f) => ({ version: f.replace(/\.sql$/, ''), sql: readFileSync(join(dir, f), 'utf8') }))
 }
 
+/** The versions among `migrations` the database has not applied (all of them on a new database). */
+export async function pendingMigrations (sql: Sql, migrations = readMigrations()): Promise<string[]> {
+  const [table] = await sql<Array<{ present: boolean }>>`SELECT to_regclass('schema_migrations') IS NOT NULL AS present`
+  const done = new Set(table?.present === true ? (await sql<Array<{ version: string }>>`SELECT version FROM schema_migrations`).map((r) => r.version) : [])
+  return migrations.map((m) => m.version).filter((v) => !done.has(v))
+}
+
 /** Returns the versions applied by this call (empty when already up to date). */
 export async function migrate (sql: Sql, migrations = readMigrations()): Promise<string[]> {
   return await sql.begin(async (tx) => {

@@ -9,7 +9,7 @@
 import postgres, { type Options, type Sql } from 'postgres'
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot, Policy } from '../../core/domain.ts'
-import { StoreFailure } from '../../core/errors.ts'
+import { MigrationsMissing, StoreFailure } from '../../core/errors.ts'
 import type { BucketPeek, BucketRequest, DecidingStore, OwnedBucket, SpentBucket, StoreDecision } from '../../core/ports.ts'
 import type { Logger } from '../../observability/log.ts'
 import type { Metrics } from '../../observability/metrics.ts'
@@ -18,7 +18,7 @@ import { withDeadline } from '../deadline.ts'
 import { float8Array, int4Array, textArray } from './arrays.ts'
 import { PoolSockets } from './sockets.ts'
 import { StoreHealth } from '../health.ts'
-import { migrate } from './migrate.ts'
+import { migrate, pendingMigrations } from './migrate.ts'
 
 /**
  * Batches of at least this many items are decided by migrations/007's set-based statements
@@ -151,10 +151,16 @@ export class PostgresStore implements DecidingStore {
   /**
    * Applies the migrations (advisory-locked: several gateways may do it at once), waiting at
    * most postgres.startTimeoutMs: another gateway holding the lock, or a server that stopped
-   * answering, ends start-up with an error that says so.
+   * answering, ends start-up with an error that says so. Without `runMigrations` (postgres.migrate
+   * false), checks that they have been applied instead: MigrationsMissing if not.
    */
   async prepare (runMigrations: boolean): Promise<void> {
-    if (!runMigrations) return
+    if (!runMigrations) {
+      // Applied elsewhere (a deploy step, the cluster primary): this version's functions must be there.
+      const missing = await withDeadline(pendingMigrations(this.sql), this.#startTimeoutMs, 'postgres', 'migration check', () => this.#expired('migrate', this.#startTimeoutMs))
+      if (missing.length > 0) throw new MigrationsMissing(missing)
+      return
+    }
     const applied = await withDeadline(migrate(this.sql), this.#startTimeoutMs, 'postgres',
       'migrations (postgres.startTimeoutMs, DATABASE_START_TIMEOUT_MS; another gateway may hold the migration lock)', () => this.#expired('migrate', this.#startTimeoutMs))
     if (applied.length > 0) this.#log.info({ applied }, 'migrations applied')
