@@ -6,7 +6,7 @@
  *
  * On one server (or Sentinel's master), the reads and the snapshot writes of one turn of the event
  * loop are coalesced: one MGET, one WRITE_MANY script call, instead of a command per request
- * (docs/performance.md). On a Cluster, where the buckets' keys live in different slots, each
+ * (docs/performance.md); a lone request's write waits for the next read (SNAPSHOT_WRITE_HOLD_MS). On a Cluster, where the buckets' keys live in different slots, each
  * goes alone, and ioredis pipelines them per node.
  */
 import type { Config } from '../../config/schema.ts'
@@ -182,8 +182,9 @@ export class RedisSnapshotCache implements SnapshotCache {
 
   /**
    * Resolves once the snapshot writes made so far have been applied or have failed (each is
-   * bounded by the command timeout; one waiting for a read is sent now). On one server they travel in order on one connection, so
-   * the last one answering means all have; on a Cluster this waits for the last one only.
+   * bounded by the command timeout; one waiting for a read is sent now). On one server they
+   * travel in order on one connection, so the last one answering means all have; on a Cluster
+   * this waits for the last one only.
    */
   async settled (): Promise<void> {
     this.#writes?.flushNow()
