@@ -41,6 +41,11 @@ t.test('a read made after a write sees it: the waiting write goes first, in the 
   snapshots.write(key, snapshot(6), 60, 0)
   t.same(await snapshots.read(other), { kind: 'miss' })
   t.equal((await snapshots.read(key) as { tokens: number }).tokens, 6)
+  // Several keys read at once (one MGET, a request of several policies) see a write waiting too.
+  snapshots.write(key, snapshot(5), 60, 0)
+  const both = await Promise.all([snapshots.read(other), snapshots.read(key)])
+  t.same(both[0], { kind: 'miss' })
+  t.equal((both[1] as { tokens: number }).tokens, 5, 'written before the MGET read it')
 })
 
 t.test('settled() sends a waiting write at once and resolves when it has landed', async (t) => {

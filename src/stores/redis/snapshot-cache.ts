@@ -49,6 +49,8 @@ export class RedisSnapshotCache implements SnapshotCache {
   readonly #unsent = new UnsentSnapshots(MAX_UNSENT)
   readonly #breaker = new CircuitBreaker({ threshold: 3, openMs: 500, maxOpenMs: 5_000 })
   readonly #writeHoldMs: number
+  /** A read about to leave at once (an MGET) is sending the writes waiting: they leave at once too. */
+  #directWrites = false
   /** Coalescing, for a single server; null on a Cluster. */
   readonly #reads: Batcher<string, string | null> | null = null
   readonly #writes: Batcher<SnapshotWrite, void> | null = null
@@ -194,8 +196,12 @@ export class RedisSnapshotCache implements SnapshotCache {
   /** One round trip for every read waiting (single server). */
   async #readMany (keys: string[]): Promise<Array<string | null>> {
     const client = this.client!
-    // The writes waiting go first, in the same pipeline (SNAPSHOT_WRITE_HOLD_MS).
+    // The writes waiting go first (SNAPSHOT_WRITE_HOLD_MS): a lone GET and a lone write both
+    // wait for ioredis's pipeline of the turn, in order; an MGET leaves at once, so the writes
+    // before it must too (#writeMany).
+    this.#directWrites = keys.length > 1
     this.#writes!.flushNow()
+    this.#directWrites = false
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'get' })
     let values: Array<string | null>
     try {
@@ -213,7 +219,8 @@ export class RedisSnapshotCache implements SnapshotCache {
     const client = this.client!
     this.#metrics.storeOperations.inc({ store: 'redis', operation: 'set' })
     try {
-      if (items.length === 1) {
+      // RL_WRITE is auto-pipelined (sent on the next turn), WRITE_MANY is not (sent now).
+      if (items.length === 1 && !this.#directWrites) {
         const w = items[0]!
         await client.rlWrite(w.key, encode(w.snapshot), w.ttlSeconds, w.charge)
       } else {
