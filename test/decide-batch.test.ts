@@ -62,8 +62,22 @@ function sameDecision (x: Row, y: Row, item: Item): boolean {
     (item.rate === 0 ? x.o_tokens === y.o_tokens : Math.abs(x.o_tokens - y.o_tokens) < 0.01)
 }
 
+/**
+ * A round's rows from two functions, item by item: the first item they disagree on fails the
+ * test, named by the two functions' labels, and ends the comparison (false).
+ */
+function sameRows (t: Asserts, round: number, items: readonly Item[], a: readonly Row[], b: readonly Row[], labels: readonly [string, string]): boolean {
+  for (let i = 0; i < items.length; i++) {
+    if (!sameDecision(a[i]!, b[i]!, items[i]!)) {
+      t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): ${labels[0]} ${JSON.stringify(a[i])}, ${labels[1]} ${JSON.stringify(b[i])}`)
+      return false
+    }
+  }
+  return true
+}
+
 /** The assertions exactlyCapacity makes. */
-interface Asserts { same: (found: unknown, wanted: unknown, message: string) => unknown, ok: (value: unknown, message: string) => unknown }
+interface Asserts { same: (found: unknown, wanted: unknown, message: string) => unknown, ok: (value: unknown, message: string) => unknown, fail: (message: string) => unknown }
 
 /** One caller of exactlyCapacity: `rounds` calls of `fn` on `pool`, each on `size` distinct keys in a random order. */
 interface Spender { pool: 0 | 1, fn: Fn, rounds: number, size: number }
@@ -189,15 +203,8 @@ t.test('the set-based batch gives what the sequential loop gives: distinct, repe
     t.equal(b.length, items.length, `round ${round}: one row per item`)
     const keys = new Set(items.map((i) => i.policy + ' ' + i.user))
     if (keys.size < items.length) repeated++
-    for (let i = 0; i < items.length; i++) {
-      const x = a[i]!
-      const y = b[i]!
-      if (!sameDecision(x, y, items[i]!)) {
-        t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): loop ${JSON.stringify(x)}, set ${JSON.stringify(y)}`)
-        return
-      }
-      if (y.o_created) created++
-    }
+    if (!sameRows(t, round, items, a, b, ['loop', 'set'])) return
+    for (const y of b.slice(0, items.length)) if (y.o_created) created++
     refusedGroups += new Set(items.filter((_, i) => !b[i]!.o_allowed).map((i) => i.group)).size
   }
   const [ra, rb] = await Promise.all([rows(loop), rows(set)])
@@ -287,13 +294,8 @@ t.test('one bucket: rate_limit_decide_one gives what 006 gives for a batch of on
     // Each a batch of its own (o_idx 1), numbered as the items are.
     for (const item of items) a.push(...(await decide(loop, 'rate_limit_decide_groups', [item])).map((r) => ({ ...r, o_idx: a.length + 1 })))
     const b = await decide(one, 'rate_limit_decide_one', items)
-    for (let i = 0; i < items.length; i++) {
-      const x = a[i]!
-      const y = b[i]!
-      if (!sameDecision(x, y, items[i]!)) {
-        t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): 006 ${JSON.stringify(x)}, 008 ${JSON.stringify(y)}`)
-        return
-      }
+    if (!sameRows(t, round, items, a, b, ['006', '008'])) return
+    for (const y of b.slice(0, items.length)) {
       if (y.o_created) created++
       if (!y.o_allowed) refused++
     }
@@ -335,13 +337,8 @@ t.test('distinct keys: rate_limit_decide_distinct gives what 006 gives, allowed,
     const items = distinctBatch(rand, round)
     const [a, b] = await Promise.all([decide(loop, 'rate_limit_decide_groups', items), decide(distinct, 'rate_limit_decide_distinct', items)])
     t.equal(b.length, items.length, `round ${round}: one row per item`)
-    for (let i = 0; i < items.length; i++) {
-      const x = a[i]!
-      const y = b[i]!
-      if (!sameDecision(x, y, items[i]!)) {
-        t.fail(`round ${round}, item ${i + 1} (${JSON.stringify(items[i])}): 006 ${JSON.stringify(x)}, 009 ${JSON.stringify(y)}`)
-        return
-      }
+    if (!sameRows(t, round, items, a, b, ['006', '009'])) return
+    for (const y of b.slice(0, items.length)) {
       if (y.o_created) created++
       if (y.o_allowed) allowed++
       else refused++
