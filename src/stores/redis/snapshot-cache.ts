@@ -6,8 +6,9 @@
  *
  * On one server (or Sentinel's master), the reads and the snapshot writes of one turn of the event
  * loop are coalesced: one MGET, one WRITE_MANY script call, instead of a command per request
- * (docs/performance.md); a lone request's write waits for the next read (SNAPSHOT_WRITE_HOLD_MS). On a Cluster, where the buckets' keys live in different slots, each
- * goes alone, and ioredis pipelines them per node.
+ * (docs/performance.md); a lone request's write waits for the next read (SNAPSHOT_WRITE_HOLD_MS).
+ * On a Cluster, where the buckets' keys live in different slots, each goes alone, and ioredis
+ * pipelines them per node.
  */
 import type { Config } from '../../config/schema.ts'
 import type { BucketSnapshot } from '../../core/domain.ts'
